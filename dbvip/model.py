@@ -1,0 +1,333 @@
+"""Value types shared by the decision core, the ports and the shell.
+
+Everything here is immutable data. Instants are seconds on the monotonic clock
+(``*_s`` names); nothing in this module reads a clock or does I/O.
+
+Results of the ports separate "definitely not mine" from "don't know": every
+port result that can fail has an ``Unknown`` variant carrying the cause, and
+the core treats ``Unknown`` as "might be either", never as "no".
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+# The kernel expires an address whose valid lifetime ran out from a periodic
+# worker rounded up to whole seconds; seen here up to about one second late.
+# The VIP's lifetime is cut short by this much so that the kernel removes it
+# by the deadline even when this process is frozen or killed.
+KERNEL_EXPIRY_SLACK_S = 1.25
+
+
+class Role(enum.Enum):
+    PRIMARY = "primary"
+    REPLICA = "replica"
+    UNKNOWN = "unknown"
+
+
+# --------------------------------------------------------------------------
+# Observations: what the shell saw this tick.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RoleReading:
+    """The local database's answer to one probe."""
+
+    role: Role
+    timeline: int | None = None
+    lsn: str | None = None
+    cause: str | None = None  # why the role is unknown; None when known
+
+
+@dataclass(frozen=True)
+class KeyAbsent:
+    """The writer key does not exist (as of store revision ``revision``)."""
+
+    revision: int
+
+
+@dataclass(frozen=True)
+class KeyHeld:
+    """The writer key names ``holder`` and is attached to ``lease_id``."""
+
+    holder: str
+    lease_id: int  # 0 when the key is attached to no lease at all
+    revision: int  # store revision of the read
+    mod_revision: int  # revision at which the key was last written
+
+
+@dataclass(frozen=True)
+class KeyInvalid:
+    """The writer key exists but its value is not ours to parse (garbage)."""
+
+    detail: str
+    lease_id: int
+    revision: int
+
+
+@dataclass(frozen=True)
+class KeyUnknown:
+    """The writer key could not be read: etcd unreachable, timeout, auth ..."""
+
+    cause: str
+
+
+WriterView = KeyAbsent | KeyHeld | KeyInvalid | KeyUnknown
+
+
+class VipPresence(enum.Enum):
+    PRESENT = "present"
+    ABSENT = "absent"
+    UNKNOWN = "unknown"  # interface missing, netlink error
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One tick's view of the world, as data."""
+
+    now_s: float
+    role: RoleReading
+    writer: WriterView
+    vip: VipPresence
+    stopping: bool = False  # SIGTERM/SIGINT received: release everything
+    vip_cause: str | None = None  # why vip is UNKNOWN
+
+
+# --------------------------------------------------------------------------
+# Actions: what the core asks the shell to do, in order.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AcquireLease:
+    """Grant a lease and create the writer key under it, only if absent."""
+
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class AdoptLease:
+    """Keep alive a lease of ours found in the writer key (after a restart)."""
+
+    lease_id: int
+    revision: int  # store revision of the read that found the key
+
+
+@dataclass(frozen=True)
+class RenewLease:
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class ReleaseLease:
+    """Delete the writer key if it still names this node, then revoke."""
+
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class AddVip:
+    """Add the VIP, or refresh it, with a kernel-enforced valid lifetime."""
+
+    lifetime_s: int
+
+
+@dataclass(frozen=True)
+class RemoveVip:
+    pass
+
+
+@dataclass(frozen=True)
+class Announce:
+    """Gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6)."""
+
+
+Action = AcquireLease | AdoptLease | RenewLease | ReleaseLease | AddVip | RemoveVip | Announce
+
+
+# --------------------------------------------------------------------------
+# Outcomes: what came of an action, fed back into the core.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LeaseGranted:
+    """AcquireLease or AdoptLease succeeded: this node holds the writer key.
+
+    ``sent_s`` is the monotonic instant read *before* the request was sent;
+    the deadline is computed from it, never from the reply's arrival.
+    """
+
+    lease_id: int
+    ttl_s: int
+    sent_s: float
+    revision: int
+
+
+@dataclass(frozen=True)
+class LeaseRefused:
+    """The writer key exists already (held by ``holder``, or garbage)."""
+
+    holder: str | None
+    revision: int
+
+
+@dataclass(frozen=True)
+class LeaseRenewed:
+    lease_id: int
+    ttl_s: int
+    sent_s: float
+
+
+@dataclass(frozen=True)
+class LeaseGone:
+    """etcd says the lease no longer exists (expired or revoked)."""
+
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class LeaseReleased:
+    lease_id: int
+
+
+@dataclass(frozen=True)
+class VipAdded:
+    lifetime_s: int
+    done_s: float  # instant read before the netlink call; lifetime counts from it
+    was_present: bool
+
+
+@dataclass(frozen=True)
+class VipRemoved:
+    was_present: bool
+
+
+@dataclass(frozen=True)
+class Announced:
+    done_s: float
+
+
+@dataclass(frozen=True)
+class Failed:
+    """The action's result is unknown or it failed; nothing is assumed."""
+
+    action: Action
+    cause: str
+
+
+Outcome = (
+    LeaseGranted
+    | LeaseRefused
+    | LeaseRenewed
+    | LeaseGone
+    | LeaseReleased
+    | VipAdded
+    | VipRemoved
+    | Announced
+    | Failed
+)
+
+
+# --------------------------------------------------------------------------
+# Decisions.
+# --------------------------------------------------------------------------
+
+
+class Reason(enum.Enum):
+    """Why the core decided what it did; one per rule, in priority order."""
+
+    STOPPING = "stopping"
+    LEASE_EXPIRED = "lease_expired"
+    KEY_LOST = "key_lost"
+    DEMOTED = "demoted"
+    ROLE_UNKNOWN_PAST_GRACE = "role_unknown_past_grace"
+    LEASE_EXPIRING = "lease_expiring"
+    VIP_WITHOUT_LEASE = "vip_without_lease"
+    ADOPTING = "adopting"
+    ACQUIRING = "acquiring"
+    TAKING_OVER = "taking_over"
+    VIP_RESTORED = "vip_restored"
+    HOLDING = "holding"
+    HOLDING_ROLE_UNSURE = "holding_role_unsure"
+    CONFLICT = "conflict"
+    WRITER_KEY_INVALID = "writer_key_invalid"
+    ETCD_UNREACHABLE = "etcd_unreachable"
+    STANDBY = "standby"
+    REPLICA = "replica"
+    ROLE_UNKNOWN = "role_unknown"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True)
+class Lease:
+    """This node's writer lease, as the core knows it."""
+
+    lease_id: int
+    deadline_s: float  # after this instant the lease must be assumed lost
+    renewed_s: float  # when the last grant/keepalive was sent
+    revision: int  # store revision at which this node wrote the writer key
+
+
+@dataclass(frozen=True)
+class NodeState:
+    """What the core remembers between ticks. Start from ``NodeState()``."""
+
+    lease: Lease | None = None
+    vip_valid_until_s: float | None = None  # kernel lifetime of the VIP we set
+    last_primary_s: float | None = None  # last time the database said primary
+    role_unknown_since_s: float | None = None
+    announces_left: int = 0
+    next_announce_s: float = 0.0
+    last_announce_s: float | None = None
+    adopt_failed_lease: int | None = None  # do not retry adopting this lease
+    # Kind of action ("acquire", "renew", "vip", ...) -> instant before which a
+    # failed action is not retried, so one tick makes one attempt of each.
+    backoff: dict[str, float] = field(default_factory=dict)
+    last_failure: str = ""
+    # Facts of the last decision, kept for status and logging.
+    reason: Reason | None = None
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Validated timing settings (see ``dbvip.config``)."""
+
+    ttl_s: int = 10
+    probe_interval_s: float = 0.2
+    probe_timeout_s: float = 0.5
+    request_timeout_s: float = 1.0
+    margin_s: float = 2.0
+    renew_interval_s: float = 2.0
+    vip_op_timeout_s: float = 0.5
+    role_grace_s: float = 1.0
+    announce_count: int = 3
+    announce_interval_s: float = 0.05
+    announce_refresh_s: float = 0.0  # 0: no periodic re-announcement
+
+    @property
+    def release_lead_s(self) -> float:
+        """How long before the deadline the VIP must start coming down: one
+        wake-up, one probe that may hang to its timeout, one netlink call."""
+        return self.probe_interval_s + self.probe_timeout_s + self.vip_op_timeout_s
+
+
+@dataclass(frozen=True)
+class Decision:
+    actions: tuple[Action, ...]
+    reason: Reason
+    detail: str
+    state: NodeState
+    # The latest instant an etcd request issued now may still be running.
+    request_deadline_s: float
+    # When the core wants to be asked again at the latest (announce spacing,
+    # renewals, the release point); the runner also wakes on watch events.
+    wake_s: float
+    facts: dict[str, str] = field(default_factory=dict)

@@ -1,0 +1,166 @@
+"""The ports the shell talks to. Adapters implement them; tests fake them.
+
+Every call that can hang takes a ``timeout_s`` and must return by then.
+Every result that can fail has an ``Unknown`` variant with a cause: an
+adapter never turns "I could not find out" into "no".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from dbvip.model import RoleReading, VipPresence, WriterView
+
+# --------------------------------------------------------------------------
+# Results of adapters.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Unknown:
+    """The call failed or timed out; its effect is unknown."""
+
+    cause: str
+
+
+@dataclass(frozen=True)
+class Granted:
+    """A new lease was granted and the writer key created under it."""
+
+    lease_id: int
+    ttl_s: int
+    revision: int  # store revision of the put
+
+
+@dataclass(frozen=True)
+class Refused:
+    """The writer key already exists; the lease granted for it was revoked."""
+
+    holder: str | None  # None when the value is not a valid writer value
+    revision: int
+
+
+@dataclass(frozen=True)
+class Alive:
+    """A keepalive reached etcd and the lease lives on for ``ttl_s``."""
+
+    ttl_s: int
+
+
+@dataclass(frozen=True)
+class Gone:
+    """etcd answered that the lease does not exist (expired or revoked)."""
+
+
+@dataclass(frozen=True)
+class Done:
+    pass
+
+
+@dataclass(frozen=True)
+class VipReading:
+    presence: VipPresence
+    cause: str | None = None  # set when presence is UNKNOWN
+
+
+@dataclass(frozen=True)
+class VipChanged:
+    """The VIP is now as asked; ``was_present`` is how it was before."""
+
+    was_present: bool
+
+
+@dataclass(frozen=True)
+class MemberReport:
+    """What one member publishes under ``/members/<node>``."""
+
+    role: str
+    timeline: int | None
+    lsn: str | None
+    vips: tuple[str, ...]
+    reason: str
+
+
+# --------------------------------------------------------------------------
+# Ports.
+# --------------------------------------------------------------------------
+
+
+class Clock(Protocol):
+    def monotonic_s(self) -> float:
+        """Seconds on a clock that never jumps; every deadline uses it."""
+        ...
+
+    def wall_iso(self) -> str:
+        """Wall-clock time for humans (``since``/``updated`` in etcd values)."""
+        ...
+
+
+class RoleProbe(Protocol):
+    def probe(self, timeout_s: float) -> RoleReading:
+        """Ask the local database its role; UNKNOWN with a cause on failure."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class LeaseStore(Protocol):
+    """The writer key and its lease in etcd, for one node of one cluster."""
+
+    def read_writer(self, timeout_s: float) -> WriterView: ...
+
+    def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
+        """Grant a lease, then create the writer key under it only if absent.
+
+        On refusal or an unknown result the fresh lease is revoked (best
+        effort), so a lost race leaves nothing behind.
+        """
+        ...
+
+    def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown: ...
+
+    def release(self, lease_id: int, timeout_s: float) -> Done | Unknown:
+        """Delete the writer key if it is still attached to ``lease_id``, then
+        revoke the lease."""
+        ...
+
+    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
+        """Write ``/members/<node>`` under the member's own lease."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class KeyWatcher(Protocol):
+    """Wakes the loop when the writer key changes or the watch reconnects.
+
+    A wake-up is only a hint: the loop always re-reads the key itself.
+    """
+
+    def start(self, wake: Callable[[], None]) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+class VipDriver(Protocol):
+    """The VIP on one interface; addresses compared as parsed values."""
+
+    def observe(self) -> VipReading: ...
+
+    def add(self, lifetime_s: int) -> VipChanged | Unknown:
+        """Add the VIP, or refresh its valid and preferred lifetime."""
+        ...
+
+    def remove(self) -> VipChanged | Unknown: ...
+
+    def close(self) -> None: ...
+
+
+class Announcer(Protocol):
+    def announce(self) -> Done | Unknown:
+        """Tell neighbours this node now answers for the VIP."""
+        ...
+
+    def close(self) -> None: ...
