@@ -1,0 +1,402 @@
+"""The decision core: observations and time in, actions and a reason out.
+
+No I/O, no clock reads, no logging, no sleeping: every instant comes in as
+data (``Observation.now_s``), so the same inputs always give the same
+decision and every rule can be tested as a table.
+
+The shell calls ``decide`` and executes the returned actions in order,
+stopping at the first one that fails (the actions of one decision form a
+chain where a later one is only safe after the earlier ones succeeded,
+e.g. RemoveVip before ReleaseLease). Each outcome goes through ``absorb``,
+then the shell calls ``decide`` again with the updated state, until a
+decision has no actions. Rules are evaluated in priority order; the first
+rule that applies gives the reason.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+
+from dbvip.model import (
+    KERNEL_EXPIRY_SLACK_S,
+    AcquireLease,
+    Action,
+    AddVip,
+    AdoptLease,
+    Announce,
+    Announced,
+    Decision,
+    Failed,
+    KeyAbsent,
+    KeyHeld,
+    KeyInvalid,
+    KeyUnknown,
+    Lease,
+    LeaseGone,
+    LeaseGranted,
+    LeaseRefused,
+    LeaseReleased,
+    LeaseRenewed,
+    NodeState,
+    Observation,
+    Outcome,
+    Reason,
+    ReleaseLease,
+    RemoveVip,
+    RenewLease,
+    Role,
+    Timing,
+    VipAdded,
+    VipPresence,
+    VipRemoved,
+    WriterView,
+)
+
+_Done = Callable[[tuple[Action, ...], Reason, str, NodeState], Decision]
+
+
+def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decision:
+    """Return the next chain of actions for node ``me`` and why."""
+    now = obs.now_s
+    state = _track_role(state, obs)
+    vip_maybe = obs.vip is not VipPresence.ABSENT
+
+    def take_down(then: tuple[Action, ...] = ()) -> tuple[Action, ...]:
+        """RemoveVip (when the VIP may be up) followed by ``then``. A removal
+        that just failed is retried next tick; until then nothing that must
+        follow a removal (ReleaseLease) may run either."""
+        if not vip_maybe:
+            return then
+        return () if _backing_off(state, "vip", now) else (RemoveVip(), *then)
+
+    def done(actions: tuple[Action, ...], reason: Reason, detail: str, st: NodeState) -> Decision:
+        st = replace(st, reason=reason, detail=detail)
+        return Decision(
+            actions=actions,
+            reason=reason,
+            detail=detail,
+            state=st,
+            request_deadline_s=_request_deadline(st, obs, timing),
+            wake_s=_wake(st, obs, timing),
+            facts=_facts(st, obs),
+        )
+
+    lease = state.lease
+    # A lease past its deadline is lost, whatever etcd may still say: the
+    # deadline is the only promise this node can keep while etcd is silent.
+    if lease is not None and now >= lease.deadline_s:
+        return done(
+            take_down(),
+            Reason.LEASE_EXPIRED,
+            "lease deadline passed unrenewed",
+            replace(state, lease=None),
+        )
+
+    if obs.stopping:
+        chain = take_down(_release_chain(state, obs, me))
+        return done(
+            chain,
+            Reason.STOPPING if chain else Reason.STOPPED,
+            "shutting down",
+            replace(state, lease=None),
+        )
+
+    if lease is not None:
+        lost = _key_lost(lease, obs.writer, me)
+        if lost is not None:
+            reason, detail = lost
+            return done(
+                take_down((ReleaseLease(lease.lease_id),)),
+                reason,
+                detail,
+                replace(state, lease=None),
+            )
+
+    role = _effective_role(state, obs, timing)
+    if role is Role.REPLICA:
+        release = _release_chain(state, obs, me)
+        busy = vip_maybe or bool(release)
+        if obs.role.role is Role.UNKNOWN:
+            reason = Reason.ROLE_UNKNOWN_PAST_GRACE if busy else Reason.ROLE_UNKNOWN
+            detail = obs.role.cause or "role unknown"
+        else:
+            reason = Reason.DEMOTED if busy else Reason.REPLICA
+            detail = "database is in recovery"
+        return done(take_down(release), reason, detail, replace(state, lease=None))
+
+    if lease is not None:
+        return _while_holding(state, lease, obs, timing, role, done)
+
+    # Not holding; the database is primary or was primary within the grace.
+    view = obs.writer
+    if (
+        role is Role.PRIMARY
+        and isinstance(view, KeyHeld)
+        and view.holder == me
+        and view.lease_id not in (0, state.adopt_failed_lease)
+        and not _backing_off(state, "adopt", now)
+    ):
+        return done(
+            (AdoptLease(view.lease_id, view.revision),),
+            Reason.ADOPTING,
+            f"writer key names this node under lease {view.lease_id:x}",
+            state,
+        )
+    if vip_maybe:
+        return done(
+            take_down(),
+            Reason.VIP_WITHOUT_LEASE,
+            f"VIP {obs.vip.value} without the writer lease",
+            state,
+        )
+    if role is not Role.PRIMARY:
+        return done((), Reason.ROLE_UNKNOWN, obs.role.cause or "role unknown, within grace", state)
+    if isinstance(view, KeyAbsent):
+        if _backing_off(state, "acquire", now):
+            return done((), Reason.STANDBY, "acquire failed, retrying next tick", state)
+        return done((AcquireLease(timing.ttl_s),), Reason.ACQUIRING, "writer key is free", state)
+    if isinstance(view, KeyHeld):
+        return done(
+            (),
+            Reason.CONFLICT,
+            f"database is primary but {view.holder} holds the writer key",
+            state,
+        )
+    if isinstance(view, KeyInvalid):
+        return done((), Reason.WRITER_KEY_INVALID, view.detail, state)
+    return done((), Reason.ETCD_UNREACHABLE, view.cause, state)
+
+
+def absorb(
+    state: NodeState, obs: Observation, outcome: Outcome, timing: Timing, me: str
+) -> tuple[NodeState, Observation]:
+    """Fold one action's outcome into the state and the (now stale) view."""
+    now = obs.now_s
+    match outcome:
+        case LeaseGranted(lease_id, ttl_s, sent_s, revision):
+            lease = Lease(lease_id, sent_s + ttl_s - timing.margin_s, sent_s, revision)
+            view = KeyHeld(me, lease_id, revision, revision)
+            return (replace(state, lease=lease, adopt_failed_lease=None), replace(obs, writer=view))
+        case LeaseRenewed(lease_id, ttl_s, sent_s) if (
+            state.lease is not None and state.lease.lease_id == lease_id
+        ):
+            deadline = max(state.lease.deadline_s, sent_s + ttl_s - timing.margin_s)
+            return replace(
+                state, lease=replace(state.lease, deadline_s=deadline, renewed_s=sent_s)
+            ), obs
+        case LeaseRenewed():
+            return state, obs
+        case LeaseGone(lease_id):
+            kept = state.lease if state.lease and state.lease.lease_id != lease_id else None
+            gone = replace(state, lease=kept, adopt_failed_lease=lease_id)
+            return gone, replace(obs, writer=KeyUnknown("lease gone; re-read next tick"))
+        case LeaseRefused(holder, revision):
+            refused: WriterView = (
+                KeyHeld(holder, -1, revision, revision)
+                if holder is not None
+                else KeyInvalid("writer key holds an invalid value", 0, revision)
+            )
+            return _back_off(state, "acquire", now, timing), replace(obs, writer=refused)
+        case LeaseReleased():
+            return state, replace(obs, writer=KeyUnknown("released; re-read next tick"))
+        case VipAdded(lifetime_s, done_s, was_present):
+            added = replace(state, vip_valid_until_s=done_s + lifetime_s)
+            if not was_present:
+                added = replace(added, announces_left=timing.announce_count, next_announce_s=done_s)
+            return added, replace(obs, vip=VipPresence.PRESENT)
+        case VipRemoved():
+            # Never announce a VIP this node no longer has.
+            return (
+                replace(state, vip_valid_until_s=None, announces_left=0),
+                replace(obs, vip=VipPresence.ABSENT),
+            )
+        case Announced(done_s):
+            return replace(
+                state,
+                announces_left=max(0, state.announces_left - 1),
+                next_announce_s=done_s + timing.announce_interval_s,
+                last_announce_s=done_s,
+            ), obs
+        case Failed(action, cause):
+            failed = replace(state, last_failure=f"{type(action).__name__}: {cause}")
+            if isinstance(action, Announce):
+                return replace(
+                    failed,
+                    announces_left=max(0, state.announces_left - 1),
+                    next_announce_s=now + timing.announce_interval_s,
+                ), obs
+            return _back_off(failed, _kind(action), now, timing), obs
+    raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
+
+
+def vip_lifetime_s(lease: Lease, now_s: float, timing: Timing) -> int:
+    """Whole seconds the kernel may keep the VIP without a refresh.
+
+    Cut short by the kernel's expiry lateness and the netlink budget, so the
+    kernel has removed the VIP by the deadline even if this process freezes.
+    """
+    return math.floor(lease.deadline_s - now_s - KERNEL_EXPIRY_SLACK_S - timing.vip_op_timeout_s)
+
+
+# --------------------------------------------------------------------------
+
+
+def _while_holding(
+    state: NodeState, lease: Lease, obs: Observation, timing: Timing, role: Role, done: _Done
+) -> Decision:
+    now = obs.now_s
+    release_at = lease.deadline_s - timing.release_lead_s
+    renew: tuple[Action, ...] = ()
+    if now >= lease.renewed_s + timing.renew_interval_s and not _backing_off(state, "renew", now):
+        renew = (RenewLease(lease.lease_id),)
+    if now >= release_at:
+        # Renewals kept failing: take the VIP down before the deadline, and
+        # keep trying to renew (the VIP may come back if one lands in time).
+        remove: tuple[Action, ...] = ()
+        if obs.vip is not VipPresence.ABSENT and not _backing_off(state, "vip", now):
+            remove = (RemoveVip(),)
+        return done(
+            remove or renew,
+            Reason.LEASE_EXPIRING,
+            f"lease unrenewed, deadline in {lease.deadline_s - now:.2f} s",
+            state,
+        )
+    if renew:
+        return done(renew, Reason.HOLDING, "renewing the lease", state)
+    if role is not Role.PRIMARY:
+        # Within the grace: keep what we have, add and refresh nothing.
+        return done((), Reason.HOLDING_ROLE_UNSURE, obs.role.cause or "role unknown", state)
+    lifetime = vip_lifetime_s(lease, now, timing)
+    if lifetime >= 1 and not _backing_off(state, "vip", now):
+        if obs.vip is not VipPresence.PRESENT:
+            reason = Reason.TAKING_OVER if state.vip_valid_until_s is None else Reason.VIP_RESTORED
+            return done((AddVip(lifetime),), reason, f"VIP {obs.vip.value}, adding it", state)
+        if state.vip_valid_until_s is None or (now + lifetime - state.vip_valid_until_s >= 1):
+            return done((AddVip(lifetime),), Reason.HOLDING, "refreshing the VIP lifetime", state)
+    if state.announces_left > 0 and now >= state.next_announce_s:
+        return done((Announce(),), Reason.HOLDING, "announcing the VIP", state)
+    if (
+        timing.announce_refresh_s > 0
+        and state.last_announce_s is not None
+        and now >= state.last_announce_s + timing.announce_refresh_s
+    ):
+        return done((Announce(),), Reason.HOLDING, "refreshing the announcement", state)
+    return done((), Reason.HOLDING, "holding the writer lease", state)
+
+
+def _track_role(state: NodeState, obs: Observation) -> NodeState:
+    role = obs.role.role
+    if role is Role.PRIMARY:
+        return replace(state, last_primary_s=obs.now_s, role_unknown_since_s=None)
+    if role is Role.REPLICA:
+        return replace(state, last_primary_s=None, role_unknown_since_s=None)
+    if state.role_unknown_since_s is None:
+        return replace(state, role_unknown_since_s=obs.now_s)
+    return state
+
+
+def _effective_role(state: NodeState, obs: Observation, timing: Timing) -> Role:
+    """PRIMARY; UNKNOWN while a primary's probe fails within the grace; else
+    REPLICA (demoted, or unknown too long: treated as not primary)."""
+    role = obs.role.role
+    if role is not Role.UNKNOWN:
+        return role
+    since = state.role_unknown_since_s
+    within = since is not None and obs.now_s - since < timing.role_grace_s
+    return Role.UNKNOWN if within and state.last_primary_s is not None else Role.REPLICA
+
+
+def _key_lost(lease: Lease, view: WriterView, me: str) -> tuple[Reason, str] | None:
+    """Does a fresh view of the writer key contradict our lease?"""
+    if isinstance(view, KeyUnknown) or view.revision < lease.revision:
+        return None  # can't tell, or read before our own write
+    if isinstance(view, KeyHeld):
+        if view.holder == me and view.lease_id == lease.lease_id:
+            return None
+        return Reason.KEY_LOST, f"writer key now names {view.holder} (lease {view.lease_id:x})"
+    if isinstance(view, KeyInvalid):
+        return Reason.WRITER_KEY_INVALID, view.detail
+    return Reason.KEY_LOST, "writer key disappeared"
+
+
+def _release_chain(state: NodeState, obs: Observation, me: str) -> tuple[Action, ...]:
+    if state.lease is not None:
+        return (ReleaseLease(state.lease.lease_id),)
+    view = obs.writer
+    if isinstance(view, KeyHeld) and view.holder == me and view.lease_id > 0:
+        return (ReleaseLease(view.lease_id),)  # ours, left over from before
+    return ()
+
+
+def _request_deadline(state: NodeState, obs: Observation, timing: Timing) -> float:
+    """etcd requests must return in time to take the VIP down by the deadline."""
+    limit = obs.now_s + timing.request_timeout_s
+    if state.lease is None:
+        return limit
+    if obs.vip is VipPresence.ABSENT:
+        return min(limit, state.lease.deadline_s)
+    return min(limit, state.lease.deadline_s - timing.release_lead_s)
+
+
+def _wake(state: NodeState, obs: Observation, timing: Timing) -> float:
+    wake = obs.now_s + timing.probe_interval_s
+    if state.announces_left > 0:
+        wake = min(wake, state.next_announce_s)
+    if state.lease is not None:
+        wake = min(
+            wake,
+            state.lease.deadline_s - timing.release_lead_s,
+            state.lease.renewed_s + timing.renew_interval_s,
+        )
+    return max(wake, obs.now_s)
+
+
+def _facts(state: NodeState, obs: Observation) -> dict[str, str]:
+    facts = {"role": obs.role.role.value, "vip": obs.vip.value, "writer": _describe(obs.writer)}
+    if state.lease is not None:
+        facts["lease"] = f"{state.lease.lease_id:x}"
+        facts["deadline_in_s"] = f"{state.lease.deadline_s - obs.now_s:.2f}"
+    if obs.role.cause:
+        facts["role_cause"] = obs.role.cause
+    if obs.vip_cause:
+        facts["vip_cause"] = obs.vip_cause
+    return facts
+
+
+def _describe(view: WriterView) -> str:
+    match view:
+        case KeyAbsent():
+            return "free"
+        case KeyHeld(holder, lease_id, _, _):
+            return f"{holder}@{lease_id:x}"
+        case KeyInvalid(detail, _, _):
+            return f"invalid ({detail})"
+        case KeyUnknown(cause):
+            return f"unknown ({cause})"
+    raise AssertionError(view)  # pragma: no cover
+
+
+def _kind(action: Action) -> str:
+    match action:
+        case AcquireLease():
+            return "acquire"
+        case AdoptLease():
+            return "adopt"
+        case RenewLease():
+            return "renew"
+        case ReleaseLease():
+            return "release"
+        case AddVip() | RemoveVip():
+            return "vip"
+    return "announce"
+
+
+def _back_off(state: NodeState, kind: str, now_s: float, timing: Timing) -> NodeState:
+    """A failed action is not retried before the next tick."""
+    return replace(state, backoff={**state.backoff, kind: now_s + timing.probe_interval_s})
+
+
+def _backing_off(state: NodeState, kind: str, now_s: float) -> bool:
+    return now_s < state.backoff.get(kind, float("-inf"))

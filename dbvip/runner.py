@@ -1,0 +1,312 @@
+"""The loop: observe, decide, act in order, publish a snapshot.
+
+The only place that sleeps. Everything it calls is bounded in time: the role
+probe by ``probe_timeout_s``, every etcd request by the deadline the core
+gives (so the VIP can still come down in time), netlink by the kernel.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from dbvip.core import absorb, decide
+from dbvip.model import (
+    AcquireLease,
+    Action,
+    AddVip,
+    AdoptLease,
+    Announce,
+    Announced,
+    Decision,
+    Failed,
+    KeyHeld,
+    KeyUnknown,
+    LeaseGone,
+    LeaseGranted,
+    LeaseRefused,
+    LeaseReleased,
+    LeaseRenewed,
+    NodeState,
+    Observation,
+    Outcome,
+    ReleaseLease,
+    RemoveVip,
+    RenewLease,
+    Role,
+    Timing,
+    VipAdded,
+    VipPresence,
+    VipRemoved,
+    WriterView,
+)
+from dbvip.ports import (
+    Alive,
+    Announcer,
+    Clock,
+    Gone,
+    Granted,
+    LeaseStore,
+    Refused,
+    RoleProbe,
+    Unknown,
+    VipDriver,
+)
+
+log = logging.getLogger("dbvip")
+
+# Rounds of decide/act within one tick: enough for acquire, add, announce.
+MAX_ROUNDS = 6
+# Below this an etcd request cannot usefully be sent.
+MIN_REQUEST_S = 0.005
+
+
+class Waiter(Protocol):
+    """Sleeps until a timeout or a wake-up (signal, watch event)."""
+
+    def wait(self, timeout_s: float) -> None: ...
+
+    def wake(self) -> None: ...
+
+
+class EventWaiter:
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def wait(self, timeout_s: float) -> None:
+        self._event.wait(max(0.0, timeout_s))
+        self._event.clear()
+
+    def wake(self) -> None:
+        self._event.set()
+
+
+@dataclass(frozen=True)
+class Ports:
+    clock: Clock
+    probe: RoleProbe
+    store: LeaseStore
+    vip: VipDriver
+    announcer: Announcer
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What this node shows the world after each decision."""
+
+    node: str
+    reason: str
+    detail: str
+    facts: dict[str, str]
+    role: Role
+    timeline: int | None
+    lsn: str | None
+    vip_present: bool
+    lease_id: int | None
+    deadline_in_s: float | None
+    tick_s: float  # monotonic instant of the decision
+    last_failure: str
+
+
+class Runner:
+    def __init__(
+        self,
+        node: str,
+        timing: Timing,
+        ports: Ports,
+        waiter: Waiter,
+        publish: Callable[[Snapshot], None] = lambda _: None,
+    ) -> None:
+        self.node = node
+        self.timing = timing
+        self.ports = ports
+        self.waiter = waiter
+        self.publish = publish
+        self.state = NodeState()
+        self._request_deadline_s: float | None = None
+        self._key_dirty = True  # read the writer key at least once at start
+        self._key_read_s = float("-inf")
+        self._last_view: WriterView = KeyUnknown("not read yet")
+        self._last_reason: tuple[str, str] | None = None
+        self._last_failure = ""
+        self.stopping = threading.Event()
+
+    # -- wiring ---------------------------------------------------------------
+
+    def key_changed(self) -> None:
+        """Watch callback: the writer key changed or the watch reconnected."""
+        self._key_dirty = True
+        self.waiter.wake()
+
+    def stop(self) -> None:
+        """Signal handler: release everything, then leave ``run``."""
+        self.stopping.set()
+        self.waiter.wake()
+
+    # -- loop -----------------------------------------------------------------
+
+    def run(self, shutdown_attempts: int = 3) -> NodeState:
+        while not self.stopping.is_set():
+            decision = self.tick()
+            now = self.ports.clock.monotonic_s()
+            if not self.stopping.is_set():
+                self.waiter.wait(decision.wake_s - now)
+        for _ in range(shutdown_attempts):
+            decision = self.tick(stopping=True)
+            if not decision.actions:
+                break
+        return self.state
+
+    def tick(self, stopping: bool = False) -> Decision:
+        obs = self.observe(stopping)
+        decision = decide(self.state, obs, self.timing, self.node)
+        for _ in range(MAX_ROUNDS):
+            self.state = decision.state
+            self._request_deadline_s = decision.request_deadline_s
+            self._note(decision, obs)
+            if not decision.actions:
+                break
+            for action in decision.actions:
+                outcome = self.execute(action, decision.request_deadline_s)
+                self._report(action, outcome)
+                self.state, obs = absorb(self.state, obs, outcome, self.timing, self.node)
+                if isinstance(outcome, Failed):
+                    break  # the rest of the chain is only safe after this one
+            obs = replace(obs, now_s=self.ports.clock.monotonic_s())
+            decision = decide(self.state, obs, self.timing, self.node)
+        return decision
+
+    def observe(self, stopping: bool = False) -> Observation:
+        clock = self.ports.clock
+        vip = self.ports.vip.observe()
+        role = self.ports.probe.probe(self.timing.probe_timeout_s)
+        now = clock.monotonic_s()
+        if self._needs_key(role.role, vip.presence, stopping, now):
+            self._key_dirty = False
+            limit = self._request_deadline_s or now + self.timing.request_timeout_s
+            timeout = min(self.timing.request_timeout_s, limit - now)
+            if timeout < MIN_REQUEST_S:
+                view: WriterView = KeyUnknown("no time left before the lease deadline")
+            else:
+                view = self.ports.store.read_writer(timeout)
+            if isinstance(view, KeyUnknown):
+                self._key_dirty = True
+            else:
+                self._key_read_s = now
+            self._last_view = view
+            now = clock.monotonic_s()
+        return Observation(
+            now_s=now,
+            role=role,
+            writer=self._last_view,
+            vip=vip.presence,
+            stopping=stopping,
+            vip_cause=vip.cause,
+        )
+
+    def _needs_key(self, role: Role, vip: VipPresence, stopping: bool, now: float) -> bool:
+        """A settled replica only re-reads the key now and then; anything that
+        may act on the key reads it every tick."""
+        if self._key_dirty or stopping or role is not Role.REPLICA:
+            return True
+        if self.state.lease is not None or vip is not VipPresence.ABSENT:
+            return True
+        mine = isinstance(self._last_view, KeyHeld) and self._last_view.holder == self.node
+        return mine or now - self._key_read_s >= self.timing.renew_interval_s
+
+    def execute(self, action: Action, request_deadline_s: float) -> Outcome:
+        clock, store = self.ports.clock, self.ports.store
+        sent = clock.monotonic_s()
+        budget = request_deadline_s - sent
+        match action:
+            case AddVip(lifetime_s):
+                added = self.ports.vip.add(lifetime_s)
+                if isinstance(added, Unknown):
+                    return Failed(action, added.cause)
+                return VipAdded(lifetime_s, sent, added.was_present)
+            case RemoveVip():
+                removed = self.ports.vip.remove()
+                if isinstance(removed, Unknown):
+                    return Failed(action, removed.cause)
+                return VipRemoved(removed.was_present)
+            case Announce():
+                announced = self.ports.announcer.announce()
+                if isinstance(announced, Unknown):
+                    return Failed(action, announced.cause)
+                return Announced(clock.monotonic_s())
+        if budget < MIN_REQUEST_S:
+            return Failed(action, "no time left before the lease deadline")
+        match action:
+            case AcquireLease(ttl_s):
+                acquired = store.acquire(ttl_s, budget)
+                if isinstance(acquired, Granted):
+                    return LeaseGranted(acquired.lease_id, acquired.ttl_s, sent, acquired.revision)
+                if isinstance(acquired, Refused):
+                    return LeaseRefused(acquired.holder, acquired.revision)
+                return Failed(action, acquired.cause)
+            case AdoptLease(lease_id, revision):
+                kept = store.keepalive(lease_id, budget)
+                if isinstance(kept, Alive):
+                    return LeaseGranted(lease_id, kept.ttl_s, sent, revision)
+                return LeaseGone(lease_id) if isinstance(kept, Gone) else Failed(action, kept.cause)
+            case RenewLease(lease_id):
+                renewed = store.keepalive(lease_id, budget)
+                if isinstance(renewed, Alive):
+                    return LeaseRenewed(lease_id, renewed.ttl_s, sent)
+                if isinstance(renewed, Gone):
+                    return LeaseGone(lease_id)
+                return Failed(action, renewed.cause)
+            case ReleaseLease(lease_id):
+                released = store.release(lease_id, budget)
+                if isinstance(released, Unknown):
+                    return Failed(action, released.cause)
+                return LeaseReleased(lease_id)
+        raise AssertionError(f"unhandled action {action!r}")  # pragma: no cover
+
+    # -- reporting ------------------------------------------------------------
+
+    def _note(self, decision: Decision, obs: Observation) -> None:
+        key = (decision.reason.value, decision.detail)
+        if key != self._last_reason:
+            self._last_reason = key
+            facts = " ".join(f"{k}={v}" for k, v in decision.facts.items())
+            log.info(
+                "reason=%s detail=%r %s",
+                decision.reason.value,
+                decision.detail,
+                facts,
+                extra={"reason": decision.reason.value, "facts": decision.facts},
+            )
+        lease = decision.state.lease
+        self.publish(
+            Snapshot(
+                node=self.node,
+                reason=decision.reason.value,
+                detail=decision.detail,
+                facts=decision.facts,
+                role=obs.role.role,
+                timeline=obs.role.timeline,
+                lsn=obs.role.lsn,
+                vip_present=obs.vip is VipPresence.PRESENT,
+                lease_id=lease.lease_id if lease else None,
+                deadline_in_s=lease.deadline_s - obs.now_s if lease else None,
+                tick_s=obs.now_s,
+                last_failure=decision.state.last_failure,
+            )
+        )
+
+    def _report(self, action: Action, outcome: Outcome) -> None:
+        name = type(action).__name__
+        if isinstance(outcome, Failed):
+            if outcome.cause != self._last_failure:
+                self._last_failure = outcome.cause
+                log.warning("action=%s failed cause=%r", name, outcome.cause)
+            return
+        self._last_failure = ""
+        quiet = isinstance(outcome, LeaseRenewed | Announced) or (
+            isinstance(outcome, VipAdded) and outcome.was_present
+        )
+        log.log(logging.DEBUG if quiet else logging.INFO, "action=%s done %s", name, outcome)

@@ -1,0 +1,327 @@
+"""In-memory fakes of the ports, sharing one fake clock.
+
+``FakeEtcd`` keeps real lease semantics (TTL expiry deletes attached keys,
+revisions grow with every write) so the fakes can be ground truth for the
+invariants: who holds the writer key, whose VIP the "kernel" still has.
+Faults are set per node: ``ok``, ``refuse`` (answers at once with an
+error), ``hang`` (the call eats its whole timeout, then fails) and
+``lose_reply`` (the request takes effect, the reply is lost).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dbvip.model import (
+    KeyAbsent,
+    KeyHeld,
+    KeyInvalid,
+    KeyUnknown,
+    Role,
+    RoleReading,
+    VipPresence,
+    WriterView,
+)
+from dbvip.ports import (
+    Alive,
+    Done,
+    Gone,
+    Granted,
+    MemberReport,
+    Refused,
+    Unknown,
+    VipChanged,
+    VipReading,
+)
+
+Fault = Literal["ok", "refuse", "hang", "lose_reply"]
+WRITER = "/dbvip/c1/writer"
+
+
+class FakeClock:
+    def __init__(self, start_s: float = 1000.0) -> None:
+        self.now_s = start_s
+
+    def monotonic_s(self) -> float:
+        return self.now_s
+
+    def wall_iso(self) -> str:
+        return f"T+{self.now_s:.3f}"
+
+    def advance(self, seconds: float) -> None:
+        assert seconds >= 0, seconds
+        self.now_s += seconds
+
+
+class FakeWaiter:
+    """Sleeping advances the fake clock; wake-ups are counted."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.wakes = 0
+        self.on_wait: Callable[[], None] = lambda: None
+
+    def wait(self, timeout_s: float) -> None:
+        self.clock.advance(max(0.0, timeout_s))
+        self.on_wait()
+
+    def wake(self) -> None:
+        self.wakes += 1
+
+
+@dataclass
+class _Entry:
+    value: bytes
+    lease_id: int
+    mod_revision: int
+
+
+class FakeEtcd:
+    def __init__(self, clock: FakeClock, min_ttl_s: int = 1) -> None:
+        self.clock = clock
+        self.revision = 1
+        self.kv: dict[str, _Entry] = {}
+        self.leases: dict[int, tuple[int, float]] = {}  # id -> (ttl, expiry)
+        self._next_lease = 0x1000
+        self.min_ttl_s = min_ttl_s
+
+    def expire(self) -> None:
+        now = self.clock.now_s
+        for lease_id, (_, expiry) in list(self.leases.items()):
+            if expiry <= now:
+                self.revoke(lease_id)
+
+    def grant(self, ttl_s: int) -> tuple[int, int]:
+        self.expire()
+        ttl_s = max(ttl_s, self.min_ttl_s)
+        self._next_lease += 1
+        self.leases[self._next_lease] = (ttl_s, self.clock.now_s + ttl_s)
+        return self._next_lease, ttl_s
+
+    def keepalive(self, lease_id: int) -> int | None:
+        self.expire()
+        if lease_id not in self.leases:
+            return None
+        ttl_s, _ = self.leases[lease_id]
+        self.leases[lease_id] = (ttl_s, self.clock.now_s + ttl_s)
+        return ttl_s
+
+    def revoke(self, lease_id: int) -> None:
+        self.leases.pop(lease_id, None)
+        for key in [k for k, e in self.kv.items() if e.lease_id == lease_id]:
+            del self.kv[key]
+            self.revision += 1
+
+    def put(self, key: str, value: bytes, lease_id: int = 0) -> int:
+        self.expire()
+        self.revision += 1
+        self.kv[key] = _Entry(value, lease_id, self.revision)
+        return self.revision
+
+    def delete(self, key: str) -> None:
+        self.expire()
+        if self.kv.pop(key, None) is not None:
+            self.revision += 1
+
+    def get(self, key: str) -> _Entry | None:
+        self.expire()
+        return self.kv.get(key)
+
+    def writer_holder(self) -> tuple[str, int] | None:
+        """Ground truth: (holder, lease) of the writer key, if valid."""
+        entry = self.get(WRITER)
+        if entry is None:
+            return None
+        try:
+            return json.loads(entry.value)["node"], entry.lease_id
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+def writer_value(node: str) -> bytes:
+    return json.dumps({"node": node}).encode()
+
+
+def parse_writer(entry: _Entry | None, revision: int) -> WriterView:
+    if entry is None:
+        return KeyAbsent(revision)
+    try:
+        holder = json.loads(entry.value)["node"]
+        if not isinstance(holder, str) or not holder:
+            raise ValueError("node is not a name")
+    except (ValueError, KeyError, TypeError) as e:
+        return KeyInvalid(f"not a writer value: {e}", entry.lease_id, revision)
+    return KeyHeld(holder, entry.lease_id, revision, entry.mod_revision)
+
+
+class FakeLeaseStore:
+    def __init__(self, etcd: FakeEtcd, node: str) -> None:
+        self.etcd = etcd
+        self.node = node
+        self.fault: Fault = "ok"
+        self.calls: list[str] = []
+        self.members: list[MemberReport] = []
+
+    def _fail(self, timeout_s: float) -> Unknown | None:
+        if self.fault == "refuse":
+            return Unknown("connection refused")
+        if self.fault == "hang":
+            self.etcd.clock.advance(timeout_s)
+            return Unknown(f"timed out after {timeout_s:.3f} s")
+        return None
+
+    def _reply(self) -> Unknown | None:
+        return Unknown("reply lost") if self.fault == "lose_reply" else None
+
+    def read_writer(self, timeout_s: float) -> WriterView:
+        self.calls.append("read")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return KeyUnknown(failed.cause)
+        view = parse_writer(self.etcd.get(WRITER), self.etcd.revision)
+        return KeyUnknown("reply lost") if self._reply() else view
+
+    def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
+        self.calls.append("acquire")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        lease_id, granted = self.etcd.grant(ttl_s)
+        entry = self.etcd.get(WRITER)
+        if entry is not None:
+            self.etcd.revoke(lease_id)
+            view = parse_writer(entry, self.etcd.revision)
+            holder = view.holder if isinstance(view, KeyHeld) else None
+            return Refused(holder, self.etcd.revision)
+        revision = self.etcd.put(WRITER, writer_value(self.node), lease_id)
+        return self._reply() or Granted(lease_id, granted, revision)
+
+    def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown:
+        self.calls.append("keepalive")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        ttl_s = self.etcd.keepalive(lease_id)
+        if self._reply():
+            return Unknown("reply lost")
+        return Gone() if ttl_s is None else Alive(ttl_s)
+
+    def release(self, lease_id: int, timeout_s: float) -> Done | Unknown:
+        self.calls.append("release")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        entry = self.etcd.get(WRITER)
+        if entry is not None and entry.lease_id == lease_id:
+            self.etcd.delete(WRITER)
+        self.etcd.revoke(lease_id)
+        return self._reply() or Done()
+
+    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        self.members.append(report)
+        return Done()
+
+    def close(self) -> None:
+        pass
+
+
+@dataclass
+class FakeKernel:
+    """Every node's VIP, with lifetimes that expire like the kernel's
+    (``lateness_s`` late, as the real one is up to about a second)."""
+
+    clock: FakeClock
+    lateness_s: float = 0.0
+    # node -> expiry instant (inf: no lifetime)
+    vips: dict[str, float] = field(default_factory=dict)
+
+    def holders(self) -> set[str]:
+        now = self.clock.now_s
+        for node, expiry in list(self.vips.items()):
+            if expiry + self.lateness_s <= now:
+                del self.vips[node]
+        return set(self.vips)
+
+
+class FakeVipDriver:
+    def __init__(self, kernel: FakeKernel, node: str) -> None:
+        self.kernel = kernel
+        self.node = node
+        self.fault: Literal["ok", "missing", "refuse"] = "ok"
+        self.ops: list[tuple[str, float]] = []
+
+    def _problem(self) -> str | None:
+        if self.fault == "missing":
+            return "interface eth0 not found"
+        if self.fault == "refuse":
+            return "operation not permitted (CAP_NET_ADMIN)"
+        return None
+
+    def observe(self) -> VipReading:
+        problem = self._problem()
+        if problem:
+            return VipReading(VipPresence.UNKNOWN, problem)
+        present = self.node in self.kernel.holders()
+        return VipReading(VipPresence.PRESENT if present else VipPresence.ABSENT)
+
+    def add(self, lifetime_s: int) -> VipChanged | Unknown:
+        problem = self._problem()
+        if problem:
+            return Unknown(problem)
+        assert lifetime_s >= 1, lifetime_s
+        was = self.node in self.kernel.holders()
+        self.kernel.vips[self.node] = self.kernel.clock.now_s + lifetime_s
+        self.ops.append(("add", self.kernel.clock.now_s))
+        return VipChanged(was_present=was)
+
+    def remove(self) -> VipChanged | Unknown:
+        problem = self._problem()
+        if problem:
+            return Unknown(problem)
+        was = self.kernel.vips.pop(self.node, None) is not None
+        self.ops.append(("remove", self.kernel.clock.now_s))
+        return VipChanged(was_present=was)
+
+    def close(self) -> None:
+        pass
+
+
+class FakeProbe:
+    def __init__(self, clock: FakeClock, role: Role = Role.PRIMARY) -> None:
+        self.clock = clock
+        self.role = role
+        self.timeline = 1
+        self.hang = False
+
+    def probe(self, timeout_s: float) -> RoleReading:
+        if self.hang:
+            self.clock.advance(timeout_s)
+            return RoleReading(Role.UNKNOWN, cause=f"probe timed out after {timeout_s} s")
+        if self.role is Role.UNKNOWN:
+            return RoleReading(Role.UNKNOWN, cause="connection refused")
+        return RoleReading(self.role, timeline=self.timeline, lsn="0/3000000")
+
+    def close(self) -> None:
+        pass
+
+
+class FakeAnnouncer:
+    """Records announcements and whether the node had the VIP at the time."""
+
+    def __init__(self, kernel: FakeKernel, node: str) -> None:
+        self.kernel = kernel
+        self.node = node
+        self.sent: list[tuple[float, bool]] = []
+
+    def announce(self) -> Done | Unknown:
+        self.sent.append((self.kernel.clock.now_s, self.node in self.kernel.holders()))
+        return Done()
+
+    def close(self) -> None:
+        pass

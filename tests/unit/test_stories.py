@@ -1,0 +1,308 @@
+"""Multi-tick stories: the real Runner and core over in-memory fakes on a fake clock."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from dbvip.model import Role, Timing
+from dbvip.runner import Ports, Runner
+from tests.fakes import (
+    WRITER,
+    FakeAnnouncer,
+    FakeClock,
+    FakeEtcd,
+    FakeKernel,
+    FakeLeaseStore,
+    FakeProbe,
+    FakeVipDriver,
+    FakeWaiter,
+)
+
+T = Timing()
+
+
+class Node:
+    def __init__(
+        self,
+        name: str,
+        clock: FakeClock,
+        etcd: FakeEtcd,
+        kernel: FakeKernel,
+        role: Role = Role.PRIMARY,
+    ) -> None:
+        self.name = name
+        self.probe = FakeProbe(clock, role)
+        self.store = FakeLeaseStore(etcd, name)
+        self.vip = FakeVipDriver(kernel, name)
+        self.announcer = FakeAnnouncer(kernel, name)
+        self.waiter = FakeWaiter(clock)
+        self.runner = self.restart(clock)
+
+    def restart(self, clock: FakeClock) -> Runner:
+        self.runner = Runner(
+            self.name,
+            T,
+            Ports(clock, self.probe, self.store, self.vip, self.announcer),
+            self.waiter,
+        )
+        return self.runner
+
+
+class World:
+    def __init__(self, *roles: Role) -> None:
+        self.clock = FakeClock()
+        self.etcd = FakeEtcd(self.clock)
+        self.kernel = FakeKernel(self.clock, lateness_s=1.0)
+        self.nodes = [
+            Node(f"n{i + 1}", self.clock, self.etcd, self.kernel, r) for i, r in enumerate(roles)
+        ]
+
+    def check(self) -> None:
+        """S1 and the lease invariant, against ground truth."""
+        holders = self.kernel.holders()
+        assert len(holders) <= 1, f"two writers: {holders}"
+        for node in holders:
+            truth = self.etcd.writer_holder()
+            # The kernel may still show a VIP whose lifetime runs out, but
+            # only while the etcd lease it was added under is still alive.
+            assert truth is not None and truth[0] == node, (node, truth)
+
+    def run(self, seconds: float, nodes: list[Node] | None = None) -> None:
+        until = self.clock.now_s + seconds
+        nodes = self.nodes if nodes is None else nodes
+        while self.clock.now_s < until:
+            wake = until
+            for node in nodes:
+                wake = min(wake, node.runner.tick().wake_s)
+                self.check()
+            self.clock.advance(max(0.001, wake - self.clock.now_s))
+            self.check()
+
+
+def test_primary_takes_the_vip_and_announces_it_three_times_spaced() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    assert world.kernel.holders() == {"n1"}
+    assert world.etcd.writer_holder() is not None
+    assert world.etcd.writer_holder()[0] == "n1"  # type: ignore[index]
+    times = [t for t, had_vip in n1.announcer.sent]
+    assert len(times) == T.announce_count
+    assert all(had for _, had in n1.announcer.sent), "announced a VIP it did not have"
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g >= T.announce_interval_s - 1e-9 for g in gaps)
+
+
+def test_take_over_happens_in_the_first_tick() -> None:
+    world = World(Role.PRIMARY)
+    world.nodes[0].runner.tick()
+    assert world.kernel.holders() == {"n1"}
+
+
+def test_replicas_never_take_the_vip() -> None:
+    world = World(Role.REPLICA, Role.REPLICA)
+    world.run(30.0)
+    assert world.kernel.holders() == set()
+    assert world.etcd.get(WRITER) is None
+
+
+def test_switchover_vip_follows_and_key_is_freed_at_once() -> None:
+    world = World(Role.PRIMARY, Role.REPLICA)
+    n1, n2 = world.nodes
+    world.run(1.0)
+    n1.probe.role = Role.REPLICA
+    n1.runner.tick()
+    assert world.kernel.holders() == set()
+    assert world.etcd.get(WRITER) is None, "key must be deleted, not left to expire"
+    assert world.etcd.leases == {}, "lease must be revoked"
+    removed_at = n1.vip.ops[-1]
+    n2.probe.role = Role.PRIMARY
+    world.run(1.0)
+    assert world.kernel.holders() == {"n2"}
+    assert removed_at[0] == "remove"
+
+
+def test_two_primaries_one_vip_and_the_other_reports_the_conflict() -> None:
+    world = World(Role.PRIMARY, Role.PRIMARY)
+    world.run(5.0)
+    assert world.kernel.holders() == {"n1"}
+    assert world.nodes[1].runner.state.reason is not None
+    assert world.nodes[1].runner.state.reason.value == "conflict"
+
+
+def test_etcd_hangs_vip_comes_down_before_the_lease_can_expire() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    lease_id = n1.runner.state.lease.lease_id  # type: ignore[union-attr]
+    n1.store.fault = "hang"
+    world.run(T.ttl_s * 2)  # check() after every tick: VIP only under a live lease
+    assert world.kernel.holders() == set()
+    world.etcd.expire()
+    assert lease_id not in world.etcd.leases
+    n1.store.fault = "ok"
+    world.run(3.0)
+    assert world.kernel.holders() == {"n1"}, "primary must take the VIP again by itself"
+
+
+def test_etcd_refuses_vip_comes_down_by_the_deadline_then_returns() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    n1.store.fault = "refuse"
+    world.run(T.ttl_s - T.margin_s)
+    assert world.kernel.holders() == set()
+    n1.store.fault = "ok"
+    world.run(T.ttl_s)
+    assert world.kernel.holders() == {"n1"}
+
+
+def test_frozen_sidecar_kernel_lifetime_removes_the_vip_before_lease_expiry() -> None:
+    world = World(Role.PRIMARY, Role.REPLICA)
+    n1, n2 = world.nodes
+    world.run(3.0)
+    n2.probe.role = Role.PRIMARY
+    n1.probe.role = Role.REPLICA  # n1 is frozen: it will never see this
+    world.run(T.ttl_s + 2, nodes=[n2])  # check() proves no overlap at any step
+    assert world.kernel.holders() == {"n2"}
+
+
+def test_restart_adopts_the_lease_without_blinking_the_vip() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(3.0)
+    lease_id = n1.runner.state.lease.lease_id  # type: ignore[union-attr]
+    ops_before = len(n1.vip.ops)
+    n1.restart(world.clock)
+    world.run(5.0)
+    assert n1.runner.state.lease is not None
+    assert n1.runner.state.lease.lease_id == lease_id
+    assert ("remove", pytest.approx(0, abs=1e9)) not in n1.vip.ops[ops_before:]
+    assert all(op == "add" for op, _ in n1.vip.ops[ops_before:])
+    assert world.kernel.holders() == {"n1"}
+
+
+def test_restart_as_replica_releases_the_old_key_at_once() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    n1.probe.role = Role.REPLICA
+    n1.restart(world.clock)
+    n1.runner.tick()
+    assert world.etcd.get(WRITER) is None
+    assert world.kernel.holders() == set()
+
+
+def test_stop_releases_everything_and_returns() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    n1.waiter.on_wait = n1.runner.stop
+    n1.runner.run()
+    assert world.kernel.holders() == set()
+    assert world.etcd.get(WRITER) is None
+    assert world.etcd.leases == {}
+
+
+def test_key_deleted_by_hand_vip_drops_then_comes_back() -> None:
+    world = World(Role.PRIMARY)
+    world.run(1.0)
+    world.etcd.delete(WRITER)
+    world.nodes[0].runner.tick()
+    world.run(1.0)
+    assert world.kernel.holders() == {"n1"}
+
+
+def test_garbage_in_the_writer_key_drops_the_vip_and_blocks_taking(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World(Role.PRIMARY, Role.REPLICA)
+    caplog.set_level(logging.INFO, "dbvip")
+    world.run(1.0)
+    world.etcd.put(WRITER, b"\x00garbage")
+    world.run(5.0)
+    assert world.kernel.holders() == set()
+    assert world.nodes[0].runner.state.reason is not None
+    assert world.nodes[0].runner.state.reason.value == "writer_key_invalid"
+    assert any("writer_key_invalid" in r.getMessage() for r in caplog.records)
+
+
+def test_vip_deleted_by_hand_comes_back_and_is_announced_again() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    world.kernel.vips.clear()
+    sent = len(n1.announcer.sent)
+    world.run(1.0)
+    assert world.kernel.holders() == {"n1"}
+    assert len(n1.announcer.sent) == sent + T.announce_count
+
+
+def test_steady_renewals_keep_the_vip_for_a_long_time() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    for _ in range(60):
+        world.run(1.0)
+        assert world.kernel.holders() == {"n1"}
+    assert [op for op, _ in n1.vip.ops].count("remove") == 0
+
+
+def test_database_unreachable_within_grace_keeps_then_past_grace_releases() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    n1.probe.role = Role.UNKNOWN
+    world.run(T.role_grace_s / 2)
+    assert world.kernel.holders() == {"n1"}
+    world.run(T.role_grace_s)
+    assert world.kernel.holders() == set()
+    assert world.etcd.get(WRITER) is None
+
+
+def test_hung_database_probe_still_lets_the_vip_come_down_in_time() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    n1.probe.hang = True
+    n1.store.fault = "hang"
+    world.run(T.ttl_s * 2)
+    assert world.kernel.holders() == set()
+
+
+def test_missing_interface_is_logged_once_and_never_crashes(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    caplog.set_level(logging.INFO, "dbvip")
+    n1.vip.fault = "missing"
+    world.run(5.0)
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert [r.getMessage() for r in warnings] == [
+        "action=RemoveVip failed cause='interface eth0 not found'"
+    ]
+    n1.vip.fault = "ok"
+    world.run(1.0)
+    assert world.kernel.holders() == {"n1"}
+
+
+def test_lost_reply_on_acquire_is_recovered_by_adoption() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    n1.store.fault = "lose_reply"
+    n1.runner.tick()
+    assert world.kernel.holders() == set()
+    n1.store.fault = "ok"
+    world.run(1.0)
+    assert world.kernel.holders() == {"n1"}
+
+
+def test_replica_reads_the_key_rarely() -> None:
+    world = World(Role.REPLICA)
+    n1 = world.nodes[0]
+    world.run(10.0)
+    reads = n1.store.calls.count("read")
+    assert 0 < reads <= 10.0 / T.renew_interval_s + 2
