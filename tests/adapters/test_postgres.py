@@ -1,0 +1,179 @@
+"""The PostgreSQL role probe against real PostgreSQL 15 servers on loopback."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from dbvip.adapters.postgres import PostgresRoleProbe
+from dbvip.model import Role, RoleReading
+from tests.support.eventually import eventually
+from tests.support.postgres_fixtures import *  # noqa: F403 (the fixtures)
+from tests.support.postgres_server import SUPERUSER_PASSWORD, PgServer
+
+pytestmark = pytest.mark.real
+
+TIMEOUT_S = 0.5
+BOUND_S = 3 * TIMEOUT_S  # generous: the probe itself aims at TIMEOUT_S plus a few ms
+LSN = re.compile(r"^[0-9A-F]+/[0-9A-F]+$")
+
+ProbeFactory = Callable[..., PostgresRoleProbe]
+
+
+@pytest.fixture
+def make_probe() -> Iterator[ProbeFactory]:
+    made: list[PostgresRoleProbe] = []
+
+    def make(conninfo: str, password: str | None = None) -> PostgresRoleProbe:
+        made.append(PostgresRoleProbe(conninfo, password))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for probe in made:
+            probe.close()
+
+
+def timed_probe(probe: PostgresRoleProbe) -> tuple[RoleReading, float]:
+    start_s = time.monotonic()
+    reading = probe.probe(TIMEOUT_S)
+    return reading, time.monotonic() - start_s
+
+
+def role_is(probe: PostgresRoleProbe, role: Role) -> RoleReading | None:
+    reading = probe.probe(TIMEOUT_S)
+    return reading if reading.role is role else None
+
+
+def assert_unknown_in_time(probe: PostgresRoleProbe, cause_pattern: str) -> RoleReading:
+    reading, elapsed_s = timed_probe(probe)
+    assert reading.role is Role.UNKNOWN, reading
+    assert reading.timeline is None and reading.lsn is None
+    assert reading.cause and re.search(cause_pattern, reading.cause), reading.cause
+    assert elapsed_s < BOUND_S, f"probe took {elapsed_s:.3f} s"
+    return reading
+
+
+def test_primary_reads_primary_on_timeline_1_with_its_lsn(
+    pg_primary: PgServer, make_probe: ProbeFactory
+) -> None:
+    reading = make_probe(pg_primary.conninfo()).probe(TIMEOUT_S)
+
+    assert reading.role is Role.PRIMARY, reading
+    assert reading.timeline == 1 and reading.cause is None
+    assert reading.lsn and LSN.match(reading.lsn)
+    assert pg_primary.sql(f"SELECT '{reading.lsn}'::pg_lsn <= pg_current_wal_lsn()") == "t"
+
+
+def test_standby_reads_replica_with_its_replay_lsn(
+    pg_standby: PgServer, make_probe: ProbeFactory
+) -> None:
+    reading = make_probe(pg_standby.conninfo()).probe(TIMEOUT_S)
+
+    assert reading.role is Role.REPLICA, reading
+    assert reading.timeline == 1 and reading.cause is None
+    assert reading.lsn and LSN.match(reading.lsn)
+    assert pg_standby.sql(f"SELECT '{reading.lsn}'::pg_lsn <= pg_last_wal_replay_lsn()") == "t"
+
+
+def test_promoted_standby_reads_primary_on_the_new_timeline_at_once(
+    pg_primary: PgServer, pg_standby: PgServer, make_probe: ProbeFactory
+) -> None:
+    # Dirty buffers on the standby make the checkpoint that follows promotion
+    # a spread one (tens of seconds): a timeline read from the checkpoint
+    # would still say 1 when the probe first sees a primary.
+    pg_primary.sql(
+        "CREATE TABLE filler AS SELECT g, repeat('x', 100) FROM generate_series(1, 10000) g"
+    )
+    written = pg_primary.sql("SELECT pg_current_wal_lsn()")
+    eventually(lambda: pg_standby.sql(f"SELECT pg_last_wal_replay_lsn() >= '{written}'") == "t")
+    probe = make_probe(pg_standby.conninfo())
+    assert probe.probe(TIMEOUT_S).role is Role.REPLICA
+
+    pg_standby.promote()
+    reading = eventually(lambda: role_is(probe, Role.PRIMARY), timeout_s=10)
+
+    assert reading is not None and reading.timeline == 2, reading
+    assert reading.lsn and LSN.match(reading.lsn)
+    checkpoint_timeline = pg_standby.sql("SELECT (pg_control_checkpoint()).timeline_id")
+    assert checkpoint_timeline == "1", "the checkpoint caught up: this test no longer discriminates"
+
+
+def test_stopped_server_reads_unknown_in_time_and_the_probe_reconnects(
+    pg_primary: PgServer, make_probe: ProbeFactory
+) -> None:
+    over_socket = make_probe(pg_primary.conninfo())
+    over_tcp = make_probe(pg_primary.tcp_conninfo(), SUPERUSER_PASSWORD)
+    assert over_socket.probe(TIMEOUT_S).role is Role.PRIMARY
+    assert over_tcp.probe(TIMEOUT_S).role is Role.PRIMARY
+
+    pg_primary.stop("fast")
+    assert_unknown_in_time(over_socket, "No such file or directory")
+    assert_unknown_in_time(over_tcp, "Connection refused")
+
+    pg_primary.start()
+    eventually(lambda: role_is(over_socket, Role.PRIMARY))
+    eventually(lambda: role_is(over_tcp, Role.PRIMARY))
+
+
+def test_frozen_server_reads_unknown_timed_out_and_the_probe_recovers_on_thaw(
+    pg_primary: PgServer, make_probe: ProbeFactory
+) -> None:
+    warm = make_probe(pg_primary.conninfo())
+    over_tcp = make_probe(pg_primary.tcp_conninfo(), SUPERUSER_PASSWORD)
+    assert warm.probe(TIMEOUT_S).role is Role.PRIMARY
+
+    pg_primary.freeze()
+    try:
+        # The query goes out on a live connection to a frozen backend ...
+        assert_unknown_in_time(warm, r"timed out after 0\.5 s \(awaiting the answer\)")
+        # ... then a new connection meets a frozen postmaster.
+        assert_unknown_in_time(warm, r"timed out after 0\.5 s \(connecting\)")
+        assert_unknown_in_time(over_tcp, r"timed out after 0\.5 s \(connecting\)")
+    finally:
+        pg_primary.thaw()
+
+    eventually(lambda: role_is(warm, Role.PRIMARY))
+    eventually(lambda: role_is(over_tcp, Role.PRIMARY))
+
+
+def test_wrong_password_reads_unknown_with_the_server_message_and_no_password(
+    pg_primary: PgServer, make_probe: ProbeFactory
+) -> None:
+    wrong = "not-the-Pw-93b2"
+    reading = assert_unknown_in_time(
+        make_probe(pg_primary.tcp_conninfo(), wrong), "password authentication failed"
+    )
+
+    assert wrong not in repr(reading)
+    right = make_probe(pg_primary.tcp_conninfo(), SUPERUSER_PASSWORD).probe(TIMEOUT_S)
+    assert right.role is Role.PRIMARY, right
+
+
+def test_missing_database_reads_unknown_with_the_server_message(
+    pg_primary: PgServer, make_probe: ProbeFactory
+) -> None:
+    assert_unknown_in_time(
+        make_probe(pg_primary.conninfo(dbname="nowhere")), 'database "nowhere" does not exist'
+    )
+
+
+def test_listener_that_never_speaks_reads_unknown_in_time(
+    silent_listener: tuple[str, int], make_probe: ProbeFactory
+) -> None:
+    host, port = silent_listener
+    probe = make_probe(f"host={host} port={port} user=postgres dbname=postgres")
+
+    assert_unknown_in_time(probe, r"timed out after 0\.5 s \(connecting\)")
+    assert_unknown_in_time(probe, r"timed out after 0\.5 s \(connecting\)")
+
+
+def test_malformed_conninfo_is_refused_at_construction() -> None:
+    with pytest.raises(ValueError, match="invalid connection option") as raised:
+        PostgresRoleProbe("host=/tmp nonsense=1", password="secret-Pw")
+
+    assert "secret-Pw" not in str(raised.value)
