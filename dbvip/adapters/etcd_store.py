@@ -1,0 +1,236 @@
+"""``LeaseStore`` and ``KeyWatcher`` on etcd, for one node of one cluster.
+
+Every method returns by its ``timeout_s`` (the client guarantees it) and maps
+"could not find out" to ``Unknown``/``KeyUnknown``, never to a "no".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from dbvip.adapters.etcd_client import (
+    EtcdClient,
+    EtcdUnavailableError,
+    KeyValue,
+    Watch,
+    compare_create_revision,
+    compare_lease,
+    delete_op,
+    put_op,
+    range_op,
+)
+from dbvip.keys import (
+    DEFAULT_PREFIX,
+    Garbage,
+    KeyLayout,
+    WriterValue,
+    decode_member,
+    decode_writer,
+    encode_member,
+    encode_writer,
+)
+from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, WriterView
+from dbvip.ports import Alive, Clock, Done, Gone, Granted, MemberReport, Refused, Unknown
+
+
+@dataclass(frozen=True)
+class MemberStatus:
+    node: str
+    value: dict[str, Any] | Garbage
+    lease_id: int
+    ttl_s: int | None  # remaining TTL of its lease; -1 gone, None unknown or no lease
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """What ``dbvip status`` shows: one consistent read plus lease TTLs."""
+
+    writer: WriterView
+    writer_ttl_s: int | None  # as MemberStatus.ttl_s, for the writer key's lease
+    members: tuple[MemberStatus, ...]
+
+
+def _writer_view(kv: KeyValue | None, revision: int) -> WriterView:
+    if kv is None:
+        return KeyAbsent(revision)
+    value = decode_writer(kv.value)
+    if isinstance(value, Garbage):
+        return KeyInvalid(value.detail, kv.lease_id, revision)
+    return KeyHeld(value.node, kv.lease_id, revision, kv.mod_revision)
+
+
+class EtcdLeaseStore:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        cluster: str,
+        node: str,
+        vip: str,
+        clock: Clock,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        member_ttl_s: int = 10,
+        ca_file: str | None = None,
+        cert_file: str | None = None,
+        key_file: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
+        self._keys = KeyLayout(cluster, prefix)
+        self._member_key = self._keys.member(node)  # also checks the node name
+        self._node, self._vip, self._clock = node, vip, clock
+        self._member_ttl_s = member_ttl_s
+        self._member_lease: int | None = None
+        self._client = EtcdClient(
+            endpoints,
+            ca_file=ca_file,
+            cert_file=cert_file,
+            key_file=key_file,
+            username=username,
+            password=password,
+        )
+
+    @property
+    def keys(self) -> KeyLayout:
+        return self._keys
+
+    def close(self) -> None:
+        self._client.close()
+
+    def read_writer(self, timeout_s: float) -> WriterView:
+        try:
+            result = self._client.range(self._keys.writer, timeout_s)
+        except EtcdUnavailableError as exc:
+            return KeyUnknown(exc.cause)
+        return _writer_view(result.kvs[0] if result.kvs else None, result.revision)
+
+    def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
+        deadline = time.monotonic() + timeout_s
+        key = self._keys.writer
+        try:
+            grant = self._client.grant(ttl_s, timeout_s)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"lease grant: {exc.cause}")
+        lease_id = grant.lease_id
+        value = encode_writer(self._node, self._vip, lease_id, self._clock.wall_iso())
+        try:
+            txn = self._client.txn(
+                [compare_create_revision(key, 0)],
+                [put_op(key, value, lease_id)],
+                [range_op(key)],
+                deadline - time.monotonic(),
+            )
+        except EtcdUnavailableError as exc:
+            # The put may have happened: revoking takes the key down with the lease.
+            self._revoke_quietly(lease_id, deadline)
+            return Unknown(f"writer txn: {exc.cause}")
+        if txn.succeeded:
+            return Granted(lease_id, grant.ttl_s, txn.revision)
+        for kv in txn.kvs:
+            if kv.lease_id == lease_id:
+                # A retried txn found the key its own lost first try had created.
+                return Granted(lease_id, grant.ttl_s, kv.mod_revision)
+        self._revoke_quietly(lease_id, deadline)
+        value_now = decode_writer(txn.kvs[0].value) if txn.kvs else None
+        holder = value_now.node if isinstance(value_now, WriterValue) else None
+        return Refused(holder, txn.revision)
+
+    def _revoke_quietly(self, lease_id: int, deadline: float) -> None:
+        """Best effort: a lease left behind carries no key and dies with its TTL."""
+        remaining_s = deadline - time.monotonic()
+        if remaining_s > 0:
+            with contextlib.suppress(EtcdUnavailableError):
+                self._client.revoke(lease_id, remaining_s)
+
+    def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown:
+        try:
+            ttl_s = self._client.keepalive(lease_id, timeout_s)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"lease keepalive: {exc.cause}")
+        return Alive(ttl_s) if ttl_s > 0 else Gone()
+
+    def release(self, lease_id: int, timeout_s: float) -> Done | Unknown:
+        deadline = time.monotonic() + timeout_s
+        key = self._keys.writer
+        # At most half the budget, so that the revoke always gets its turn; if the
+        # txn's fate is unknown, the revoke deletes a key still attached all the same.
+        with contextlib.suppress(EtcdUnavailableError):
+            self._client.txn([compare_lease(key, lease_id)], [delete_op(key)], [], timeout_s / 2)
+        try:
+            self._client.revoke(lease_id, deadline - time.monotonic())
+        except EtcdUnavailableError as exc:
+            return Unknown(f"lease revoke: {exc.cause}")
+        return Done()  # revoked now, or gone already: either way nothing is left
+
+    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
+        deadline = time.monotonic() + timeout_s
+
+        def remaining_s() -> float:
+            return deadline - time.monotonic()
+
+        value = encode_member(report, self._clock.wall_iso())
+        try:
+            lease_id = self._member_lease
+            if lease_id is not None and self._client.keepalive(lease_id, remaining_s()) <= 0:
+                lease_id = None
+            if lease_id is None:
+                grant = self._client.grant(self._member_ttl_s, remaining_s())
+                lease_id = self._member_lease = grant.lease_id
+            revision = self._client.put(self._member_key, value, remaining_s(), lease_id=lease_id)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"member publish: {exc.cause}")
+        if revision is None:
+            self._member_lease = None  # expired between keepalive and put; next time anew
+            return Unknown("member lease expired while publishing")
+        return Done()
+
+    def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
+        deadline = time.monotonic() + timeout_s
+        try:
+            result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
+        except EtcdUnavailableError as exc:
+            return Unknown(exc.cause)
+        by_key = {kv.key.decode(errors="replace"): kv for kv in result.kvs}
+        writer_kv = by_key.get(self._keys.writer)
+
+        def ttl_s(lease_id: int) -> int | None:
+            if lease_id == 0 or deadline <= time.monotonic():
+                return None
+            try:
+                return self._client.time_to_live(lease_id, deadline - time.monotonic()).ttl_s
+            except EtcdUnavailableError:
+                return None
+
+        members_prefix = self._keys.members_prefix
+        members = tuple(
+            MemberStatus(name, decode_member(kv.value), kv.lease_id, ttl_s(kv.lease_id))
+            for key, kv in sorted(by_key.items())
+            if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
+        )
+        writer = _writer_view(writer_kv, result.revision)
+        return ClusterStatus(writer, ttl_s(writer_kv.lease_id) if writer_kv else None, members)
+
+    def writer_watcher(self) -> EtcdKeyWatcher:
+        return EtcdKeyWatcher(self._client, self._keys.writer)
+
+
+class EtcdKeyWatcher:
+    """``KeyWatcher`` over a client watch of one key; a wake-up, never the state."""
+
+    def __init__(self, client: EtcdClient, key: str) -> None:
+        self._client, self._key = client, key
+        self._watch: Watch | None = None
+
+    def start(self, wake: Callable[[], None]) -> None:
+        self.stop()
+        self._watch = Watch(self._client, self._key, wake)
+        self._watch.start()
+
+    def stop(self) -> None:
+        watch, self._watch = self._watch, None
+        if watch is not None:
+            watch.stop()

@@ -1,0 +1,133 @@
+"""Where dbvip keeps its state in etcd, and what the values look like.
+
+Pure: no I/O. Values are compact JSON so that plain ``etcdctl get`` shows them
+readably. Decoding the writer value is strict: anything that does not name a
+holder unambiguously is garbage, reported with a detail, never guessed at.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from dbvip.ports import MemberReport
+
+DEFAULT_PREFIX = "/dbvip"
+
+
+def _check_name(what: str, name: str) -> str:
+    if not name or "/" in name or name != name.strip() or not name.isprintable():
+        raise ValueError(f"{what} {name!r} must be a non-empty printable name without '/'")
+    return name
+
+
+@dataclass(frozen=True)
+class KeyLayout:
+    """``/<prefix>/<cluster>/{writer, reader/<vip>, members/<node>}``."""
+
+    cluster: str
+    prefix: str = DEFAULT_PREFIX
+
+    def __post_init__(self) -> None:
+        _check_name("cluster", self.cluster)
+        parts = self.prefix.strip("/").split("/")
+        if not self.prefix.startswith("/") or any(not p or p != p.strip() for p in parts):
+            raise ValueError(f"prefix {self.prefix!r} must look like /name or /name/name")
+        # One canonical spelling, so that "/dbvip/" and "/dbvip" share keys.
+        object.__setattr__(self, "prefix", "/" + "/".join(parts))
+
+    @property
+    def base(self) -> str:
+        return f"{self.prefix}/{self.cluster}"
+
+    @property
+    def writer(self) -> str:
+        return f"{self.base}/writer"
+
+    @property
+    def members_prefix(self) -> str:
+        return f"{self.base}/members/"
+
+    def member(self, node: str) -> str:
+        return self.members_prefix + _check_name("node", node)
+
+    def reader(self, vip: str) -> str:
+        # The address alone names the key: "198.51.100.7/24" and "198.51.100.7"
+        # are the same VIP, and IPv6 is spelled one way only.
+        return f"{self.base}/reader/{ipaddress.ip_interface(vip).ip.compressed}"
+
+
+def _compact(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def encode_writer(node: str, vip: str, lease_id: int, since: str) -> bytes:
+    """The writer value; the lease id in hex, as ``etcdctl lease list`` prints it."""
+    return _compact({"node": node, "vip": vip, "lease": format(lease_id, "x"), "since": since})
+
+
+def encode_member(report: MemberReport, updated: str) -> bytes:
+    return _compact(
+        {
+            "role": report.role,
+            "timeline": report.timeline,
+            "lsn": report.lsn,
+            "vip": list(report.vips),
+            "reason": report.reason,
+            "updated": updated,
+        }
+    )
+
+
+@dataclass(frozen=True)
+class WriterValue:
+    """A well-formed writer value. Only ``node`` is required."""
+
+    node: str
+    vip: str | None = None
+    lease: str | None = None
+    since: str | None = None
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """A value that is not ours to interpret; ``detail`` says why."""
+
+    detail: str
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | Garbage:
+    try:
+        obj = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        return Garbage(f"not UTF-8: {raw[:40]!r}")
+    except ValueError:
+        return Garbage(f"not JSON: {raw[:40]!r}")
+    if not isinstance(obj, dict):
+        return Garbage(f"not a JSON object but {type(obj).__name__}")
+    return obj
+
+
+def decode_writer(raw: bytes) -> WriterValue | Garbage:
+    obj = _json_object(raw)
+    if isinstance(obj, Garbage):
+        return obj
+    node = obj.get("node")
+    if not isinstance(node, str):
+        return Garbage("'node' is missing" if node is None else "'node' is not a string")
+    if not node or node != node.strip():
+        return Garbage(f"'node' {node!r} is empty or padded")
+    optional: dict[str, str | None] = {}
+    for name in ("vip", "lease", "since"):
+        value = obj.get(name)
+        if value is not None and not isinstance(value, str):
+            return Garbage(f"{name!r} is not a string")
+        optional[name] = value
+    return WriterValue(node, **optional)
+
+
+def decode_member(raw: bytes) -> dict[str, Any] | Garbage:
+    """A member value as published; shown by ``dbvip status``, never decided on."""
+    return _json_object(raw)

@@ -1,0 +1,276 @@
+"""The etcd LeaseStore and KeyWatcher against real etcd 3.4 members on loopback."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import pytest
+
+from dbvip.adapters.etcd_client import EtcdClient
+from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.keys import Garbage, KeyLayout
+from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown
+from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, Refused, Unknown
+from tests.adapters.conftest import ETCD_USER
+from tests.support.etcd_server import EtcdCluster, free_port
+from tests.support.eventually import eventually
+
+pytestmark = pytest.mark.real
+
+T = TypeVar("T")
+TIMEOUT_S = 1.0
+SLACK = 3  # "returned in time" means within SLACK x the timeout: speed is not asserted
+VIP = "198.51.100.10/24"
+REPORT = MemberReport("primary", 2, "0/3000060", (VIP,), "holding")
+
+
+class WallClock:
+    def monotonic_s(self) -> float:
+        return time.monotonic()
+
+    def wall_iso(self) -> str:
+        return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def within(timeout_s: float, call: Callable[[], T]) -> T:
+    started = time.monotonic()
+    try:
+        return call()
+    finally:
+        elapsed = time.monotonic() - started
+        assert elapsed < SLACK * timeout_s, f"took {elapsed:.2f} s for a {timeout_s} s timeout"
+
+
+StoreFactory = Callable[..., EtcdLeaseStore]
+
+
+@pytest.fixture
+def stores(etcd_cluster_name: str) -> Iterator[StoreFactory]:
+    made: list[EtcdLeaseStore] = []
+
+    def make(cluster: EtcdCluster | list[str], node: str, **kwargs: Any) -> EtcdLeaseStore:
+        endpoints = cluster if isinstance(cluster, list) else cluster.endpoints
+        made.append(EtcdLeaseStore(endpoints, etcd_cluster_name, node, VIP, WallClock(), **kwargs))
+        return made[-1]
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def writer_json(cluster: EtcdCluster, store: EtcdLeaseStore) -> dict[str, Any]:
+    raw = cluster.etcdctl("get", "--print-value-only", store.keys.writer).strip()
+    value: dict[str, Any] = json.loads(raw)
+    return value
+
+
+def test_acquire_keepalive_release(etcd_single: EtcdCluster, stores: StoreFactory) -> None:
+    store = stores(etcd_single, "n1")
+    absent = store.read_writer(TIMEOUT_S)
+    assert isinstance(absent, KeyAbsent) and absent.revision > 0
+
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted) and granted.ttl_s == 10
+    held = store.read_writer(TIMEOUT_S)
+    assert isinstance(held, KeyHeld) and held.revision >= granted.revision
+    assert held == KeyHeld("n1", granted.lease_id, held.revision, granted.revision)
+    value = writer_json(etcd_single, store)
+    assert (value["node"], value["vip"], value["lease"]) == ("n1", VIP, f"{granted.lease_id:x}")
+    assert datetime.fromisoformat(value["since"]).tzinfo is not None
+
+    assert store.keepalive(granted.lease_id, TIMEOUT_S) == Alive(10)
+    assert store.release(granted.lease_id, TIMEOUT_S) == Done()
+    assert isinstance(store.read_writer(TIMEOUT_S), KeyAbsent)
+    assert granted.lease_id not in etcd_single.lease_ids()
+    assert store.keepalive(granted.lease_id, TIMEOUT_S) == Gone()
+    assert store.release(granted.lease_id, TIMEOUT_S) == Done()  # already gone counts as done
+
+
+def test_second_acquirer_is_refused_and_its_lease_revoked(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    first, second = stores(etcd_single, "n1"), stores(etcd_single, "n2")
+    granted = first.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    leases_before = etcd_single.lease_ids()
+
+    refused = second.acquire(10, TIMEOUT_S)
+    assert isinstance(refused, Refused) and refused.holder == "n1"
+    assert refused.revision >= granted.revision
+    assert etcd_single.lease_ids() - leases_before == set(), "the loser's lease was left behind"
+    held = second.read_writer(TIMEOUT_S)
+    assert isinstance(held, KeyHeld) and (held.holder, held.lease_id) == ("n1", granted.lease_id)
+    first.release(granted.lease_id, TIMEOUT_S)
+
+
+def test_release_leaves_a_key_rewritten_under_another_lease(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_single, "n1")
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    # Someone else's lease now carries the key (as after our lease expired).
+    other = EtcdClient(etcd_single.endpoints)
+    try:
+        lease = other.grant(30, TIMEOUT_S)
+        other.put(store.keys.writer, b'{"node":"n2"}', TIMEOUT_S, lease_id=lease.lease_id)
+        assert store.release(granted.lease_id, TIMEOUT_S) == Done()
+        survivor = store.read_writer(TIMEOUT_S)
+        assert isinstance(survivor, KeyHeld)
+        assert (survivor.holder, survivor.lease_id) == ("n2", lease.lease_id)
+        assert granted.lease_id not in etcd_single.lease_ids()
+        other.revoke(lease.lease_id, TIMEOUT_S)
+    finally:
+        other.close()
+
+
+def test_garbage_in_the_writer_key_is_invalid_not_absent(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_single, "n1")
+    etcd_single.etcdctl("put", store.keys.writer, "n1")  # a holder name, but not our format
+    invalid = store.read_writer(TIMEOUT_S)
+    assert isinstance(invalid, KeyInvalid) and "not JSON" in invalid.detail
+    assert invalid.lease_id == 0
+    refused = store.acquire(10, TIMEOUT_S)
+    assert isinstance(refused, Refused) and refused.holder is None
+    etcd_single.etcdctl("del", store.keys.writer)
+
+
+def test_keepalive_of_an_expired_lease_is_gone(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_single, "n1")
+    granted = store.acquire(1, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    eventually(lambda: isinstance(store.read_writer(TIMEOUT_S), KeyAbsent), timeout_s=10)
+    assert store.keepalive(granted.lease_id, TIMEOUT_S) == Gone()
+
+
+def test_every_endpoint_down_is_unknown_in_time(
+    etcd_private: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores([etcd_private.endpoints[0], f"http://127.0.0.1:{free_port()}"], "n1")
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    etcd_private.freeze(0)
+    try:
+        assert isinstance(within(TIMEOUT_S, lambda: store.read_writer(TIMEOUT_S)), KeyUnknown)
+        for call in (
+            lambda: store.acquire(10, TIMEOUT_S),
+            lambda: store.keepalive(granted.lease_id, TIMEOUT_S),
+            lambda: store.release(granted.lease_id, TIMEOUT_S),
+            lambda: store.publish_member(REPORT, TIMEOUT_S),
+            lambda: store.read_cluster(TIMEOUT_S),
+        ):
+            assert isinstance(within(TIMEOUT_S, call), Unknown)
+    finally:
+        etcd_private.thaw(0)
+
+
+def test_three_members_with_the_first_one_frozen(
+    etcd_cluster3: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_cluster3, "n1")
+    etcd_cluster3.freeze(0)
+    try:
+        timeout_s = 2.0
+        granted = within(timeout_s, lambda: store.acquire(10, timeout_s))
+        assert isinstance(granted, Granted)
+        assert isinstance(within(timeout_s, lambda: store.read_writer(timeout_s)), KeyHeld)
+        assert within(timeout_s, lambda: store.keepalive(granted.lease_id, timeout_s)) == Alive(10)
+        assert within(timeout_s, lambda: store.release(granted.lease_id, timeout_s)) == Done()
+    finally:
+        etcd_cluster3.thaw(0)
+
+
+def test_members_publish_under_their_own_lease_and_show_in_status(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    n1, n2 = stores(etcd_single, "n1", member_ttl_s=20), stores(etcd_single, "n2")
+    assert n1.publish_member(REPORT, TIMEOUT_S) == Done()
+    assert n2.publish_member(MemberReport("replica", 2, None, (), "replica"), TIMEOUT_S) == Done()
+    granted = n1.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+
+    status = n2.read_cluster(TIMEOUT_S)
+    assert isinstance(status, ClusterStatus)
+    assert isinstance(status.writer, KeyHeld) and status.writer.holder == "n1"
+    assert status.writer_ttl_s is not None and 0 < status.writer_ttl_s <= 10
+    assert [m.node for m in status.members] == ["n1", "n2"]
+    first = status.members[0]
+    assert not isinstance(first.value, Garbage)
+    assert (first.value["role"], first.value["vip"]) == ("primary", [VIP])
+    assert first.ttl_s is not None and 10 < first.ttl_s <= 20
+    assert first.lease_id not in (0, granted.lease_id)
+
+    # The member lease is revoked behind n1's back: the next publish starts anew.
+    etcd_single.etcdctl("lease", "revoke", f"{first.lease_id:x}")
+    assert n1.publish_member(REPORT, TIMEOUT_S) == Done()
+    again = n1.read_cluster(TIMEOUT_S)
+    assert isinstance(again, ClusterStatus) and [m.node for m in again.members] == ["n1", "n2"]
+    assert again.members[0].lease_id != first.lease_id
+    n1.release(granted.lease_id, TIMEOUT_S)
+
+
+def test_garbage_member_value_shows_as_garbage(
+    etcd_single: EtcdCluster, stores: StoreFactory, etcd_cluster_name: str
+) -> None:
+    store = stores(etcd_single, "n1")
+    etcd_single.etcdctl("put", KeyLayout(etcd_cluster_name).member("odd"), "{")
+    status = store.read_cluster(TIMEOUT_S)
+    assert isinstance(status, ClusterStatus) and isinstance(status.writer, KeyAbsent)
+    assert status.writer_ttl_s is None
+    [odd] = status.members
+    assert odd.node == "odd" and isinstance(odd.value, Garbage)
+    assert (odd.lease_id, odd.ttl_s) == (0, None)
+
+
+def test_watcher_wakes_on_acquire_and_release(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_single, "n1")
+    wakes: list[float] = []
+    lock = threading.Lock()
+
+    def wake() -> None:
+        with lock:
+            wakes.append(time.monotonic())
+
+    watcher = store.writer_watcher()
+    watcher.start(wake)
+    try:
+        eventually(lambda: len(wakes) >= 1)  # connected: re-read now
+        granted = store.acquire(10, TIMEOUT_S)
+        assert isinstance(granted, Granted)
+        eventually(lambda: len(wakes) >= 2)
+        store.release(granted.lease_id, TIMEOUT_S)
+        eventually(lambda: len(wakes) >= 3)
+    finally:
+        watcher.stop()
+
+
+def test_tls_and_auth_settings_reach_the_client(
+    etcd_tls: EtcdCluster, etcd_auth: EtcdCluster, stores: StoreFactory
+) -> None:
+    files = etcd_tls.tls_files
+    assert files is not None
+    secure = stores(
+        etcd_tls,
+        "n1",
+        ca_file=str(files.ca),
+        cert_file=str(files.client_cert),
+        key_file=str(files.client_key),
+    )
+    assert isinstance(secure.acquire(10, TIMEOUT_S), Granted)
+    user, password = ETCD_USER
+    authed = stores(etcd_auth, "n1", username=user, password=password)
+    assert isinstance(authed.acquire(10, TIMEOUT_S), Granted)
+    anonymous = stores(etcd_auth, "n2")
+    unknown = anonymous.read_writer(TIMEOUT_S)
+    assert isinstance(unknown, KeyUnknown) and "user name is empty" in unknown.cause
