@@ -33,6 +33,7 @@ from dbvip.model import (
     NodeState,
     Observation,
     Outcome,
+    Reason,
     ReleaseLease,
     RemoveVip,
     RenewLease,
@@ -269,7 +270,10 @@ class Runner:
     # -- reporting ------------------------------------------------------------
 
     def _note(self, decision: Decision, obs: Observation) -> None:
-        key = (decision.reason.value, decision.detail)
+        # While holding, details (renewing, refreshing, announcing) change every
+        # few seconds; only a change of reason is news there.
+        routine = decision.reason is Reason.HOLDING
+        key = (decision.reason.value, "" if routine else decision.detail)
         if key != self._last_reason:
             self._last_reason = key
             facts = " ".join(f"{k}={v}" for k, v in decision.facts.items())
@@ -309,4 +313,12 @@ class Runner:
         quiet = isinstance(outcome, LeaseRenewed | Announced) or (
             isinstance(outcome, VipAdded) and outcome.was_present
         )
-        log.log(logging.DEBUG if quiet else logging.INFO, "action=%s done %s", name, outcome)
+        log.log(
+            logging.DEBUG if quiet else logging.INFO, "action=%s done %s", name, describe(outcome)
+        )
+
+
+def describe(outcome: Outcome) -> str:
+    """An outcome as ``field=value`` pairs, lease ids in hex as etcdctl shows them."""
+    fields = vars(outcome)
+    return " ".join(f"{k}={v:x}" if k == "lease_id" else f"{k}={v}" for k, v in fields.items())

@@ -97,6 +97,13 @@ class EtcdCluster:
     members: list[EtcdMember] = field(default_factory=list)
     tls_files: TlsFiles | None = None
     auth_user: tuple[str, str] | None = None
+    # Run the members inside this network namespace (on its loopback), for
+    # sidecars that live there; health checks and etcdctl then go through it.
+    netns: str | None = None
+    host: str = "127.0.0.1"  # client address; peers stay on loopback
+
+    def _in_netns(self, cmd: list[str]) -> list[str]:
+        return cmd if self.netns is None else ["ip", "netns", "exec", self.netns, *cmd]
 
     def __post_init__(self) -> None:
         try:
@@ -107,7 +114,7 @@ class EtcdCluster:
                 self.members.append(
                     EtcdMember(
                         name=f"m{i}",
-                        client_url=f"{scheme}://127.0.0.1:{free_port()}",
+                        client_url=f"{scheme}://{self.host}:{free_port()}",
                         peer_url=f"http://127.0.0.1:{free_port()}",
                         data_dir=self.workdir / f"m{i}.etcd",
                         log_path=self.workdir / f"m{i}.log",
@@ -150,6 +157,7 @@ class EtcdCluster:
                     f"--trusted-ca-file={files.ca}", "--client-cert-auth"]  # fmt: skip
         if os.geteuid() == 0:
             cmd = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", *cmd]
+        cmd = self._in_netns(cmd)  # ip netns exec and setpriv exec: the PID stays etcd's
         with member.log_path.open("ab") as log:
             member.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
 
@@ -164,6 +172,11 @@ class EtcdCluster:
         return httpx.Client(verify=ctx, trust_env=False, timeout=1.0)
 
     def is_healthy(self, member: EtcdMember) -> bool:
+        if self.netns is not None:
+            health = [ETCDCTL, f"--endpoints={member.client_url}", "endpoint", "health"]
+            done = subprocess.run(self._in_netns(health), capture_output=True, timeout=30,
+                                  check=False)  # fmt: skip
+            return done.returncode == 0
         try:
             with self.http() as http:
                 return bool(http.get(member.client_url + "/health").json().get("health") == "true")
@@ -224,7 +237,12 @@ class EtcdCluster:
             cmd.append(f"--user=root:{ROOT_PASSWORD}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
         done = subprocess.run(
-            [*cmd, *args], capture_output=True, text=True, timeout=30, env=env, check=False
+            self._in_netns([*cmd, *args]),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env=env,
+            check=False,
         )
         if check and done.returncode != 0:
             raise RuntimeError(f"etcdctl {' '.join(args)} failed: {done.stderr.strip()}")

@@ -1,0 +1,289 @@
+"""The VIP on one interface, over rtnetlink (pyroute2 ``IPRoute``; never the ``ip`` tool).
+
+The VIP is added with ``valid_lft = preferred_lft = lifetime_s`` so that the
+kernel removes it by itself when this process stops refreshing it. Addresses
+are compared as parsed ``ipaddress`` values, address and prefix length both.
+
+What this driver refuses to do, because it would harm the node's own address:
+
+* put a lifetime on, or delete, an address the kernel marks permanent (no
+  lifetime): dbvip never adds one, so it is someone else's (often the node's
+  own address given as the VIP by mistake);
+* add the VIP when the interface carries the same address with another prefix
+  length (the node's own address, most likely);
+* add an IPv4 VIP into the subnet of another address on the interface (same
+  prefix length) while ``promote_secondaries`` is off, or delete such a VIP
+  while it is the subnet's primary address: the kernel then deletes every
+  secondary of the subnet with it, the node's own address included, and its
+  lifetime expiry does the same. A /32 (or /128) VIP never shares a subnet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import ipaddress
+import socket
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from pyroute2 import IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
+from dbvip.model import IPInterface, VipPresence
+from dbvip.ports import Unknown, VipChanged, VipReading
+
+IFA_F_SECONDARY = 0x01
+IFA_F_NODAD = 0x02
+IFA_F_PERMANENT = 0x80
+_INFINITE_LIFETIME_S = 0xFFFF_FFFF
+
+
+class _RefusedError(Exception):
+    """The call cannot be done safely, or failed with a known cause."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+@dataclass(frozen=True)
+class _Link:
+    index: int
+    promote_secondaries: bool
+
+
+@dataclass(frozen=True)
+class _Address:
+    interface: IPInterface
+    flags: int
+
+    @property
+    def permanent(self) -> bool:
+        return bool(self.flags & IFA_F_PERMANENT)
+
+    @property
+    def secondary(self) -> bool:
+        return bool(self.flags & IFA_F_SECONDARY)
+
+
+def _parse_address(msg: Any) -> _Address:
+    # IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
+    text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+    flags = msg.get_attr("IFA_FLAGS")
+    if flags is None:
+        flags = msg["flags"]
+    return _Address(ipaddress.ip_interface(f"{text}/{msg['prefixlen']}"), int(flags))
+
+
+def _promote_secondaries(link: Any) -> bool:
+    af_spec = link.get_attr("IFLA_AF_SPEC")
+    inet = af_spec.get_attr("AF_INET") if af_spec is not None else None
+    return bool(inet is not None and inet["promote_secondaries"])
+
+
+class NetlinkVipDriver:
+    """Implements ``dbvip.ports.VipDriver`` for one VIP on one interface.
+
+    One netlink socket is kept open and reopened after an error that is not
+    a plain answer from the kernel. ``netns`` names a namespace under
+    /run/netns (tests and the lab); it is never created if missing.
+    """
+
+    def __init__(self, interface: str, vip: IPInterface, netns: str | None = None) -> None:
+        self._interface = interface
+        self._vip = vip
+        self._family = socket.AF_INET if vip.version == 4 else socket.AF_INET6
+        self._netns = netns
+        self._ipr: Any = None
+        self._lock = threading.Lock()  # one request at a time on the shared socket
+
+    # -- the port ---------------------------------------------------------
+
+    def observe(self) -> VipReading:
+        with self._lock:
+            try:
+                ipr = self._socket()
+                present = self._find(self._addresses(ipr, self._link(ipr))) is not None
+            except _RefusedError as exc:
+                return VipReading(VipPresence.UNKNOWN, exc.cause)
+            except Exception as exc:
+                return VipReading(VipPresence.UNKNOWN, self._failed("reading addresses of", exc))
+        return VipReading(VipPresence.PRESENT if present else VipPresence.ABSENT)
+
+    def add(self, lifetime_s: int) -> VipChanged | Unknown:
+        if not 0 < lifetime_s < _INFINITE_LIFETIME_S:
+            return Unknown(f"VIP lifetime must be a positive number of seconds, got {lifetime_s}")
+        with self._lock:
+            try:
+                return self._add(lifetime_s)
+            except _RefusedError as exc:
+                return Unknown(exc.cause)
+            except Exception as exc:
+                return Unknown(self._failed(f"adding {self._vip} to", exc))
+
+    def remove(self) -> VipChanged | Unknown:
+        with self._lock:
+            try:
+                return self._remove()
+            except _RefusedError as exc:
+                return Unknown(exc.cause)
+            except Exception as exc:
+                return Unknown(self._failed(f"removing {self._vip} from", exc))
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop_socket()
+
+    # -- steps ------------------------------------------------------------
+
+    def _add(self, lifetime_s: int) -> VipChanged:
+        ipr = self._socket()
+        link = self._link(ipr)
+        addresses = self._addresses(ipr, link)
+        mine = self._find(addresses)
+        self._check_not_foreign(mine, "refresh")
+        self._check_no_alias(addresses)
+        self._check_subnet_safe(link, addresses, "add")
+        request = {
+            "index": link.index,
+            "address": str(self._vip.ip),
+            "prefixlen": self._vip.network.prefixlen,
+            "valid_lft": lifetime_s,
+            "preferred_lft": lifetime_s,
+        }
+        if self._vip.version == 6:
+            # Usable at once: duplicate address detection would hold it ~1 s.
+            request["flags"] = IFA_F_NODAD
+        # add refuses an existing address (EEXIST), so a VIP that appeared
+        # since the dump is not silently given our lifetime.
+        self._call(ipr.addr, "replace" if mine else "add", **request)
+        return VipChanged(was_present=mine is not None)
+
+    def _remove(self) -> VipChanged:
+        ipr = self._socket()
+        link = self._link(ipr)
+        addresses = self._addresses(ipr, link)
+        mine = self._find(addresses)
+        if mine is None:
+            return VipChanged(was_present=False)
+        self._check_not_foreign(mine, "delete")
+        if not mine.secondary:
+            self._check_subnet_safe(link, addresses, "delete")
+        try:
+            self._call(
+                ipr.addr,
+                "del",
+                index=link.index,
+                address=str(self._vip.ip),
+                prefixlen=self._vip.network.prefixlen,
+            )
+        except _RefusedError:
+            if self._find(self._addresses(ipr, link)) is None:
+                return VipChanged(was_present=False)  # expired between dump and delete
+            raise
+        return VipChanged(was_present=True)
+
+    # -- netlink ----------------------------------------------------------
+
+    def _socket(self) -> Any:
+        if self._ipr is None:
+            if self._netns is None:
+                self._ipr = IPRoute(groups=0)
+            else:
+                # flags=0: a mistyped name must fail, not create a namespace.
+                self._ipr = IPRoute(netns=self._netns, flags=0, groups=0)
+        return self._ipr
+
+    def _drop_socket(self) -> None:
+        ipr, self._ipr = self._ipr, None
+        if ipr is not None:
+            # the socket is being discarded, perhaps after an error: closing is best effort
+            with contextlib.suppress(Exception):
+                ipr.close()
+
+    def _link(self, ipr: Any) -> _Link:
+        (msg,) = self._call(ipr.link, "get", ifname=self._interface)
+        return _Link(int(msg["index"]), _promote_secondaries(msg))
+
+    def _addresses(self, ipr: Any, link: _Link) -> list[_Address]:
+        msgs = self._call(ipr.addr, "dump", index=link.index, family=self._family)
+        return [_parse_address(m) for m in msgs if m["index"] == link.index]
+
+    def _call(self, method: Any, command: str, **kwargs: Any) -> Any:
+        try:
+            return tuple(method(command, **kwargs))
+        except NetlinkError as exc:
+            raise _RefusedError(self._netlink_cause(command, exc)) from exc
+
+    def _find(self, addresses: list[_Address]) -> _Address | None:
+        for address in addresses:
+            if address.interface == self._vip:
+                return address
+        return None
+
+    # -- safety -----------------------------------------------------------
+
+    def _check_not_foreign(self, mine: _Address | None, verb: str) -> None:
+        if mine is not None and mine.permanent:
+            raise _RefusedError(
+                f"{self._vip} on {self._where()} has no lifetime, so dbvip did not add it "
+                f"(the node's own address?); refusing to {verb} it"
+            )
+
+    def _check_no_alias(self, addresses: list[_Address]) -> None:
+        # The VIP's address under another prefix is most likely the node's own.
+        where = self._where()
+        for address in addresses:
+            if address.interface.ip == self._vip.ip and address.interface != self._vip:
+                raise _RefusedError(
+                    f"{where} already carries {address.interface}, the VIP's address "
+                    f"with another prefix length than {self._vip}; refusing to add the VIP"
+                )
+
+    def _check_subnet_safe(self, link: _Link, addresses: list[_Address], verb: str) -> None:
+        if self._vip.version != 4 or link.promote_secondaries:
+            return
+        neighbours = [
+            a.interface
+            for a in addresses
+            if a.interface != self._vip and a.interface.network == self._vip.network
+        ]
+        if neighbours:
+            shared = ", ".join(str(n) for n in neighbours)
+            raise _RefusedError(
+                f"refusing to {verb} {self._vip}: it shares its subnet with {shared} on "
+                f"{self._where()} and promote_secondaries is off, so deleting or expiring "
+                f"the VIP could delete those addresses too; use a /32 VIP or set "
+                f"net.ipv4.conf.{self._interface}.promote_secondaries=1"
+            )
+
+    # -- causes -----------------------------------------------------------
+
+    def _where(self) -> str:
+        if self._netns is None:
+            return self._interface
+        return f"{self._interface} (netns {self._netns})"
+
+    def _netlink_cause(self, command: str, exc: NetlinkError) -> str:
+        where = self._where()
+        if exc.code == errno.ENODEV:
+            return f"interface {where} does not exist"
+        if exc.code in (errno.EPERM, errno.EACCES):
+            verb = {"del": "delete", "replace": "change"}.get(command, command)
+            return f"permission denied to {verb} addresses on {where}: needs CAP_NET_ADMIN"
+        if exc.code == errno.EEXIST:
+            return f"{self._vip} appeared on {where} while it was being added"
+        if exc.code == errno.EADDRNOTAVAIL:
+            return f"{self._vip} is not on {where}"
+        return f"netlink {command} on {where} failed: {exc}"
+
+    def _failed(self, what: str, exc: Exception) -> str:
+        # Not an answer from the kernel: the socket may be broken, so start afresh.
+        self._drop_socket()
+        if isinstance(exc, FileNotFoundError) and self._netns is not None:
+            return f"network namespace {self._netns} does not exist"
+        if isinstance(exc, PermissionError):
+            return f"permission denied {what} {self._where()}: needs CAP_NET_ADMIN"
+        return f"{what} {self._where()} failed: {exc!r}"

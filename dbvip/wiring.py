@@ -1,0 +1,129 @@
+"""Builds the real adapters from a Config: the sidecar, and the status read."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from dbvip.adapters.arp import PacketAnnouncer
+from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.netlink import NetlinkVipDriver
+from dbvip.adapters.postgres import PostgresRoleProbe
+from dbvip.config import Config
+from dbvip.keys import Garbage
+from dbvip.members import MemberPublisher
+from dbvip.model import KeyHeld, KeyInvalid, NodeState
+from dbvip.ports import Clock, Unknown
+from dbvip.runner import EventWaiter, Ports, Runner
+
+log = logging.getLogger("dbvip")
+
+
+def lease_store(config: Config, clock: Clock, node: str = "-") -> EtcdLeaseStore:
+    password = config.secret("etcd_password") or None
+    return EtcdLeaseStore(
+        config["etcd_endpoints"],
+        config["cluster"],
+        node,
+        str(config.values.get("vip") or ""),
+        clock,
+        prefix=config["etcd_prefix"],
+        member_ttl_s=config["ttl_s"],
+        ca_file=config["etcd_ca_file"] or None,
+        cert_file=config["etcd_cert_file"] or None,
+        key_file=config["etcd_key_file"] or None,
+        username=config["etcd_username"] or None,
+        password=password if config["etcd_username"] else None,
+    )
+
+
+class Sidecar:
+    """One node's loop with its real ports, watch and member publisher."""
+
+    def __init__(self, config: Config, clock: Clock) -> None:
+        node, vip = config["node"], config["vip"]
+        timing = config.timing
+        self.store = lease_store(config, clock, node)
+        self.ports = Ports(
+            clock=clock,
+            probe=PostgresRoleProbe(config["pg_dsn"], config.secret("pg_password") or None),
+            store=self.store,
+            vip=NetlinkVipDriver(config["interface"], vip),
+            announcer=PacketAnnouncer(config["interface"], vip.ip),
+        )
+        self.runner = Runner(node, timing, self.ports, EventWaiter(), self._publish)
+        # A second client for member reports: a slow publish never delays a renewal.
+        self.publisher = MemberPublisher(
+            lease_store(config, clock, node),
+            str(vip),
+            period_s=timing.renew_interval_s,
+            timeout_s=timing.request_timeout_s,
+        )
+        self.watcher = self.store.writer_watcher()
+        log.info(
+            "starting node=%s cluster=%s vip=%s interface=%s etcd=%s",
+            node,
+            config["cluster"],
+            vip,
+            config["interface"],
+            ",".join(config["etcd_endpoints"]),
+        )
+
+    def _publish(self, snapshot: Any) -> None:
+        self.publisher.offer(snapshot)
+
+    def run(self) -> NodeState:
+        self.publisher.start()
+        self.watcher.start(self.runner.key_changed)
+        state = self.runner.run()
+        log.info("stopped reason=%s", state.reason.value if state.reason else "-")
+        return state
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.publisher.stop()
+        for port in (self.ports.probe, self.ports.vip, self.ports.announcer, self.ports.store):
+            port.close()
+
+
+def read_cluster(config: Config) -> dict[str, Any]:
+    """The cluster as ``dbvip status`` shows it, as plain data."""
+    store = lease_store(config, _WallOnly())
+    try:
+        status = store.read_cluster(config["request_timeout_s"] * 3)
+    finally:
+        store.close()
+    if isinstance(status, Unknown):
+        raise RuntimeError(status.cause)
+    return cluster_dict(config["cluster"], status)
+
+
+def cluster_dict(cluster: str, status: ClusterStatus) -> dict[str, Any]:
+    writer: dict[str, Any] = {}
+    if isinstance(status.writer, KeyHeld):
+        writer = {
+            "node": status.writer.holder,
+            "lease": f"{status.writer.lease_id:x}",
+            "ttl_s": status.writer_ttl_s,
+        }
+    elif isinstance(status.writer, KeyInvalid):
+        writer = {"error": status.writer.detail, "lease": f"{status.writer.lease_id:x}"}
+    members = []
+    for m in status.members:
+        row: dict[str, Any] = {"node": m.node, "ttl_s": m.ttl_s}
+        if isinstance(m.value, Garbage):
+            row["error"] = m.value.detail
+        else:
+            row.update(m.value)
+        members.append(row)
+    return {"cluster": cluster, "writer": writer, "members": members}
+
+
+class _WallOnly:
+    """``status`` never computes deadlines; it needs no monotonic clock."""
+
+    def monotonic_s(self) -> float:
+        raise AssertionError("status does not use deadlines")
+
+    def wall_iso(self) -> str:
+        return ""

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Installs everything dbvip, its tests and its demo need on a fresh Debian
+# (bookworm) machine, as root: Debian packages and the virtual environment.
+# Safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" -ne 0 ]; then
+  echo "setup.sh: run as root (it installs Debian packages and creates network namespaces)" >&2
+  exit 1
+fi
+
+packages=(etcd-server etcd-client postgresql-15 iproute2 nftables python3-venv util-linux)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup.sh: installing ${missing[*]}"
+  apt-get update -qq
+  # The image's policy-rc.d keeps the packages from starting services of their own.
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import dbvip, pytest, hypothesis' 2>/dev/null; then
+  echo "setup.sh: creating .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[dev]'
+fi
+echo "setup.sh: ready ($(.venv/bin/python --version), etcd $(etcd --version | head -1 | awk '{print $3}'), $(/usr/lib/postgresql/15/bin/postgres --version))"
