@@ -142,7 +142,7 @@ def test_status_needs_only_cluster_and_etcd() -> None:
 
 
 def test_unknown_environment_variable_is_refused_with_a_hint() -> None:
-    with pytest.raises(ConfigError, match="DBVIP_TTL .*did you mean DBVIP_TTL_S"):
+    with pytest.raises(ConfigError, match=r"DBVIP_TTL .*did you mean DBVIP_TTL_S"):
         cfg({"DBVIP_TTL": "10"})
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 
 import pytest
@@ -91,7 +92,7 @@ def test_primary_takes_the_vip_and_announces_it_three_times_spaced() -> None:
     times = [t for t, had_vip in n1.announcer.sent]
     assert len(times) == T.announce_count
     assert all(had for _, had in n1.announcer.sent), "announced a VIP it did not have"
-    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(times)]
     assert all(g >= T.announce_interval_s - 1e-9 for g in gaps)
 
 
