@@ -78,7 +78,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
             reason=reason,
             detail=detail,
             state=st,
-            request_deadline_s=_request_deadline(st, obs, timing),
+            request_deadline_s=request_deadline_s(st, obs.now_s, obs.vip, timing),
             wake_s=_wake(st, obs, timing),
             facts=_facts(st, obs),
         )
@@ -95,10 +95,10 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
         )
 
     if obs.stopping:
-        chain = take_down(_release_chain(state, obs, me))
+        release = _release_chain(state, obs, me)
         return done(
-            chain,
-            Reason.STOPPING if chain else Reason.STOPPED,
+            take_down(release),
+            Reason.STOPPING if vip_maybe or release else Reason.STOPPED,
             "shutting down",
             replace(state, lease=None),
         )
@@ -135,7 +135,8 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
         role is Role.PRIMARY
         and isinstance(view, KeyHeld)
         and view.holder == me
-        and view.lease_id not in (0, state.adopt_failed_lease)
+        and view.lease_id > 0
+        and view.lease_id != state.adopt_failed_lease
         and not _backing_off(state, "adopt", now)
     ):
         return done(
@@ -330,27 +331,28 @@ def _release_chain(state: NodeState, obs: Observation, me: str) -> tuple[Action,
     return ()
 
 
-def _request_deadline(state: NodeState, obs: Observation, timing: Timing) -> float:
+def request_deadline_s(state: NodeState, now_s: float, vip: VipPresence, timing: Timing) -> float:
     """etcd requests must return in time to take the VIP down by the deadline."""
-    limit = obs.now_s + timing.request_timeout_s
+    limit = now_s + timing.request_timeout_s
     if state.lease is None:
         return limit
-    if obs.vip is VipPresence.ABSENT:
+    if vip is VipPresence.ABSENT:
         return min(limit, state.lease.deadline_s)
     return min(limit, state.lease.deadline_s - timing.release_lead_s)
 
 
 def _wake(state: NodeState, obs: Observation, timing: Timing) -> float:
-    wake = obs.now_s + timing.probe_interval_s
+    """The next instant something falls due; instants already past are not
+    wake-ups (what they asked for was done or is backing off), or the loop
+    would spin without sleeping."""
+    now = obs.now_s
+    due = [now + timing.probe_interval_s]
     if state.announces_left > 0:
-        wake = min(wake, state.next_announce_s)
+        due.append(state.next_announce_s)
     if state.lease is not None:
-        wake = min(
-            wake,
-            state.lease.deadline_s - timing.release_lead_s,
-            state.lease.renewed_s + timing.renew_interval_s,
-        )
-    return max(wake, obs.now_s)
+        due.append(state.lease.deadline_s - timing.release_lead_s)
+        due.append(state.lease.renewed_s + timing.renew_interval_s)
+    return min(t for t in due if t > now)
 
 
 def _facts(state: NodeState, obs: Observation) -> dict[str, str]:

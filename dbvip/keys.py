@@ -103,7 +103,7 @@ def _json_object(raw: bytes) -> dict[str, Any] | Garbage:
         obj = json.loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         return Garbage(f"not UTF-8: {raw[:40]!r}")
-    except ValueError:
+    except (ValueError, RecursionError):  # deep nesting is garbage, not a crash
         return Garbage(f"not JSON: {raw[:40]!r}")
     if not isinstance(obj, dict):
         return Garbage(f"not a JSON object but {type(obj).__name__}")

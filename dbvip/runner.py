@@ -11,9 +11,9 @@ import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol
+from typing import Protocol, TypeVar
 
-from dbvip.core import absorb, decide
+from dbvip.core import absorb, decide, request_deadline_s, vip_lifetime_s
 from dbvip.model import (
     AcquireLease,
     Action,
@@ -38,6 +38,7 @@ from dbvip.model import (
     RemoveVip,
     RenewLease,
     Role,
+    RoleReading,
     Timing,
     VipAdded,
     VipPresence,
@@ -55,7 +56,10 @@ from dbvip.ports import (
     RoleProbe,
     Unknown,
     VipDriver,
+    VipReading,
 )
+
+T = TypeVar("T")
 
 log = logging.getLogger("dbvip")
 
@@ -127,7 +131,6 @@ class Runner:
         self.waiter = waiter
         self.publish = publish
         self.state = NodeState()
-        self._request_deadline_s: float | None = None
         self._key_dirty = True  # read the writer key at least once at start
         self._key_read_s = float("-inf")
         self._last_view: WriterView = KeyUnknown("not read yet")
@@ -149,16 +152,18 @@ class Runner:
 
     # -- loop -----------------------------------------------------------------
 
-    def run(self, shutdown_attempts: int = 3) -> NodeState:
+    def run(self, shutdown_attempts: int = 5) -> NodeState:
         while not self.stopping.is_set():
             decision = self.tick()
-            now = self.ports.clock.monotonic_s()
             if not self.stopping.is_set():
-                self.waiter.wait(decision.wake_s - now)
+                self.waiter.wait(decision.wake_s - self.ports.clock.monotonic_s())
+        # Release everything; a failed removal is retried after its backoff,
+        # a few times, before giving up (the kernel lifetime still bounds it).
         for _ in range(shutdown_attempts):
             decision = self.tick(stopping=True)
-            if not decision.actions:
+            if decision.reason is Reason.STOPPED:
                 break
+            self.waiter.wait(decision.wake_s - self.ports.clock.monotonic_s())
         return self.state
 
     def tick(self, stopping: bool = False) -> Decision:
@@ -166,7 +171,6 @@ class Runner:
         decision = decide(self.state, obs, self.timing, self.node)
         for _ in range(MAX_ROUNDS):
             self.state = decision.state
-            self._request_deadline_s = decision.request_deadline_s
             self._note(decision, obs)
             if not decision.actions:
                 break
@@ -182,17 +186,20 @@ class Runner:
 
     def observe(self, stopping: bool = False) -> Observation:
         clock = self.ports.clock
-        vip = self.ports.vip.observe()
-        role = self.ports.probe.probe(self.timing.probe_timeout_s)
+        vip = _guarded(self.ports.vip.observe, lambda c: VipReading(VipPresence.UNKNOWN, c))
+        role = _guarded(
+            lambda: self.ports.probe.probe(self.timing.probe_timeout_s),
+            lambda c: RoleReading(Role.UNKNOWN, cause=c),
+        )
         now = clock.monotonic_s()
         if self._needs_key(role.role, vip.presence, stopping, now):
             self._key_dirty = False
-            limit = self._request_deadline_s or now + self.timing.request_timeout_s
-            timeout = min(self.timing.request_timeout_s, limit - now)
+            limit = request_deadline_s(self.state, now, vip.presence, self.timing)
+            timeout = limit - now
             if timeout < MIN_REQUEST_S:
                 view: WriterView = KeyUnknown("no time left before the lease deadline")
             else:
-                view = self.ports.store.read_writer(timeout)
+                view = _guarded(lambda: self.ports.store.read_writer(timeout), KeyUnknown)
             if isinstance(view, KeyUnknown):
                 self._key_dirty = True
             else:
@@ -219,11 +226,27 @@ class Runner:
         return mine or now - self._key_read_s >= self.timing.renew_interval_s
 
     def execute(self, action: Action, request_deadline_s: float) -> Outcome:
+        """Run one action; an adapter that raises is a failure, never a crash."""
+        try:
+            return self._execute(action, request_deadline_s)
+        except Exception as e:
+            log.exception("action=%s raised", type(action).__name__)
+            return Failed(action, f"unexpected {type(e).__name__}: {e}")
+
+    def _execute(self, action: Action, request_deadline_s: float) -> Outcome:
         clock, store = self.ports.clock, self.ports.store
         sent = clock.monotonic_s()
         budget = request_deadline_s - sent
         match action:
-            case AddVip(lifetime_s):
+            case AddVip(planned_s):
+                # Recomputed now: time may have passed since the decision (a
+                # freeze, a slow chain), and the kernel lifetime must still end
+                # by the deadline.
+                lease = self.state.lease
+                lifetime_s = 0 if lease is None else vip_lifetime_s(lease, sent, self.timing)
+                lifetime_s = min(planned_s, lifetime_s)
+                if lifetime_s < 1:
+                    return Failed(action, "lease deadline too close to add the VIP")
                 added = self.ports.vip.add(lifetime_s)
                 if isinstance(added, Unknown):
                     return Failed(action, added.cause)
@@ -316,6 +339,15 @@ class Runner:
         log.log(
             logging.DEBUG if quiet else logging.INFO, "action=%s done %s", name, describe(outcome)
         )
+
+
+def _guarded(call: Callable[[], T], unknown: Callable[[str], T]) -> T:
+    """An observation whose adapter raises is an unknown, not a crash."""
+    try:
+        return call()
+    except Exception as e:
+        log.exception("observation failed")
+        return unknown(f"unexpected {type(e).__name__}: {e}")
 
 
 def describe(outcome: Outcome) -> str:

@@ -436,3 +436,23 @@ def test_facts_explain_the_decision() -> None:
     assert decision.facts["role"] == "primary"
     assert decision.facts["lease"] == "a"
     assert decision.facts["writer"] == "n1@a"
+
+
+@pytest.mark.parametrize(("state", "observation"), [c[1:3] for c in CASES],
+                         ids=[c[0] for c in CASES])  # fmt: skip
+def test_wake_is_always_in_the_future(state: NodeState, observation: Observation) -> None:
+    """Review finding: past instants (a failed renewal's due time, a passed
+    release point) made the loop spin without sleeping."""
+    assert decide(state, observation, T, ME).wake_s > observation.now_s
+
+
+def test_stopping_while_a_removal_backs_off_is_not_stopped() -> None:
+    state = replace(HOLDING, backoff={"vip": NOW + 0.1})
+    decision = decide(state, obs(stopping=True), T, ME)
+    assert decision.actions == ()
+    assert decision.reason is Reason.STOPPING
+
+
+def test_a_refusal_naming_this_node_never_adopts_a_fake_lease() -> None:
+    state, o = absorb(NodeState(), obs(writer=KeyAbsent(3), vip=A), LeaseRefused(ME, 8), T, ME)
+    assert not any(isinstance(a, AdoptLease) for a in decide(state, o, T, ME).actions)

@@ -109,3 +109,8 @@ def test_garbage_writer_values_are_reported_not_guessed(raw: bytes, detail: str)
 def test_garbage_member_value_is_reported() -> None:
     assert isinstance(decode_member(b"[1]"), Garbage)
     assert isinstance(decode_member(b"{"), Garbage)
+
+
+def test_deeply_nested_json_is_garbage_not_a_crash() -> None:
+    """Review finding: json.loads raises RecursionError, not ValueError."""
+    assert isinstance(decode_writer(b"[" * 100_000), Garbage)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 import logging
+from dataclasses import replace
 
 import pytest
 
-from dbvip.model import Role, Timing
+from dbvip.core import vip_lifetime_s
+from dbvip.model import AddVip, Failed, Role, Timing
 from dbvip.runner import Ports, Runner
 from tests.fakes import (
     WRITER,
@@ -307,3 +309,68 @@ def test_replica_reads_the_key_rarely() -> None:
     world.run(10.0)
     reads = n1.store.calls.count("read")
     assert 0 < reads <= 10.0 / T.renew_interval_s + 2
+
+
+def test_add_after_a_freeze_past_the_deadline_is_refused() -> None:
+    """Review finding: a node frozen between deciding AddVip and doing it must
+    not add the VIP with a lifetime computed before the freeze."""
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    world.kernel.vips.clear()
+    lease = n1.runner.state.lease
+    assert lease is not None
+    planned = vip_lifetime_s(lease, world.clock.now_s, T)
+    world.clock.advance(lease.deadline_s - world.clock.now_s + 1)  # frozen past the deadline
+    outcome = n1.runner.execute(AddVip(planned), world.clock.now_s + 1)
+    assert isinstance(outcome, Failed)
+    assert world.kernel.holders() == set()
+
+
+def test_short_request_timeout_still_reads_and_acquires() -> None:
+    """Review finding: a stale request limit made every read 'too late'."""
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    n1.runner = Runner(
+        "n1",
+        replace(T, request_timeout_s=0.15),
+        Ports(world.clock, n1.probe, n1.store, n1.vip, n1.announcer),
+        n1.waiter,
+    )
+    world.run(2.0)
+    assert world.kernel.holders() == {"n1"}
+
+
+def test_an_adapter_that_raises_is_unknown_not_a_crash() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+
+    def explode(timeout_s: float) -> object:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    n1.store.read_writer = explode  # type: ignore[method-assign]
+    world.run(2.0)
+    assert world.kernel.holders() == set()
+    assert n1.runner.state.reason is not None
+    assert n1.runner.state.reason.value == "etcd_unreachable"
+
+
+def test_shutdown_retries_a_failed_removal() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(1.0)
+    n1.vip.fault = "refuse"
+    waits = 0
+
+    def on_wait() -> None:
+        nonlocal waits
+        waits += 1
+        if waits == 1:
+            n1.runner.stop()
+        elif waits == 2:
+            n1.vip.fault = "ok"  # the netlink trouble passes during shutdown
+
+    n1.waiter.on_wait = on_wait
+    n1.runner.run()
+    assert world.kernel.holders() == set()
+    assert world.etcd.get(WRITER) is None
