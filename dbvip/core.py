@@ -140,7 +140,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
         and not _backing_off(state, "adopt", now)
     ):
         return done(
-            (AdoptLease(view.lease_id, view.revision),),
+            (AdoptLease(view.lease_id, view.mod_revision, timing.ttl_s),),
             Reason.ADOPTING,
             f"writer key names this node under lease {view.lease_id:x}",
             state,

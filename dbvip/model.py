@@ -113,10 +113,12 @@ class AcquireLease:
 
 @dataclass(frozen=True)
 class AdoptLease:
-    """Keep alive a lease of ours found in the writer key (after a restart)."""
+    """Take over our own writer key found under ``lease_id`` (after a restart,
+    or after a release whose fate is unknown) by moving it onto a new lease."""
 
     lease_id: int
-    revision: int  # store revision of the read that found the key
+    mod_revision: int  # the key must be unchanged since this revision
+    ttl_s: int
 
 
 @dataclass(frozen=True)

@@ -119,6 +119,14 @@ class LeaseStore(Protocol):
         """
         ...
 
+    def adopt(
+        self, lease_id: int, mod_revision: int, ttl_s: int, timeout_s: float
+    ) -> Granted | Refused | Unknown:
+        """Move the writer key, if still attached to ``lease_id`` and unchanged
+        since ``mod_revision``, onto a freshly granted lease (after a restart,
+        without taking the VIP down); then revoke the old lease."""
+        ...
+
     def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown: ...
 
     def release(self, lease_id: int, timeout_s: float) -> Done | Unknown:

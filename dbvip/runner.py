@@ -271,11 +271,13 @@ class Runner:
                 if isinstance(acquired, Refused):
                     return LeaseRefused(acquired.holder, acquired.revision)
                 return Failed(action, acquired.cause)
-            case AdoptLease(lease_id, revision):
-                kept = store.keepalive(lease_id, budget)
-                if isinstance(kept, Alive):
-                    return LeaseGranted(lease_id, kept.ttl_s, sent, revision)
-                return LeaseGone(lease_id) if isinstance(kept, Gone) else Failed(action, kept.cause)
+            case AdoptLease(lease_id, mod_revision, ttl_s):
+                adopted = store.adopt(lease_id, mod_revision, ttl_s, budget)
+                if isinstance(adopted, Granted):
+                    return LeaseGranted(adopted.lease_id, adopted.ttl_s, sent, adopted.revision)
+                if isinstance(adopted, Refused):
+                    return LeaseGone(lease_id)  # the key moved on: never adopt that lease
+                return Failed(action, adopted.cause)
             case RenewLease(lease_id):
                 renewed = store.keepalive(lease_id, budget)
                 if isinstance(renewed, Alive):

@@ -199,6 +199,22 @@ class FakeLeaseStore:
         revision = self.etcd.put(WRITER, writer_value(self.node), lease_id)
         return self._reply() or Granted(lease_id, granted, revision)
 
+    def adopt(
+        self, lease_id: int, mod_revision: int, ttl_s: int, timeout_s: float
+    ) -> Granted | Refused | Unknown:
+        self.calls.append("adopt")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        entry = self.etcd.get(WRITER)
+        if entry is None or entry.lease_id != lease_id or entry.mod_revision != mod_revision:
+            view = parse_writer(entry, self.etcd.revision)
+            return Refused(view.holder if isinstance(view, KeyHeld) else None, self.etcd.revision)
+        new_id, granted = self.etcd.grant(ttl_s)
+        revision = self.etcd.put(WRITER, writer_value(self.node), new_id)
+        self.etcd.revoke(lease_id)  # carries nothing any more
+        return self._reply() or Granted(new_id, granted, revision)
+
     def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown:
         self.calls.append("keepalive")
         failed = self._fail(timeout_s)

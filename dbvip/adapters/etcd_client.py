@@ -129,6 +129,11 @@ def compare_create_revision(key: bytes | str, revision: int) -> Json:
     return {"target": "CREATE", "key": _b64(key), "create_revision": revision, "result": "EQUAL"}
 
 
+def compare_mod_revision(key: bytes | str, revision: int) -> Json:
+    """True when ``key`` was last written at ``revision``."""
+    return {"target": "MOD", "key": _b64(key), "mod_revision": revision, "result": "EQUAL"}
+
+
 def compare_lease(key: bytes | str, lease_id: int) -> Json:
     """True when ``key`` is attached to ``lease_id`` (etcd >= 3.3)."""
     return {"target": "LEASE", "key": _b64(key), "lease": str(lease_id), "result": "EQUAL"}

@@ -19,6 +19,7 @@ from dbvip.adapters.etcd_client import (
     Watch,
     compare_create_revision,
     compare_lease,
+    compare_mod_revision,
     delete_op,
     put_op,
     range_op,
@@ -109,6 +110,29 @@ class EtcdLeaseStore:
         return _writer_view(result.kvs[0] if result.kvs else None, result.revision)
 
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
+        return self._claim([compare_create_revision(self._keys.writer, 0)], ttl_s, timeout_s)
+
+    def adopt(
+        self, lease_id: int, mod_revision: int, ttl_s: int, timeout_s: float
+    ) -> Granted | Refused | Unknown:
+        """Move our writer key, unchanged since ``mod_revision``, onto a fresh
+        lease. Keeping the old lease alive instead would leave the VIP at the
+        mercy of a release of that lease still in flight from before."""
+        deadline = time.monotonic() + timeout_s
+        key = self._keys.writer
+        claimed = self._claim(
+            [compare_mod_revision(key, mod_revision), compare_lease(key, lease_id)],
+            ttl_s,
+            timeout_s,
+        )
+        if isinstance(claimed, Granted):
+            self._revoke_quietly(lease_id, deadline)  # it carries nothing now
+        return claimed
+
+    def _claim(
+        self, compare: list[Any], ttl_s: int, timeout_s: float
+    ) -> Granted | Refused | Unknown:
+        """Grant a lease and put the writer key under it if ``compare`` holds."""
         deadline = time.monotonic() + timeout_s
         key = self._keys.writer
         try:
@@ -119,11 +143,9 @@ class EtcdLeaseStore:
         value = encode_writer(self._node, self._vip, lease_id, self._clock.wall_iso())
         try:
             txn = self._client.txn(
-                [compare_create_revision(key, 0)],
-                [put_op(key, value, lease_id)],
-                [range_op(key)],
+                compare, [put_op(key, value, lease_id)], [range_op(key)],
                 deadline - time.monotonic(),
-            )
+            )  # fmt: skip
         except EtcdUnavailableError as exc:
             # The put may have happened: revoking takes the key down with the lease.
             self._revoke_quietly(lease_id, deadline)
@@ -132,7 +154,7 @@ class EtcdLeaseStore:
             return Granted(lease_id, grant.ttl_s, txn.revision)
         for kv in txn.kvs:
             if kv.lease_id == lease_id:
-                # A retried txn found the key its own lost first try had created.
+                # A retried txn found the key its own lost first try had written.
                 return Granted(lease_id, grant.ttl_s, kv.mod_revision)
         self._revoke_quietly(lease_id, deadline)
         value_now = decode_writer(txn.kvs[0].value) if txn.kvs else None

@@ -274,3 +274,60 @@ def test_tls_and_auth_settings_reach_the_client(
     anonymous = stores(etcd_auth, "n2")
     unknown = anonymous.read_writer(TIMEOUT_S)
     assert isinstance(unknown, KeyUnknown) and "user name is empty" in unknown.cause
+
+
+def test_adopt_moves_the_key_onto_a_fresh_lease(etcd_single: EtcdCluster,
+                                                stores: StoreFactory) -> None:  # fmt: skip
+    before = stores(etcd_single, "n1")
+    granted = before.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    view = before.read_writer(TIMEOUT_S)
+    assert isinstance(view, KeyHeld)
+    after = stores(etcd_single, "n1")  # the restarted sidecar
+    adopted = within(TIMEOUT_S, lambda: after.adopt(view.lease_id, view.mod_revision, 10,
+                                                    TIMEOUT_S))  # fmt: skip
+    assert isinstance(adopted, Granted)
+    assert adopted.lease_id != granted.lease_id
+    moved = after.read_writer(TIMEOUT_S)
+    assert isinstance(moved, KeyHeld)
+    assert (moved.holder, moved.lease_id) == ("n1", adopted.lease_id)
+    assert writer_json(etcd_single, after)["lease"] == f"{adopted.lease_id:x}"
+    assert granted.lease_id not in etcd_single.lease_ids(), "the old lease is revoked"
+
+
+def test_a_release_landing_after_adoption_leaves_the_key_alone(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    """The race the simulation found: a release of the old lease that was in
+    flight at SIGTERM lands after the restarted sidecar took the key again."""
+    old = stores(etcd_single, "n1")
+    granted = old.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    view = old.read_writer(TIMEOUT_S)
+    assert isinstance(view, KeyHeld)
+    adopted = stores(etcd_single, "n1").adopt(view.lease_id, view.mod_revision, 10, TIMEOUT_S)
+    assert isinstance(adopted, Granted)
+    assert isinstance(old.release(granted.lease_id, TIMEOUT_S), Done)  # the late release
+    still = old.read_writer(TIMEOUT_S)
+    assert isinstance(still, KeyHeld)
+    assert still.lease_id == adopted.lease_id
+    assert adopted.lease_id in etcd_single.lease_ids()
+
+
+def test_adopt_is_refused_when_the_key_changed_since_it_was_read(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    n1, n2 = stores(etcd_single, "n1"), stores(etcd_single, "n2")
+    granted = n1.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    view = n1.read_writer(TIMEOUT_S)
+    assert isinstance(view, KeyHeld)
+    assert isinstance(n1.release(granted.lease_id, TIMEOUT_S), Done)
+    assert isinstance(n2.acquire(10, TIMEOUT_S), Granted)
+    leases_before = etcd_single.lease_ids()
+    refused = n1.adopt(view.lease_id, view.mod_revision, 10, TIMEOUT_S)
+    assert isinstance(refused, Refused)
+    assert refused.holder == "n2"
+    held = n1.read_writer(TIMEOUT_S)
+    assert isinstance(held, KeyHeld) and held.holder == "n2"
+    assert etcd_single.lease_ids() - leases_before == set(), "the loser's lease is revoked"

@@ -119,7 +119,7 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         "restart: key names me under a live-looking lease: adopt, keep the VIP",
         NodeState(),
         obs(writer=MINE, vip=P),
-        (AdoptLease(0xA, 6),),
+        (AdoptLease(0xA, 5, 10),),
         Reason.ADOPTING,
     ),
     (

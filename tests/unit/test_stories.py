@@ -172,18 +172,20 @@ def test_frozen_sidecar_kernel_lifetime_removes_the_vip_before_lease_expiry() ->
     assert world.kernel.holders() == {"n2"}
 
 
-def test_restart_adopts_the_lease_without_blinking_the_vip() -> None:
+def test_restart_adopts_the_key_onto_a_new_lease_without_blinking_the_vip() -> None:
     world = World(Role.PRIMARY)
     n1 = world.nodes[0]
     world.run(3.0)
-    lease_id = n1.runner.state.lease.lease_id  # type: ignore[union-attr]
+    old_lease = n1.runner.state.lease.lease_id  # type: ignore[union-attr]
     ops_before = len(n1.vip.ops)
     n1.restart(world.clock)
     world.run(5.0)
-    assert n1.runner.state.lease is not None
-    assert n1.runner.state.lease.lease_id == lease_id
-    assert ("remove", pytest.approx(0, abs=1e9)) not in n1.vip.ops[ops_before:]
-    assert all(op == "add" for op, _ in n1.vip.ops[ops_before:])
+    lease = n1.runner.state.lease
+    assert lease is not None
+    assert lease.lease_id != old_lease, "a lease whose release may be in flight is not reused"
+    assert world.etcd.writer_holder() == ("n1", lease.lease_id)
+    assert old_lease not in world.etcd.leases
+    assert all(op == "add" for op, _ in n1.vip.ops[ops_before:]), "the VIP must not blink"
     assert world.kernel.holders() == {"n1"}
 
 
