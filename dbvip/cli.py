@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -16,14 +15,6 @@ from dbvip.config import REQUIRED_FOR_STATUS, REQUIRED_TO_RUN, SETTINGS, Config,
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
-
-
-class SystemClock:
-    def monotonic_s(self) -> float:
-        return time.monotonic()
-
-    def wall_iso(self) -> str:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -126,7 +117,7 @@ def _status_table(view: Mapping[str, Any]) -> str:
 
 def _run(config: Config) -> int:
     from dbvip import logs  # noqa: PLC0415
-    from dbvip.wiring import Sidecar  # noqa: PLC0415
+    from dbvip.wiring import Sidecar, SystemClock  # noqa: PLC0415
 
     listener = logs.setup(config["log_level"], config["log_format"])
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from dbvip.adapters.arp import PacketAnnouncer
@@ -37,6 +38,14 @@ def lease_store(config: Config, clock: Clock, node: str = "-") -> EtcdLeaseStore
     )
 
 
+class SystemClock:
+    def monotonic_s(self) -> float:
+        return time.monotonic()
+
+    def wall_iso(self) -> str:
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 class Sidecar:
     """One node's loop with its real ports, watch and member publisher."""
 
@@ -51,7 +60,6 @@ class Sidecar:
             vip=NetlinkVipDriver(config["interface"], vip),
             announcer=PacketAnnouncer(config["interface"], vip.ip),
         )
-        self.runner = Runner(node, timing, self.ports, EventWaiter(), self._publish)
         # A second client for member reports: a slow publish never delays a renewal.
         self.publisher = MemberPublisher(
             lease_store(config, clock, node),
@@ -59,6 +67,7 @@ class Sidecar:
             period_s=timing.renew_interval_s,
             timeout_s=timing.request_timeout_s,
         )
+        self.runner = Runner(node, timing, self.ports, EventWaiter(), self.publisher.offer)
         self.watcher = self.store.writer_watcher()
         log.info(
             "starting node=%s cluster=%s vip=%s interface=%s etcd=%s",
@@ -68,9 +77,6 @@ class Sidecar:
             config["interface"],
             ",".join(config["etcd_endpoints"]),
         )
-
-    def _publish(self, snapshot: Any) -> None:
-        self.publisher.offer(snapshot)
 
     def run(self) -> NodeState:
         self.publisher.start()
@@ -88,7 +94,7 @@ class Sidecar:
 
 def read_cluster(config: Config) -> dict[str, Any]:
     """The cluster as ``dbvip status`` shows it, as plain data."""
-    store = lease_store(config, _WallOnly())
+    store = lease_store(config, SystemClock())
     try:
         status = store.read_cluster(config["request_timeout_s"] * 3)
     finally:
@@ -117,13 +123,3 @@ def cluster_dict(cluster: str, status: ClusterStatus) -> dict[str, Any]:
             row.update(m.value)
         members.append(row)
     return {"cluster": cluster, "writer": writer, "members": members}
-
-
-class _WallOnly:
-    """``status`` never computes deadlines; it needs no monotonic clock."""
-
-    def monotonic_s(self) -> float:
-        raise AssertionError("status does not use deadlines")
-
-    def wall_iso(self) -> str:
-        return ""
