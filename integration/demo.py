@@ -26,10 +26,10 @@ from pathlib import Path
 
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.model import VipPresence
-from tests.support.etcd_server import EtcdCluster
-from tests.support.netns import NetLab, Node
-from tests.support.postgres_server import PgLab
-from tests.support.sidecar import SidecarProcess, dbvip
+from integration.lab.etcd import EtcdCluster
+from integration.lab.netns import NetLab, Node
+from integration.lab.postgres import PgLab
+from integration.lab.sidecar import SidecarProcess, dbvip
 
 VIP = ipaddress.ip_interface("198.51.100.100/32")
 ETCD_HOST = ipaddress.ip_interface("198.51.100.2/24")

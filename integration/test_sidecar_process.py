@@ -16,11 +16,11 @@ import pytest
 
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.model import VipPresence
-from tests.support.etcd_server import EtcdCluster
-from tests.support.eventually import eventually
-from tests.support.netns import NetLab, Node
-from tests.support.postgres_server import PgServer
-from tests.support.sidecar import SidecarProcess, dbvip
+from integration.lab.etcd import EtcdCluster
+from integration.lab.eventually import eventually
+from integration.lab.netns import NetLab, Node
+from integration.lab.postgres import PgServer
+from integration.lab.sidecar import SidecarProcess, dbvip
 
 pytestmark = pytest.mark.real
 

@@ -9,9 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.etcd_server import ETCD, EtcdCluster
+from integration.lab.etcd import ETCD, EtcdCluster
 
-# -- real etcd (see tests/support/etcd_server.py) ---------------------------
+# -- real etcd (see integration/lab/etcd.py) ---------------------------
 
 ETCD_USER = ("dbvip", "dbvip-secret")
 

@@ -31,8 +31,8 @@ from dbvip.adapters.arp import (
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.model import IPAddress, IPInterface
 from dbvip.ports import Done, Unknown, VipChanged
-from tests.support.eventually import eventually
-from tests.support.netns import NUD_REACHABLE, NUD_STALE, NetLab, Node, write_sysctl
+from integration.lab.eventually import eventually
+from integration.lab.netns import NUD_REACHABLE, NUD_STALE, NetLab, Node, write_sysctl
 
 pytestmark = pytest.mark.real
 

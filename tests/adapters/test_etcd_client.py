@@ -20,9 +20,9 @@ from dbvip.adapters.etcd_client import (
     put_op,
     range_op,
 )
+from integration.lab.etcd import EtcdCluster, free_port
+from integration.lab.eventually import eventually
 from tests.adapters.conftest import ETCD_USER
-from tests.support.etcd_server import EtcdCluster, free_port
-from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.real
 

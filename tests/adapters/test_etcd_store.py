@@ -16,9 +16,9 @@ from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.keys import Garbage, KeyLayout
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown
 from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, Refused, Unknown
+from integration.lab.etcd import EtcdCluster, free_port
+from integration.lab.eventually import eventually
 from tests.adapters.conftest import ETCD_USER
-from tests.support.etcd_server import EtcdCluster, free_port
-from tests.support.eventually import eventually
 
 pytestmark = pytest.mark.real
 

@@ -16,8 +16,8 @@ from pyroute2 import netns
 from dbvip.adapters.netlink import IFA_F_NODAD, NetlinkVipDriver
 from dbvip.model import IPInterface, VipPresence
 from dbvip.ports import Unknown, VipChanged, VipReading
-from tests.support.eventually import eventually
-from tests.support.netns import (
+from integration.lab.eventually import eventually
+from integration.lab.netns import (
     LAB_V4,
     LAB_V6,
     NetLab,

@@ -10,9 +10,9 @@ import pytest
 
 from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.model import Role, RoleReading
-from tests.support.eventually import eventually
+from integration.lab.eventually import eventually
+from integration.lab.postgres import SUPERUSER_PASSWORD, PgServer
 from tests.support.postgres_fixtures import *  # noqa: F403 (the fixtures)
-from tests.support.postgres_server import SUPERUSER_PASSWORD, PgServer
 
 pytestmark = pytest.mark.real
 

@@ -1,4 +1,4 @@
-"""pytest fixtures for throwaway network namespaces (see ``tests.support.netns``).
+"""pytest fixtures for throwaway network namespaces (see ``integration.lab.netns``).
 
 Registered for every test by tests/conftest.py. Fixture functions carry a
 ``_fixture`` suffix and register under the short name, so a module may also
@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.support.netns import NetLab, Node
+from integration.lab.netns import NetLab, Node
 
 NODE_V4 = ipaddress.IPv4Interface("198.51.100.11/24")
 NODE_V6 = ipaddress.IPv6Interface("2001:db8::11/64")

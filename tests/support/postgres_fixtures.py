@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.postgres_server import PG_BIN, PgLab, PgServer, make_template
+from integration.lab.postgres import PG_BIN, PgLab, PgServer, make_template
 
 __all__ = ["pg_lab", "pg_primary", "pg_standby", "pg_template", "silent_listener"]
 

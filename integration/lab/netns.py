@@ -23,7 +23,7 @@ from pyroute2 import IPRoute, netns
 from pyroute2.netlink.rtnl import ndmsg
 
 from dbvip.adapters.arp import call_in_netns
-from tests.support.eventually import eventually
+from integration.lab.eventually import eventually
 
 LAB_V4 = ipaddress.IPv4Network("198.51.100.0/24")
 LAB_V6 = ipaddress.IPv6Network("2001:db8::/64")

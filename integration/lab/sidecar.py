@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.support.netns import Node
+from integration.lab.netns import Node
 
 DBVIP = [sys.executable, "-m", "dbvip.cli"]
 

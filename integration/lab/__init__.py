@@ -1,0 +1,1 @@
+"""The lab: a real PostgreSQL cluster, etcd and a client, each host a network namespace."""
