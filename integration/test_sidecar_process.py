@@ -60,7 +60,7 @@ class Cluster:
 
     def start(self) -> SidecarProcess:
         sidecar = SidecarProcess(
-            self.node, self.env, self.tmp_path / f"dbvip-{len(self.sidecars)}.log"
+            self.node.netns, self.env, self.tmp_path / f"dbvip-{len(self.sidecars)}.log"
         )
         self.sidecars.append(sidecar)
         return sidecar
@@ -73,7 +73,7 @@ class Cluster:
         return json.loads(out) if out else None
 
     def status(self) -> dict[str, object]:
-        done = dbvip(self.node, self.env, "status", "--json")
+        done = dbvip(self.node.netns, self.env, "status", "--json")
         assert done.returncode == 0, done.stderr
         result: dict[str, object] = json.loads(done.stdout)
         return result
@@ -180,7 +180,7 @@ def test_restart_adopts_the_lease_without_a_blink(cluster: Cluster) -> None:
 
 def test_bad_setting_fails_at_start_naming_it(cluster: Cluster) -> None:
     env = {**cluster.env, "DBVIP_PROBE_INTERVAL_S": "-1"}
-    done = dbvip(cluster.node, env, "run")
+    done = dbvip(cluster.node.netns, env, "run")
     assert done.returncode == 2
     assert "probe_interval_s = '-1' from environment DBVIP_PROBE_INTERVAL_S" in done.stderr
     assert not cluster.vip_present()

@@ -101,21 +101,35 @@ class EtcdCluster:
     # sidecars that live there; health checks and etcdctl then go through it.
     netns: str | None = None
     host: str = "127.0.0.1"  # client address; peers stay on loopback
+    # One address per member (all in ``netns``): member i then serves clients
+    # on member_hosts[i]:2379 and peers on member_hosts[i]:2380, like a real
+    # cluster, so one member can be cut off or stopped by its address.
+    member_hosts: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
 
     def _in_netns(self, cmd: list[str]) -> list[str]:
         return cmd if self.netns is None else ["ip", "netns", "exec", self.netns, *cmd]
 
     def __post_init__(self) -> None:
         try:
+            self.workdir.mkdir(parents=True, exist_ok=True)
             if self.tls:
                 self.tls_files = make_tls(self.workdir / "tls")
             scheme = "https" if self.tls else "http"
+            if self.member_hosts and len(self.member_hosts) != self.size:
+                raise ValueError(f"{self.size} members need {self.size} member_hosts")
             for i in range(self.size):
+                if self.member_hosts:
+                    client_url = f"{scheme}://{self.member_hosts[i]}:2379"
+                    peer_url = f"http://{self.member_hosts[i]}:2380"
+                else:
+                    client_url = f"{scheme}://{self.host}:{free_port()}"
+                    peer_url = f"http://127.0.0.1:{free_port()}"
                 self.members.append(
                     EtcdMember(
                         name=f"m{i}",
-                        client_url=f"{scheme}://{self.host}:{free_port()}",
-                        peer_url=f"http://127.0.0.1:{free_port()}",
+                        client_url=client_url,
+                        peer_url=peer_url,
                         data_dir=self.workdir / f"m{i}.etcd",
                         log_path=self.workdir / f"m{i}.log",
                     )
@@ -150,6 +164,7 @@ class EtcdCluster:
             "--heartbeat-interval=20",
             "--election-timeout=200",
             "--log-level=warn",
+            *self.extra_args,
         ]
         if self.tls_files is not None:
             files = self.tls_files
@@ -218,6 +233,10 @@ class EtcdCluster:
     def restart(self, index: int) -> None:
         self.stop(index)
         self.start(index)
+
+    @property
+    def pids(self) -> list[int]:
+        return [m.proc.pid for m in self.members if m.proc is not None]
 
     def freeze(self, index: int) -> None:
         os.kill(self.members[index].pid, signal.SIGSTOP)

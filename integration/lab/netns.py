@@ -112,8 +112,10 @@ class Node:
 class NetLab:
     """A switch namespace with a bridge, and node namespaces joined to it."""
 
-    def __init__(self, ranges: Sequence[IPNetwork] = (LAB_V4, LAB_V6)) -> None:
-        self.prefix = run_prefix()
+    def __init__(
+        self, ranges: Sequence[IPNetwork] = (LAB_V4, LAB_V6), prefix: str | None = None
+    ) -> None:
+        self.prefix = prefix or run_prefix()
         self.ranges = tuple(ranges)
         self.switch = f"{self.prefix}-sw"
         self.nodes: dict[str, Node] = {}
@@ -200,6 +202,13 @@ class NetLab:
         node = Node(name, namespace, ifname, index, mac, v4, v6)
         self.nodes[name] = node
         return node
+
+    def set_port(self, node: Node, up: bool) -> None:
+        """Switch port of ``node`` up or down: down cuts it off from everything
+        while its own interface stays up (a pulled cable at the switch)."""
+        sw = self.ipr(self.switch)
+        (index,) = sw.link_lookup(ifname=f"p-{node.name}")
+        sw.link("set", index=index, state="up" if up else "down")
 
     def operstate(self, namespace: str, index: int) -> str:
         (link,) = self.ipr(namespace).link("get", index=index)

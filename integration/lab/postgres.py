@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -25,9 +26,14 @@ SUPERUSER_PASSWORD = "dbvip-test-Pw-4f1c"
 _COMMAND_TIMEOUT_S = 60.0
 
 
-def _as_postgres(*argv: str, timeout_s: float = _COMMAND_TIMEOUT_S) -> str:
+def _as_postgres(
+    *argv: str, timeout_s: float = _COMMAND_TIMEOUT_S, netns: str | None = None
+) -> str:
+    cmd = ["runuser", "-u", SUPERUSER, "--", *argv]
+    if netns is not None:
+        cmd = ["ip", "netns", "exec", netns, *cmd]
     done = subprocess.run(
-        ["runuser", "-u", SUPERUSER, "--", *argv],
+        cmd,
         capture_output=True,
         text=True,
         timeout=timeout_s,
@@ -79,11 +85,25 @@ class PgServer:
     """One instance; per-node settings go on the command line because
     pg_basebackup copies postgresql.conf."""
 
-    def __init__(self, name: str, datadir: Path, socket_dir: Path, port: int) -> None:
+    def __init__(
+        self,
+        name: str,
+        datadir: Path,
+        socket_dir: Path,
+        port: int,
+        netns: str | None = None,
+        listen: str = "127.0.0.1",
+        settings: dict[str, str] | None = None,
+    ) -> None:
         self.name = name
         self.datadir = datadir
         self.socket_dir = socket_dir
         self.port = port
+        # Inside a lab host's namespace the instance listens on all of that
+        # namespace's addresses ('*'), so a VIP added later is served at once.
+        self.netns = netns
+        self.listen = listen
+        self.settings = dict(settings or {})
         self.logfile = datadir.parent / f"{name}.log"
         self.frozen_pids: list[int] = []
 
@@ -96,13 +116,16 @@ class PgServer:
         return f"host=127.0.0.1 port={self.port} user={user} dbname={dbname} sslmode=disable"
 
     def _pg_ctl(self, *args: str) -> str:
-        return _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), *args)
+        return _as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(self.datadir), *args,
+                            netns=self.netns)  # fmt: skip
 
     def start(self) -> None:
         options = (
             f"-c port={self.port} -c unix_socket_directories='{self.socket_dir}'"
-            " -c listen_addresses=127.0.0.1 -c fsync=off"
+            f" -c listen_addresses='{self.listen}' -c fsync=off"
         )
+        # pg_ctl hands the options to a shell: quote every value.
+        options += "".join(f" -c {k}='{v}'" for k, v in self.settings.items())
         # -w waits until the server accepts connections (read-only ones on a standby).
         self._pg_ctl("-l", str(self.logfile), "-o", options, "-w", "-t", "60", "start")
 
@@ -113,6 +136,20 @@ class PgServer:
     def promote(self) -> None:
         """Signal the promotion and return at once (no wait for its end)."""
         self._pg_ctl("-W", "promote")
+
+    def make_standby(self) -> None:
+        """Mark a stopped instance to start as a standby (it streams from
+        whatever its ``primary_conninfo`` names)."""
+        signal_file = self.datadir / "standby.signal"
+        signal_file.touch()
+        _chown_postgres(signal_file)
+
+    def set_auto_conf(self, name: str, value: str) -> None:
+        """Append ``name = 'value'`` to postgresql.auto.conf (the last line wins);
+        for settings a stopped instance needs at its next start."""
+        quoted = value.replace("'", "''")
+        with (self.datadir / "postgresql.auto.conf").open("a") as conf:
+            conf.write(f"{name} = '{quoted}'\n")
 
     def postmaster_pid(self) -> int | None:
         try:
@@ -180,40 +217,68 @@ class PgServer:
 
 
 class PgLab:
-    """A temp dir and the instances made in it; ``close`` tears everything down."""
+    """A directory and the instances made in it; ``close`` tears everything down.
 
-    def __init__(self, template: Path | None = None) -> None:
-        self.base = Path(tempfile.mkdtemp(prefix="dbvip-pg-"))
+    By default every instance listens on 127.0.0.1 with a port of its own; with
+    ``netns`` it runs inside that namespace on port 5432 and all its addresses.
+    """
+
+    def __init__(self, template: Path | None = None, base: Path | None = None) -> None:
+        if base is None:
+            base = Path(tempfile.mkdtemp(prefix="dbvip-pg-"))
+        else:
+            base.mkdir(parents=True)
+        self.base = base
         _chown_postgres(self.base)
         self.template = template
         self.servers: list[PgServer] = []
 
-    def _new(self, name: str) -> PgServer:
+    def _new(self, name: str, netns: str | None, settings: dict[str, str] | None) -> PgServer:
         socket_dir = self.base / f"{name}-sock"
         socket_dir.mkdir()
         _chown_postgres(socket_dir)
-        server = PgServer(name, self.base / name, socket_dir, free_port())
+        if netns is None:
+            server = PgServer(name, self.base / name, socket_dir, free_port(), settings=settings)
+        else:
+            server = PgServer(name, self.base / name, socket_dir, 5432, netns, "*", settings)
         self.servers.append(server)
         return server
 
-    def primary(self, name: str = "primary") -> PgServer:
-        server = self._new(name)
+    def primary(
+        self,
+        name: str = "primary",
+        netns: str | None = None,
+        settings: dict[str, str] | None = None,
+        prepare: Callable[[PgServer], None] = lambda _: None,
+    ) -> PgServer:
+        """A new primary; ``prepare`` may edit its files before the first start."""
+        server = self._new(name, netns, settings)
         if self.template is None:
             initdb(server.datadir)
         else:
             # cp -a keeps the postgres ownership and 0700 mode initdb gave the template.
             subprocess.run(["cp", "-a", str(self.template), str(server.datadir)], check=True)
+        prepare(server)
         server.start()
         return server
 
-    def standby(self, of: PgServer, name: str = "standby") -> PgServer:
-        """A streaming standby of ``of`` (which must be running)."""
-        server = self._new(name)
+    def standby(
+        self,
+        of: PgServer,
+        name: str = "standby",
+        netns: str | None = None,
+        settings: dict[str, str] | None = None,
+        prepare: Callable[[PgServer], None] = lambda _: None,
+    ) -> PgServer:
+        """A streaming standby of ``of`` (which must be running), copied over
+        ``of``'s Unix socket (a file: reachable from any namespace)."""
+        server = self._new(name, netns, settings)
         _as_postgres(
             str(PG_BIN / "pg_basebackup"), "-D", str(server.datadir), "-R", "-X", "stream",
             "-c", "fast", "--no-sync", "-h", str(of.socket_dir), "-p", str(of.port),
             "-U", SUPERUSER,
         )  # fmt: skip
+        prepare(server)
         server.start()
         return server
 

@@ -6,20 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from integration.lab.netns import Node
-
 DBVIP = [sys.executable, "-m", "dbvip.cli"]
 
 
 class SidecarProcess:
-    """One ``dbvip run`` in ``node``'s namespace, its output kept in a log file."""
+    """One ``dbvip run`` in namespace ``netns``, its output kept in a log file."""
 
-    def __init__(self, node: Node, env: dict[str, str], log_path: Path) -> None:
-        self.node = node
+    def __init__(self, netns: str, env: dict[str, str], log_path: Path) -> None:
+        self.netns = netns
         self.log_path = log_path
         with log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                ["ip", "netns", "exec", node.netns, *DBVIP, "run"],
+                ["ip", "netns", "exec", netns, *DBVIP, "run"],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -41,9 +39,9 @@ class SidecarProcess:
             self.proc.wait(10)
 
 
-def dbvip(node: Node, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """Run a one-shot dbvip command (status, check-config) in the node's namespace."""
+def dbvip(netns: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """Run a one-shot dbvip command (status, check-config) in namespace ``netns``."""
     return subprocess.run(
-        ["ip", "netns", "exec", node.netns, *DBVIP, *args],
+        ["ip", "netns", "exec", netns, *DBVIP, *args],
         env=env, capture_output=True, text=True, timeout=30, check=False,
     )  # fmt: skip

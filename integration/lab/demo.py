@@ -1,0 +1,143 @@
+"""The README's first command: see the writer VIP follow the primary.
+
+Brings up a lab (three PostgreSQL nodes with sidecars, etcd, a client), starts
+a client that writes through the VIP on a new connection every 20 ms and the
+invariant monitor, then runs a switchover (n1 demoted cleanly, n2 promoted)
+and a crash failover (n2's database stopped immediately, n3 promoted one
+second later). Prints a timeline of each (promotion, VIP removed, VIP added,
+first write acknowledged by the new primary) and tears everything down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from dbvip.model import Role
+from integration.lab import cleanup
+from integration.lab.eventually import eventually
+from integration.lab.lab import Lab, LabSpec
+from integration.lab.monitor import InvariantMonitor, MonitorReport, VipChange
+from integration.lab.writer import Attempt, ClientWriter, first_ok_after, outages
+
+DEMO_NAME = "demo"
+
+
+@dataclass
+class Phase:
+    title: str
+    old: str
+    new: str
+    fault_s: float  # old primary demoted or crashed
+    promote_s: float  # pg_ctl promote signalled on the new one
+
+
+class Demo:
+    def __init__(self, lab: Lab, say: Callable[[str], None]) -> None:
+        self.lab = lab
+        self.say = say
+        self.origin_s = time.monotonic()
+        self.phases: list[Phase] = []
+
+    def rel(self, at_s: float | None) -> str:
+        return "        -" if at_s is None else f"{at_s - self.origin_s:8.3f} s"
+
+    def run(self, monitor: InvariantMonitor, writer: ClientWriter) -> MonitorReport:
+        lab = self.lab
+        lab.wait_holder("n1")
+        first = eventually(lambda: first_ok_after(writer.attempts(), self.origin_s), timeout_s=30)
+        self.say(f"n1 (primary) holds the VIP {lab.vip.ip}; first client write ok at "
+                 f"{self.rel(first.ended_s)} by {first.node}")  # fmt: skip
+
+        self.say("switchover: n1's database stopped cleanly and restarted as a replica; "
+                 "n2 promoted")  # fmt: skip
+        fault_s = time.monotonic()
+        lab.demote("n1")
+        promote_s = lab.promote("n2")
+        lab.wait_primary("n2")
+        lab.wait_holder("n2")
+        eventually(lambda: first_ok_after(writer.attempts(), promote_s), timeout_s=30)
+        self.phases.append(Phase("switchover n1 -> n2", "n1", "n2", fault_s, promote_s))
+
+        self.say("crash failover: n2's database stopped immediately; n3 promoted 1 s later")
+        fault_s = lab.crash_db("n2")
+        time.sleep(1.0)  # what an HA manager takes to notice, at the very least
+        promote_s = lab.promote("n3")
+        lab.wait_primary("n3")
+        lab.wait_holder("n3")
+        eventually(lambda: first_ok_after(writer.attempts(), promote_s), timeout_s=30)
+        self.phases.append(Phase("crash failover n2 -> n3", "n2", "n3", fault_s, promote_s))
+        time.sleep(0.5)  # a few more writes on the new primary for the tally
+        attempts = writer.stop()
+        report = monitor.stop()
+        self.print_timeline(report, attempts)
+        return report
+
+    def print_timeline(self, report: MonitorReport, attempts: list[Attempt]) -> None:
+        self.say("timeline (seconds since the lab was up; VIP instants from netlink "
+                 "samples every few ms, roles from pg_is_in_recovery() polls)")  # fmt: skip
+        for phase in self.phases:
+            promoted = _first_role(report, phase.new, Role.PRIMARY, phase.promote_s)
+            removed = _first_vip(report, phase.old, VipChange.REMOVED, phase.fault_s)
+            added = _first_vip(report, phase.new, VipChange.ADDED, phase.fault_s)
+            written = first_ok_after(attempts, phase.promote_s)
+            rows = [
+                (f"{phase.old} database {'stopped' if 'switch' in phase.title else 'crashed'}",
+                 phase.fault_s),
+                (f"{phase.old} VIP removed", removed),
+                (f"{phase.new} promote signalled", phase.promote_s),
+                (f"{phase.new} is primary", promoted),
+                (f"{phase.new} VIP added", added),
+                (f"first write acknowledged by {written.node if written else '-'}",
+                 written.ended_s if written else None),
+            ]  # fmt: skip
+            self.say(f"  {phase.title}")
+            for label, at_s in sorted(rows, key=lambda r: r[1] if r[1] is not None else 1e18):
+                self.say(f"    {self.rel(at_s)}  {label}")
+            if promoted is not None and added is not None and written is not None:
+                self.say(f"    => VIP on the new primary {1000 * (added - promoted):.0f} ms after "
+                         f"its promotion; client writing again "
+                         f"{1000 * (written.ended_s - promoted):.0f} ms after it")  # fmt: skip
+        ok = sum(a.ok for a in attempts)
+        gaps = outages(attempts)
+        longest = max((end - start for start, end in gaps), default=0.0)
+        self.say(f"client: {len(attempts)} write attempts, {ok} acknowledged; "
+                 f"{len(gaps)} outages, longest {longest:.3f} s")  # fmt: skip
+        self.say(f"monitor: {report.summary()}")
+
+
+def _first_role(report: MonitorReport, host: str, role: Role, after_s: float) -> float | None:
+    return next((e.at_s for e in report.role_events
+                 if e.host == host and e.new is role and e.at_s >= after_s), None)  # fmt: skip
+
+
+def _first_vip(report: MonitorReport, host: str, change: VipChange, after_s: float) -> float | None:
+    return next((e.at_s for e in report.vip_events
+                 if e.host == host and e.change is change and e.at_s >= after_s), None)  # fmt: skip
+
+
+def run_demo(say: Callable[[str], None]) -> int:
+    if not cleanup.find(DEMO_NAME).empty():
+        say(f"removing what an earlier demo left behind: {cleanup.down(DEMO_NAME).describe()}")
+    started = time.monotonic()
+    with Lab.create(LabSpec(DEMO_NAME)) as lab:
+        say(f"lab {lab.name} up in {time.monotonic() - started:.1f} s: namespaces "
+            f"{lab.netns('*')}, PostgreSQL 15 n1 primary + n2, n3 streaming replicas, "
+            f"etcd at {', '.join(lab.spec.etcd_endpoints)}, a dbvip sidecar beside each "
+            "database")  # fmt: skip
+        demo = Demo(lab, say)
+        monitor = lab.monitor()
+        monitor.start()
+        writer = lab.start_writer()
+        try:
+            report = demo.run(monitor, writer)
+        except BaseException:
+            monitor.stop()
+            for node in lab.spec.nodes:
+                say(f"--- {node} sidecar log (tail) ---\n{lab.sidecar_log(node)[-2000:]}")
+            raise
+        report.assert_one_writer()
+    left = cleanup.find(DEMO_NAME)
+    say(f"lab torn down; left behind: {left.describe()}")
+    return 0 if left.empty() else 1
