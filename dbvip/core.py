@@ -42,6 +42,7 @@ from dbvip.model import (
     NodeState,
     Observation,
     Outcome,
+    PeerView,
     Reason,
     ReleaseLease,
     RemoveVip,
@@ -125,6 +126,19 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
             reason = Reason.DEMOTED if busy else Reason.REPLICA
             detail = "database is in recovery"
         return done(take_down(release), reason, detail, replace(state, lease=None))
+
+    # Two primaries: a replica was promoted while this database still thinks
+    # it is primary. The one on the newer timeline is the one that was chosen
+    # last; this one steps down (and stays away) while that report lives.
+    newer = _newer_primary(obs, me)
+    if newer is not None:
+        return done(
+            take_down(_release_chain(state, obs, me)),
+            Reason.SUPERSEDED,
+            f"{newer.node} is primary on timeline {newer.timeline}, "
+            f"this database on {obs.role.timeline}",
+            replace(state, lease=None),
+        )
 
     if lease is not None:
         return _while_holding(state, lease, obs, timing, role, done)
@@ -307,6 +321,18 @@ def _effective_role(state: NodeState, obs: Observation, timing: Timing) -> Role:
     since = state.role_unknown_since_s
     within = since is not None and obs.now_s - since < timing.role_grace_s
     return Role.UNKNOWN if within and state.last_primary_s is not None else Role.REPLICA
+
+
+def _newer_primary(obs: Observation, me: str) -> PeerView | None:
+    own = obs.role.timeline
+    if obs.role.role is not Role.PRIMARY or own is None:
+        return None
+    newer = [
+        p
+        for p in obs.peers
+        if p.node != me and p.role is Role.PRIMARY and p.timeline is not None and p.timeline > own
+    ]
+    return max(newer, key=lambda p: (p.timeline or 0, p.node), default=None)
 
 
 def _key_lost(lease: Lease, view: WriterView, me: str) -> tuple[Reason, str] | None:

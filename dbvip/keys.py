@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from dbvip.model import PeerView, Role
 from dbvip.ports import MemberReport
 
 DEFAULT_PREFIX = "/dbvip"
@@ -129,5 +130,21 @@ def decode_writer(raw: bytes) -> WriterValue | Garbage:
 
 
 def decode_member(raw: bytes) -> dict[str, Any] | Garbage:
-    """A member value as published; shown by ``dbvip status``, never decided on."""
+    """A member value as published, for ``dbvip status``; ``peer_view`` takes
+    from it the little a decision may use."""
     return _json_object(raw)
+
+
+def peer_view(node: str, value: dict[str, Any] | Garbage) -> PeerView | None:
+    """Role and timeline of a member report, or None if they are not usable
+    (garbage proves nothing, so it is left out rather than guessed at)."""
+    if isinstance(value, Garbage) or not node:
+        return None
+    try:
+        role = Role(value.get("role"))
+    except ValueError:
+        return None
+    timeline = value.get("timeline")
+    if isinstance(timeline, bool) or not isinstance(timeline, int) or timeline < 1:
+        timeline = None
+    return PeerView(node, role, timeline)

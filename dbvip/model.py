@@ -88,6 +88,16 @@ class VipPresence(enum.Enum):
 
 
 @dataclass(frozen=True)
+class PeerView:
+    """Another member's latest published report (its member key, alive under
+    its own lease): evidence of a newer primary elsewhere."""
+
+    node: str
+    role: Role
+    timeline: int | None
+
+
+@dataclass(frozen=True)
 class Observation:
     """One tick's view of the world, as data."""
 
@@ -97,6 +107,7 @@ class Observation:
     vip: VipPresence
     stopping: bool = False  # SIGTERM/SIGINT received: release everything
     vip_cause: str | None = None  # why vip is UNKNOWN
+    peers: tuple[PeerView, ...] = ()  # read only while the local role is primary
 
 
 # --------------------------------------------------------------------------
@@ -250,6 +261,7 @@ class Reason(enum.Enum):
     KEY_LOST = "key_lost"
     DEMOTED = "demoted"
     ROLE_UNKNOWN_PAST_GRACE = "role_unknown_past_grace"
+    SUPERSEDED = "superseded"
     LEASE_EXPIRING = "lease_expiring"
     VIP_WITHOUT_LEASE = "vip_without_lease"
     ADOPTING = "adopting"

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from dbvip.model import RoleReading, VipPresence, WriterView
+from dbvip.model import PeerView, RoleReading, VipPresence, WriterView
 
 # --------------------------------------------------------------------------
 # Results of adapters.
@@ -132,6 +132,10 @@ class LeaseStore(Protocol):
     def release(self, lease_id: int, timeout_s: float) -> Done | Unknown:
         """Delete the writer key if it is still attached to ``lease_id``, then
         revoke the lease."""
+        ...
+
+    def read_members(self, timeout_s: float) -> tuple[PeerView, ...] | Unknown:
+        """Every other live member's role and timeline, as published."""
         ...
 
     def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:

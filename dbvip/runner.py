@@ -33,6 +33,7 @@ from dbvip.model import (
     NodeState,
     Observation,
     Outcome,
+    PeerView,
     Reason,
     ReleaseLease,
     RemoveVip,
@@ -134,6 +135,8 @@ class Runner:
         self._key_dirty = True  # read the writer key at least once at start
         self._key_read_s = float("-inf")
         self._last_view: WriterView = KeyUnknown("not read yet")
+        self._peers: tuple[PeerView, ...] = ()
+        self._peers_read_s = float("-inf")
         self._last_reason: tuple[str, str] | None = None
         self._last_failure = ""
         self.stopping = threading.Event()
@@ -206,6 +209,9 @@ class Runner:
                 self._key_read_s = now
             self._last_view = view
             now = clock.monotonic_s()
+        if role.role is Role.PRIMARY and now - self._peers_read_s >= self.timing.renew_interval_s:
+            self._read_peers(now, vip.presence)
+            now = clock.monotonic_s()
         return Observation(
             now_s=now,
             role=role,
@@ -213,7 +219,23 @@ class Runner:
             vip=vip.presence,
             stopping=stopping,
             vip_cause=vip.cause,
+            peers=self._peers if role.role is Role.PRIMARY else (),
         )
+
+    def _read_peers(self, now: float, vip: VipPresence) -> None:
+        """Other members' reports, for a primary only (is another primary
+        newer?), and only every renew interval: the evidence is slow anyway
+        (a report is published after its node's own probe)."""
+        timeout = request_deadline_s(self.state, now, vip, self.timing) - now
+        if timeout < MIN_REQUEST_S:
+            return
+        peers = _guarded(lambda: self.ports.store.read_members(timeout), Unknown)
+        self._peers_read_s = now
+        if isinstance(peers, Unknown):
+            # Keep the last known reports: no news is not evidence either way.
+            log.debug("members not read cause=%r", peers.cause)
+            return
+        self._peers = peers
 
     def _needs_key(self, role: Role, vip: VipPresence, stopping: bool, now: float) -> bool:
         """A settled replica only re-reads the key now and then; anything that

@@ -20,6 +20,7 @@ from dbvip.model import (
     KeyHeld,
     KeyInvalid,
     KeyUnknown,
+    PeerView,
     Role,
     RoleReading,
     VipPresence,
@@ -87,6 +88,9 @@ class FakeEtcd:
         self.leases: dict[int, tuple[int, float]] = {}  # id -> (ttl, expiry)
         self._next_lease = 0x1000
         self.min_ttl_s = min_ttl_s
+        # Member reports by node (their own leases are not modelled: a report
+        # stays until its node publishes another).
+        self.members: dict[str, MemberReport] = {}
 
     def expire(self) -> None:
         now = self.clock.now_s
@@ -241,7 +245,19 @@ class FakeLeaseStore:
         if failed is not None:
             return failed
         self.members.append(report)
+        self.etcd.members[self.node] = report
         return Done()
+
+    def read_members(self, timeout_s: float) -> tuple[PeerView, ...] | Unknown:
+        self.calls.append("members")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        return tuple(
+            PeerView(node, Role(r.role), r.timeline)
+            for node, r in sorted(self.etcd.members.items())
+            if node != self.node
+        )
 
     def close(self) -> None:
         pass

@@ -33,8 +33,9 @@ from dbvip.keys import (
     decode_writer,
     encode_member,
     encode_writer,
+    peer_view,
 )
-from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, WriterView
+from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, PeerView, WriterView
 from dbvip.ports import Alive, Clock, Done, Gone, Granted, MemberReport, Refused, Unknown
 
 
@@ -209,6 +210,20 @@ class EtcdLeaseStore:
             self._member_lease = None  # expired between keepalive and put; next time anew
             return Unknown("member lease expired while publishing")
         return Done()
+
+    def read_members(self, timeout_s: float) -> tuple[PeerView, ...] | Unknown:
+        prefix = self._keys.members_prefix
+        try:
+            result = self._client.range(prefix, timeout_s, prefix=True)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"members read: {exc.cause}")
+        peers = []
+        for kv in result.kvs:
+            node = kv.key.decode(errors="replace")[len(prefix) :]
+            peer = peer_view(node, decode_member(kv.value))
+            if peer is not None and node != self._node:
+                peers.append(peer)
+        return tuple(peers)
 
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
         deadline = time.monotonic() + timeout_s

@@ -78,7 +78,7 @@ def _stop_postgres(directory: Path) -> None:
             )  # fmt: skip
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
@@ -97,7 +97,7 @@ def down(name: str) -> Leftovers:
                 os.kill(pid, signal.SIGCONT)  # a frozen process dies only when it runs
                 os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 15
-    while any(_alive(p) for ns in found.namespaces for p in pids_in(ns)):
+    while any(alive(p) for ns in found.namespaces for p in pids_in(ns)):
         if time.monotonic() > deadline:
             raise RuntimeError(f"lab {name}: processes survive SIGKILL: {find(name).pids}")
         time.sleep(0.05)

@@ -14,7 +14,7 @@ import pytest
 from dbvip.adapters.etcd_client import EtcdClient
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.keys import Garbage, KeyLayout
-from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown
+from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, PeerView, Role
 from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, Refused, Unknown
 from integration.lab.etcd import EtcdCluster, free_port
 from integration.lab.eventually import eventually
@@ -331,3 +331,30 @@ def test_adopt_is_refused_when_the_key_changed_since_it_was_read(
     held = n1.read_writer(TIMEOUT_S)
     assert isinstance(held, KeyHeld) and held.holder == "n2"
     assert etcd_single.lease_ids() - leases_before == set(), "the loser's lease is revoked"
+
+
+def test_read_members_gives_the_others_role_and_timeline_and_skips_garbage(
+    etcd_private: EtcdCluster, stores: StoreFactory, etcd_cluster_name: str
+) -> None:
+    n1, n2, n3 = (stores(etcd_private, n) for n in ("n1", "n2", "n3"))
+    assert n1.publish_member(REPORT, TIMEOUT_S) == Done()
+    assert (
+        n2.publish_member(MemberReport("replica", None, None, (), "replica"), TIMEOUT_S) == Done()
+    )
+    assert n3.publish_member(MemberReport("primary", 3, None, (), "conflict"), TIMEOUT_S) == Done()
+    layout = KeyLayout(etcd_cluster_name)
+    etcd_private.etcdctl("put", layout.member("odd"), "{")
+    etcd_private.etcdctl("put", layout.member("weird"), '{"role": "boss", "timeline": 9}')
+    etcd_private.etcdctl("put", layout.member("text"), '{"role": "primary", "timeline": "9"}')
+
+    assert n1.read_members(TIMEOUT_S) == (
+        PeerView("n2", Role.REPLICA, None),
+        PeerView("n3", Role.PRIMARY, 3),
+        PeerView("text", Role.PRIMARY, None),  # a timeline that is not a number proves nothing
+    )
+    assert {p.node for p in n3.read_members(TIMEOUT_S)} == {"n1", "n2", "text"}
+    etcd_private.freeze(0)
+    try:
+        assert isinstance(within(TIMEOUT_S, lambda: n1.read_members(TIMEOUT_S)), Unknown)
+    finally:
+        etcd_private.thaw(0)

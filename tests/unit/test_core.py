@@ -26,6 +26,7 @@ from dbvip.model import (
     LeaseRenewed,
     NodeState,
     Observation,
+    PeerView,
     Reason,
     ReleaseLease,
     RemoveVip,
@@ -58,8 +59,12 @@ def obs(
     vip: VipPresence = P,
     now: float = NOW,
     stopping: bool = False,
+    peers: tuple[PeerView, ...] = (),
 ) -> Observation:
-    return Observation(now_s=now, role=role, writer=writer, vip=vip, stopping=stopping)
+    return Observation(now_s=now, role=role, writer=writer, vip=vip, stopping=stopping, peers=peers)
+
+
+NEWER = (PeerView("n2", Role.PRIMARY, 2),)  # a replica promoted while we are primary on 1
 
 
 LIFETIME = vip_lifetime_s(LEASE, NOW, T)
@@ -137,6 +142,61 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         Reason.CONFLICT,
     ),
     ("replica idle", NodeState(), obs(role=REPLICA, writer=OTHER, vip=A), (), Reason.REPLICA),
+    # -- two primaries: the newer timeline wins ------------------------------
+    (
+        "holding, a peer is primary on a newer timeline: remove VIP, release",
+        HOLDING,
+        obs(peers=NEWER),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.SUPERSEDED,
+    ),
+    (
+        "superseded and key free: do not acquire",
+        NodeState(),
+        obs(writer=KeyAbsent(3), vip=A, peers=NEWER),
+        (),
+        Reason.SUPERSEDED,
+    ),
+    (
+        "superseded after a restart: release our leftover key, never adopt it",
+        NodeState(),
+        obs(writer=MINE, vip=P, peers=NEWER),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.SUPERSEDED,
+    ),
+    (
+        "a peer primary on the same timeline proves nothing: keep holding",
+        HOLDING,
+        obs(peers=(PeerView("n2", Role.PRIMARY, 1),)),
+        (),
+        Reason.HOLDING,
+    ),
+    (
+        "an older or replica peer proves nothing: acquire",
+        NodeState(),
+        obs(
+            writer=KeyAbsent(3),
+            vip=A,
+            role=RoleReading(Role.PRIMARY, timeline=3),
+            peers=(PeerView("n2", Role.PRIMARY, 2), PeerView("n3", Role.REPLICA, 9)),
+        ),
+        (AcquireLease(10),),
+        Reason.ACQUIRING,
+    ),
+    (
+        "own timeline unknown: no comparison, keep holding",
+        HOLDING,
+        obs(role=RoleReading(Role.PRIMARY), peers=NEWER),
+        (),
+        Reason.HOLDING,
+    ),
+    (
+        "a report under our own name is not a peer",
+        HOLDING,
+        obs(peers=(PeerView(ME, Role.PRIMARY, 5),)),
+        (),
+        Reason.HOLDING,
+    ),
     (
         "replica with a stray VIP: remove",
         NodeState(),

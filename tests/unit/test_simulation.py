@@ -39,6 +39,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from dbvip.config import TIMING_FIELDS, load
+from dbvip.members import report_of
 from dbvip.model import (
     KERNEL_EXPIRY_SLACK_S,
     Action,
@@ -495,6 +496,11 @@ class Sim:
         self.trace.append(f"{self.clock.now_s:10.3f} {event}")
 
     def published(self, snap: Snapshot) -> None:
+        # The member report goes to etcd off the loop; a partitioned node's
+        # does not arrive. Reports are not expired (their leases are not
+        # modelled), which only delays liveness, never helps safety.
+        if self.nodes[snap.node].store.fault in ("ok", "lose_reply"):
+            self.etcd.members[snap.node] = report_of(snap, "vip")
         if self._reasons.get(snap.node) != snap.reason:
             self._reasons[snap.node] = snap.reason
             self.note(f"{snap.node} {snap.reason}: {snap.detail} {snap.facts}")
@@ -584,6 +590,9 @@ class Sim:
             case SetRole(name, role, for_s):
                 probe = self.nodes[name].probe
                 self._for(for_s, step, SetRole(name, probe.role.value), lambda: probe.role.value)
+                if Role(role) is Role.PRIMARY and probe.role is not Role.PRIMARY:
+                    # A promotion starts a new timeline, above every one so far.
+                    probe.timeline = 1 + max(n.probe.timeline for n in self.nodes.values())
                 probe.role = Role(role)
             case ProbeHang(name, hang, for_s):
                 probe = self.nodes[name].probe

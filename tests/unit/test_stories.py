@@ -9,8 +9,9 @@ from dataclasses import replace
 import pytest
 
 from dbvip.core import vip_lifetime_s
-from dbvip.model import AddVip, Failed, Role, Timing
-from dbvip.runner import Ports, Runner
+from dbvip.members import report_of
+from dbvip.model import AddVip, Failed, Reason, Role, Timing
+from dbvip.runner import Ports, Runner, Snapshot
 from tests.fakes import (
     WRITER,
     FakeAnnouncer,
@@ -49,8 +50,14 @@ class Node:
             T,
             Ports(clock, self.probe, self.store, self.vip, self.announcer),
             self.waiter,
+            self.publish,
         )
         return self.runner
+
+    def publish(self, snapshot: Snapshot) -> None:
+        """The member report, as the publisher thread would put it in etcd."""
+        if self.store.fault == "ok":
+            self.store.etcd.members[self.name] = report_of(snapshot, "vip")
 
 
 class World:
@@ -133,6 +140,19 @@ def test_two_primaries_one_vip_and_the_other_reports_the_conflict() -> None:
     assert world.kernel.holders() == {"n1"}
     assert world.nodes[1].runner.state.reason is not None
     assert world.nodes[1].runner.state.reason.value == "conflict"
+
+
+def test_a_replica_promoted_beside_the_holder_supersedes_it_by_timeline() -> None:
+    world = World(Role.PRIMARY, Role.REPLICA)
+    n1, n2 = world.nodes
+    world.run(3.0)
+    n2.probe.role, n2.probe.timeline = Role.PRIMARY, 2  # promoted; n1 still primary
+    world.run(2 * T.renew_interval_s + 1.0)  # n1 reads the members every renew interval
+    assert world.kernel.holders() == {"n2"}
+    assert n1.runner.state.reason is Reason.SUPERSEDED
+    assert "timeline 2" in n1.runner.state.detail
+    world.run(30.0)  # and it stays away while the newer primary lives
+    assert world.kernel.holders() == {"n2"}
 
 
 def test_etcd_hangs_vip_comes_down_before_the_lease_can_expire() -> None:
