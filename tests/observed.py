@@ -1,8 +1,15 @@
-"""A node on the in-memory fakes with its board and metrics wired as in
-``dbvip.wiring.Sidecar``, for the observability tests."""
+"""For the observability tests: a node on the in-memory fakes with its board
+and metrics wired as in ``dbvip.wiring.Sidecar``, an HTTP GET, and the dbvip
+logger captured as ``dbvip run`` sets it up."""
 
 from __future__ import annotations
 
+import io
+import logging
+import logging.handlers
+from http.client import HTTPConnection
+
+from dbvip import logs
 from dbvip.board import Board
 from dbvip.metrics import Metrics
 from dbvip.model import Role, Timing
@@ -68,3 +75,42 @@ def run(nodes: list[ObservedNode], seconds: float) -> None:
         for node in nodes:
             node.runner.tick()
         clock.advance(T.probe_interval_s)
+
+
+Answer = tuple[int, str, bytes]
+
+
+def get(port: int, path: str, host: str = "127.0.0.1") -> Answer:
+    conn = HTTPConnection(host, port, timeout=10)
+    try:
+        conn.request("GET", path)
+        reply = conn.getresponse()
+        return reply.status, reply.getheader("Content-Type") or "", reply.read()
+    finally:
+        conn.close()
+
+
+class Capture:
+    """The dbvip logger routed as ``dbvip run`` does, into a string."""
+
+    def __init__(self) -> None:
+        self.logger = logging.getLogger("dbvip")
+        self.saved = (self.logger.handlers[:], self.logger.level, self.logger.propagate)
+        self.stream = io.StringIO()
+        self.listener: logging.handlers.QueueListener | None = None
+
+    def start(self, fmt: str) -> None:
+        self.listener = logs.setup("debug", fmt, self.stream)
+
+    def text(self) -> str:
+        """Everything logged so far (stops the listener: it writes from a thread)."""
+        if self.listener is not None:
+            self.listener.stop()
+            self.listener = None
+        return self.stream.getvalue()
+
+    def restore(self) -> None:
+        self.text()
+        self.logger.handlers[:] = self.saved[0]
+        self.logger.setLevel(self.saved[1])
+        self.logger.propagate = self.saved[2]

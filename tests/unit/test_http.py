@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from http.client import HTTPConnection
 
 import pytest
 
@@ -20,19 +19,7 @@ from dbvip.keys import decode_member, encode_member
 from dbvip.members import report_of
 from dbvip.model import KeyAbsent, Role
 from dbvip.wiring import cluster_dict
-from tests.observed import ObservedNode, T, run
-
-Answer = tuple[int, str, bytes]
-
-
-def get(port: int, path: str, host: str = "127.0.0.1") -> Answer:
-    conn = HTTPConnection(host, port, timeout=10)
-    try:
-        conn.request("GET", path)
-        reply = conn.getresponse()
-        return reply.status, reply.getheader("Content-Type") or "", reply.read()
-    finally:
-        conn.close()
+from tests.observed import ObservedNode, T, get, run
 
 
 @pytest.fixture

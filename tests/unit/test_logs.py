@@ -2,43 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from dbvip import logs
 from dbvip.model import Role
-from tests.observed import ObservedNode, run
-
-
-class Capture:
-    """The dbvip logger routed as ``dbvip run`` does, into a string."""
-
-    def __init__(self) -> None:
-        self.logger = logging.getLogger("dbvip")
-        self.saved = (self.logger.handlers[:], self.logger.level, self.logger.propagate)
-        self.stream = io.StringIO()
-        self.listener: logging.handlers.QueueListener | None = None
-
-    def start(self, fmt: str) -> None:
-        self.listener = logs.setup("debug", fmt, self.stream)
-
-    def text(self) -> str:
-        """Everything logged so far (stops the listener: it writes from a thread)."""
-        if self.listener is not None:
-            self.listener.stop()
-            self.listener = None
-        return self.stream.getvalue()
-
-    def restore(self) -> None:
-        self.text()
-        self.logger.handlers[:] = self.saved[0]
-        self.logger.setLevel(self.saved[1])
-        self.logger.propagate = self.saved[2]
+from tests.observed import Capture, ObservedNode, run
 
 
 @pytest.fixture

@@ -27,8 +27,7 @@ from dbvip.wiring import Sidecar, SystemClock
 from integration.lab.etcd import ETCD, EtcdCluster
 from integration.lab.eventually import eventually
 from tests.fakes import FakeAnnouncer, FakeClock, FakeKernel, FakeVipDriver
-from tests.unit.test_http import get
-from tests.unit.test_logs import Capture
+from tests.observed import Capture, get
 
 ETCD_SECRET = f"etcd-pw-{secrets.token_hex(8)}"
 PG_SECRET = f"pg-pw-{secrets.token_hex(8)}"
