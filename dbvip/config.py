@@ -94,6 +94,32 @@ def _dsn(text: str) -> str:
     return text
 
 
+@dataclass(frozen=True)
+class Listen:
+    """An address to serve HTTP on; ``port`` 0 lets the kernel choose."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def _listen(text: str) -> Listen:
+    host, sep, port = text.strip().rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise ValueError("must be host:port, e.g. 127.0.0.1:8008 or [::1]:8008")
+    bracketed = host.startswith("[") and host.endswith("]")
+    host = host[1:-1] if bracketed else host
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        raise ValueError(f"host {host!r} must be an IP address (IPv6 in brackets)") from None
+    if (address.version == 6) != bracketed:
+        raise ValueError("an IPv6 host goes in brackets, e.g. [::1]:8008, an IPv4 one not")
+    return Listen(address.compressed, int(port))
+
+
 def _text(text: str) -> str:
     return text
 
@@ -150,32 +176,71 @@ REQUIRED_FOR_STATUS = ("cluster", "etcd_endpoints")
 SETTINGS: tuple[Setting, ...] = (
     Setting("cluster", _name, None, "cluster name; every key lives under <etcd_prefix>/<cluster>"),
     Setting("node", _name, None, "this node's name, unique in the cluster"),
-    Setting("vip", _vip, None, "the writer VIP, e.g. 198.51.100.10 (/32 or /128 by default)"),
+    Setting(
+        "vip",
+        _vip,
+        None,
+        "the writer VIP, e.g. 198.51.100.10; /32 (or /128) unless a prefix is given",
+    ),
     Setting("interface", _interface, None, "interface that carries the VIP"),
-    Setting("etcd_endpoints", _endpoints, None, "comma-separated etcd URLs (http or https)"),
+    Setting(
+        "etcd_endpoints",
+        _endpoints,
+        None,
+        "comma-separated etcd URLs http(s)://host:port, failover between them",
+    ),
     Setting("etcd_prefix", _prefix, "/dbvip", "top of dbvip's keys in etcd"),
     Setting("etcd_username", _text, "", "etcd user (user/password authentication)"),
-    Setting("etcd_password", _text, "", "etcd password", secret=True),
+    Setting(
+        "etcd_password", _text, "", "etcd password (user/password authentication)", secret=True
+    ),
     Setting("etcd_password_file", _file, "", "file holding the etcd password"),
     Setting("etcd_ca_file", _file, "", "CA bundle that signed etcd's certificate"),
     Setting("etcd_cert_file", _file, "", "client certificate for etcd"),
     Setting("etcd_key_file", _file, "", "client key for etcd"),
     Setting("pg_dsn", _dsn, None, "libpq connection string of the local PostgreSQL"),
-    Setting("pg_password", _text, "", "PostgreSQL password", secret=True),
+    Setting("pg_password", _text, "", "PostgreSQL password, given apart from pg_dsn", secret=True),
     Setting("pg_password_file", _file, "", "file holding the PostgreSQL password"),
     Setting("ttl_s", _int(2), "10", "etcd lease TTL (whole seconds)"),
     Setting("probe_interval_s", _seconds(0, True), "0.2", "time between two looks at the world"),
-    Setting("probe_timeout_s", _seconds(0, True), "0.5", "bound on one PostgreSQL role probe"),
-    Setting("request_timeout_s", _seconds(0, True), "1", "bound on one etcd request"),
-    Setting("margin_s", _seconds(0, True), "2", "deadline = lease sent + ttl - margin"),
+    Setting("probe_timeout_s", _seconds(0, True), "0.5", "hard bound on one PostgreSQL role probe"),
+    Setting("request_timeout_s", _seconds(0, True), "1", "hard bound on one etcd request"),
+    Setting(
+        "margin_s",
+        _seconds(0, True),
+        "2",
+        "deadline = instant the grant/keepalive was sent + ttl_s - margin_s",
+    ),
     Setting("renew_interval_s", _seconds(0, True), "2", "time between lease renewals"),
     Setting("vip_op_timeout_s", _seconds(0, True), "0.5", "budget for one netlink call"),
-    Setting("role_grace_s", _seconds(0, False), "1", "how long a primary may be unreachable"),
+    Setting(
+        "role_grace_s",
+        _seconds(0, False),
+        "1",
+        "how long a primary's database may be unreachable before the VIP goes",
+    ),
     Setting("announce_count", _int(0), "3", "gratuitous ARP/NA rounds after adding the VIP"),
     Setting("announce_interval_s", _seconds(0, False), "0.05", "spacing of those rounds"),
     Setting("announce_refresh_s", _seconds(0, False), "0", "re-announce period (0: never)"),
-    Setting("log_level", _choice("debug", "info", "warning", "error"), "info", "log level"),
-    Setting("log_format", _choice("text", "json"), "text", "log line format"),
+    Setting(
+        "log_level",
+        _choice("debug", "info", "warning", "error"),
+        "info",
+        "log level: debug, info, warning or error",
+    ),
+    Setting(
+        "log_format",
+        _choice("text", "json"),
+        "text",
+        "log line format: text, or json for JSON lines",
+    ),
+    Setting(
+        "http_listen",
+        _listen,
+        "",
+        "host:port of the HTTP endpoints (/healthz, /readyz, /status, /metrics), "
+        "e.g. 127.0.0.1:8008 or [::1]:8008; empty: no HTTP server",
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 TIMING_FIELDS = tuple(f for f in Timing.__dataclass_fields__)

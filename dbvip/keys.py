@@ -69,17 +69,20 @@ def encode_writer(node: str, vip: str, lease_id: int, since: str) -> bytes:
     return _compact({"node": node, "vip": vip, "lease": format(lease_id, "x"), "since": since})
 
 
+def member_value(report: MemberReport, updated: str) -> dict[str, Any]:
+    """A member value as data: what ``/members/<node>`` holds."""
+    return {
+        "role": report.role,
+        "timeline": report.timeline,
+        "lsn": report.lsn,
+        "vip": list(report.vips),
+        "reason": report.reason,
+        "updated": updated,
+    }
+
+
 def encode_member(report: MemberReport, updated: str) -> bytes:
-    return _compact(
-        {
-            "role": report.role,
-            "timeline": report.timeline,
-            "lsn": report.lsn,
-            "vip": list(report.vips),
-            "reason": report.reason,
-            "updated": updated,
-        }
-    )
+    return _compact(member_value(report, updated))
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,11 @@ gives (so the VIP can still come down in time), netlink by the kernel.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Protocol, TypeVar
+from typing import Literal, Protocol, TypeVar
 
 from dbvip.core import absorb, decide, request_deadline_s, vip_lifetime_s
 from dbvip.model import (
@@ -90,6 +91,40 @@ class EventWaiter:
         self._event.set()
 
 
+# What came of an action: done, refused by etcd (the key is held), the lease
+# gone, or failed (unknown result, or not attempted for lack of time).
+ActionResult = Literal["ok", "refused", "gone", "failed"]
+# The loop's etcd requests: the writer key read, and the lease actions.
+EtcdOperation = Literal[
+    "read_writer", "acquire_lease", "adopt_lease", "renew_lease", "release_lease"
+]
+
+
+class Observer(Protocol):
+    """Hears what the loop did and how long it took (metrics).
+
+    Called on the loop's thread: an implementation must return at once and
+    never do I/O. Durations are measured on the ports' clock.
+    """
+
+    def action_done(self, kind: str, result: ActionResult, seconds: float) -> None: ...
+
+    def probe_done(self, role: Role, seconds: float) -> None: ...
+
+    def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None: ...
+
+
+class NoObserver:
+    def action_done(self, kind: str, result: ActionResult, seconds: float) -> None:
+        pass
+
+    def probe_done(self, role: Role, seconds: float) -> None:
+        pass
+
+    def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None:
+        pass
+
+
 @dataclass(frozen=True)
 class Ports:
     clock: Clock
@@ -115,6 +150,10 @@ class Snapshot:
     deadline_in_s: float | None
     tick_s: float  # monotonic instant of the decision
     last_failure: str
+    # The loop's own etcd requests (not the member reports): when the last
+    # answer came (monotonic), and why the latest request got none ("" if it did).
+    etcd_answered_s: float | None = None
+    etcd_error: str = "no etcd request yet"
 
 
 class Runner:
@@ -125,12 +164,14 @@ class Runner:
         ports: Ports,
         waiter: Waiter,
         publish: Callable[[Snapshot], None] = lambda _: None,
+        observer: Observer | None = None,
     ) -> None:
         self.node = node
         self.timing = timing
         self.ports = ports
         self.waiter = waiter
         self.publish = publish
+        self.observer: Observer = observer or NoObserver()
         self.state = NodeState()
         self._key_dirty = True  # read the writer key at least once at start
         self._key_read_s = float("-inf")
@@ -139,6 +180,8 @@ class Runner:
         self._peers_read_s = float("-inf")
         self._last_reason: tuple[str, str] | None = None
         self._last_failure = ""
+        self._etcd_answered_s: float | None = None
+        self._etcd_error = "no etcd request yet"
         self.stopping = threading.Event()
 
     # -- wiring ---------------------------------------------------------------
@@ -179,7 +222,7 @@ class Runner:
                 break
             for action in decision.actions:
                 outcome = self.execute(action, decision.request_deadline_s)
-                self._report(action, outcome)
+                self._report(action, outcome, decision)
                 self.state, obs = absorb(self.state, obs, outcome, self.timing, self.node)
                 if isinstance(outcome, Failed):
                     break  # the rest of the chain is only safe after this one
@@ -190,11 +233,13 @@ class Runner:
     def observe(self, stopping: bool = False) -> Observation:
         clock = self.ports.clock
         vip = _guarded(self.ports.vip.observe, lambda c: VipReading(VipPresence.UNKNOWN, c))
+        started = clock.monotonic_s()
         role = _guarded(
             lambda: self.ports.probe.probe(self.timing.probe_timeout_s),
             lambda c: RoleReading(Role.UNKNOWN, cause=c),
         )
         now = clock.monotonic_s()
+        self._tell(lambda o: o.probe_done(role.role, now - started))
         if self._needs_key(role.role, vip.presence, stopping, now):
             self._key_dirty = False
             limit = request_deadline_s(self.state, now, vip.presence, self.timing)
@@ -202,7 +247,10 @@ class Runner:
             if timeout < MIN_REQUEST_S:
                 view: WriterView = KeyUnknown("no time left before the lease deadline")
             else:
-                view = _guarded(lambda: self.ports.store.read_writer(timeout), KeyUnknown)
+                view = self._etcd(
+                    "read_writer",
+                    lambda: _guarded(lambda: self.ports.store.read_writer(timeout), KeyUnknown),
+                )
             if isinstance(view, KeyUnknown):
                 self._key_dirty = True
             else:
@@ -249,11 +297,43 @@ class Runner:
 
     def execute(self, action: Action, request_deadline_s: float) -> Outcome:
         """Run one action; an adapter that raises is a failure, never a crash."""
+        clock = self.ports.clock
+        started = clock.monotonic_s()
         try:
-            return self._execute(action, request_deadline_s)
+            outcome = self._execute(action, request_deadline_s)
         except Exception as e:
             log.exception("action=%s raised", type(action).__name__)
-            return Failed(action, f"unexpected {type(e).__name__}: {e}")
+            outcome = Failed(action, f"unexpected {type(e).__name__}: {e}")
+        seconds = clock.monotonic_s() - started
+        self._tell(lambda o: o.action_done(action_kind(action), action_result(outcome), seconds))
+        return outcome
+
+    def _etcd(self, operation: EtcdOperation, call: Callable[[], T]) -> T:
+        """One etcd request of the loop, timed; remembers whether it was answered."""
+        clock = self.ports.clock
+        started = clock.monotonic_s()
+        try:
+            result = call()
+        except Exception as e:
+            self._etcd_seen(operation, started, f"unexpected {type(e).__name__}: {e}")
+            raise
+        cause = result.cause if isinstance(result, KeyUnknown | Unknown) else ""
+        self._etcd_seen(operation, started, cause)
+        return result
+
+    def _etcd_seen(self, operation: EtcdOperation, started_s: float, cause: str) -> None:
+        now = self.ports.clock.monotonic_s()
+        self._etcd_error = cause
+        if not cause:
+            self._etcd_answered_s = now
+        self._tell(lambda o: o.etcd_done(operation, not cause, now - started_s))
+
+    def _tell(self, event: Callable[[Observer], None]) -> None:
+        """Metrics must never stop the safety loop."""
+        try:
+            event(self.observer)
+        except Exception:
+            log.exception("observer failed")
 
     def _execute(self, action: Action, request_deadline_s: float) -> Outcome:
         clock, store = self.ports.clock, self.ports.store
@@ -287,28 +367,30 @@ class Runner:
             return Failed(action, "no time left before the lease deadline")
         match action:
             case AcquireLease(ttl_s):
-                acquired = store.acquire(ttl_s, budget)
+                acquired = self._etcd("acquire_lease", lambda: store.acquire(ttl_s, budget))
                 if isinstance(acquired, Granted):
                     return LeaseGranted(acquired.lease_id, acquired.ttl_s, sent, acquired.revision)
                 if isinstance(acquired, Refused):
                     return LeaseRefused(acquired.holder, acquired.revision)
                 return Failed(action, acquired.cause)
             case AdoptLease(lease_id, mod_revision, ttl_s):
-                adopted = store.adopt(lease_id, mod_revision, ttl_s, budget)
+                adopted = self._etcd(
+                    "adopt_lease", lambda: store.adopt(lease_id, mod_revision, ttl_s, budget)
+                )
                 if isinstance(adopted, Granted):
                     return LeaseGranted(adopted.lease_id, adopted.ttl_s, sent, adopted.revision)
                 if isinstance(adopted, Refused):
                     return LeaseGone(lease_id)  # the key moved on: never adopt that lease
                 return Failed(action, adopted.cause)
             case RenewLease(lease_id):
-                renewed = store.keepalive(lease_id, budget)
+                renewed = self._etcd("renew_lease", lambda: store.keepalive(lease_id, budget))
                 if isinstance(renewed, Alive):
                     return LeaseRenewed(lease_id, renewed.ttl_s, sent)
                 if isinstance(renewed, Gone):
                     return LeaseGone(lease_id)
                 return Failed(action, renewed.cause)
             case ReleaseLease(lease_id):
-                released = store.release(lease_id, budget)
+                released = self._etcd("release_lease", lambda: store.release(lease_id, budget))
                 if isinstance(released, Unknown):
                     return Failed(action, released.cause)
                 return LeaseReleased(lease_id)
@@ -332,37 +414,72 @@ class Runner:
                 extra={"reason": decision.reason.value, "facts": decision.facts},
             )
         lease = decision.state.lease
-        self.publish(
-            Snapshot(
-                node=self.node,
-                reason=decision.reason.value,
-                detail=decision.detail,
-                facts=decision.facts,
-                role=obs.role.role,
-                timeline=obs.role.timeline,
-                lsn=obs.role.lsn,
-                vip_present=obs.vip is VipPresence.PRESENT,
-                lease_id=lease.lease_id if lease else None,
-                deadline_in_s=lease.deadline_s - obs.now_s if lease else None,
-                tick_s=obs.now_s,
-                last_failure=decision.state.last_failure,
-            )
+        snapshot = Snapshot(
+            node=self.node,
+            reason=decision.reason.value,
+            detail=decision.detail,
+            facts=decision.facts,
+            role=obs.role.role,
+            timeline=obs.role.timeline,
+            lsn=obs.role.lsn,
+            vip_present=obs.vip is VipPresence.PRESENT,
+            lease_id=lease.lease_id if lease else None,
+            deadline_in_s=lease.deadline_s - obs.now_s if lease else None,
+            tick_s=obs.now_s,
+            last_failure=decision.state.last_failure,
+            etcd_answered_s=self._etcd_answered_s,
+            etcd_error=self._etcd_error,
         )
+        try:
+            self.publish(snapshot)
+        except Exception:  # status and metrics must never stop the safety loop
+            log.exception("publishing the snapshot failed")
 
-    def _report(self, action: Action, outcome: Outcome) -> None:
+    def _report(self, action: Action, outcome: Outcome, decision: Decision) -> None:
         name = type(action).__name__
+        # JSON lines carry the decision's reason and facts on its action lines too
+        # (text lines stay short: the decision's own line above has them).
+        extra = {"action": name, "reason": decision.reason.value, "facts": decision.facts}
         if isinstance(outcome, Failed):
             if outcome.cause != self._last_failure:
                 self._last_failure = outcome.cause
-                log.warning("action=%s failed cause=%r", name, outcome.cause)
+                log.warning(
+                    "action=%s failed cause=%r",
+                    name,
+                    outcome.cause,
+                    extra={**extra, "cause": outcome.cause},
+                )
             return
         self._last_failure = ""
         quiet = isinstance(outcome, LeaseRenewed | Announced) or (
             isinstance(outcome, VipAdded) and outcome.was_present
         )
         log.log(
-            logging.DEBUG if quiet else logging.INFO, "action=%s done %s", name, describe(outcome)
+            logging.DEBUG if quiet else logging.INFO,
+            "action=%s done %s",
+            name,
+            describe(outcome),
+            extra=extra,
         )
+
+
+def snake_case(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def action_kind(action: Action) -> str:
+    """``AddVip`` -> ``add_vip``: the action's label in metrics."""
+    return snake_case(type(action).__name__)
+
+
+def action_result(outcome: Outcome) -> ActionResult:
+    if isinstance(outcome, Failed):
+        return "failed"
+    if isinstance(outcome, LeaseRefused):
+        return "refused"
+    if isinstance(outcome, LeaseGone):
+        return "gone"
+    return "ok"
 
 
 def _guarded(call: Callable[[], T], unknown: Callable[[str], T]) -> T:

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from dbvip.adapters.arp import PacketAnnouncer
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe
-from dbvip.config import Config
-from dbvip.keys import Garbage
-from dbvip.members import MemberPublisher
+from dbvip.board import Board
+from dbvip.config import Config, Listen
+from dbvip.health import HealthServer
+from dbvip.members import MemberPublisher, member_row
+from dbvip.metrics import Metrics
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
-from dbvip.ports import Clock, Unknown
-from dbvip.runner import EventWaiter, Ports, Runner
+from dbvip.ports import Announcer, Clock, Unknown, VipDriver
+from dbvip.runner import EventWaiter, Ports, Runner, Snapshot
 
 log = logging.getLogger("dbvip")
 
@@ -46,19 +49,45 @@ class SystemClock:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class Sidecar:
-    """One node's loop with its real ports, watch and member publisher."""
+class StartError(Exception):
+    """The sidecar cannot start; the message says why, naming the setting."""
 
-    def __init__(self, config: Config, clock: Clock) -> None:
+
+def _fan_out(*sinks: Callable[[Snapshot], None]) -> Callable[[Snapshot], None]:
+    def publish(snapshot: Snapshot) -> None:
+        for sink in sinks:
+            sink(snapshot)
+
+    return publish
+
+
+class Sidecar:
+    """One node's loop with its real ports, watch, member publisher and, when
+    ``http_listen`` is set, the HTTP endpoints."""
+
+    def __init__(
+        self,
+        config: Config,
+        clock: Clock,
+        *,
+        vip_driver: VipDriver | None = None,
+        announcer: Announcer | None = None,
+    ) -> None:
+        """``vip_driver`` and ``announcer`` replace the netlink and raw-socket
+        ones (tests that must not touch this machine's interfaces)."""
         node, vip = config["node"], config["vip"]
         timing = config.timing
+        self.board = Board(str(vip), timing, clock)
+        self.metrics = Metrics(self.board)
+        # Bound first: a port in use stops the start before anything else is made.
+        self.http = _listen(config, self.board, self.metrics)
         self.store = lease_store(config, clock, node)
         self.ports = Ports(
             clock=clock,
             probe=PostgresRoleProbe(config["pg_dsn"], config.secret("pg_password") or None),
             store=self.store,
-            vip=NetlinkVipDriver(config["interface"], vip),
-            announcer=PacketAnnouncer(config["interface"], vip.ip),
+            vip=vip_driver or NetlinkVipDriver(config["interface"], vip),
+            announcer=announcer or PacketAnnouncer(config["interface"], vip.ip),
         )
         # A second client for member reports: a slow publish never delays a renewal.
         self.publisher = MemberPublisher(
@@ -67,7 +96,14 @@ class Sidecar:
             period_s=timing.renew_interval_s,
             timeout_s=timing.request_timeout_s,
         )
-        self.runner = Runner(node, timing, self.ports, EventWaiter(), self.publisher.offer)
+        self.runner = Runner(
+            node,
+            timing,
+            self.ports,
+            EventWaiter(),
+            _fan_out(self.publisher.offer, self.board.offer, self.metrics.offer),
+            observer=self.metrics,
+        )
         self.watcher = self.store.writer_watcher()
         log.info(
             "starting node=%s cluster=%s vip=%s interface=%s etcd=%s",
@@ -79,6 +115,8 @@ class Sidecar:
         )
 
     def run(self) -> NodeState:
+        if self.http is not None:
+            self.http.start()
         self.publisher.start()
         self.watcher.start(self.runner.key_changed)
         state = self.runner.run()
@@ -86,10 +124,27 @@ class Sidecar:
         return state
 
     def close(self) -> None:
+        if self.http is not None:
+            self.http.close()
         self.watcher.stop()
         self.publisher.stop()
         for port in (self.ports.probe, self.ports.vip, self.ports.announcer, self.ports.store):
             port.close()
+
+
+def _listen(config: Config, board: Board, metrics: Metrics) -> HealthServer | None:
+    listen = config["http_listen"]
+    if not listen:
+        return None
+    try:
+        server = HealthServer(listen, board, metrics)
+    except OSError as e:
+        source = config.sources.get("http_listen", "default")
+        raise StartError(
+            f"http_listen = {listen} from {source}: cannot listen: {e.strerror or e}"
+        ) from None
+    log.info("serving HTTP on %s", Listen(listen.host, server.port))
+    return server
 
 
 def read_cluster(config: Config) -> dict[str, Any]:
@@ -114,12 +169,5 @@ def cluster_dict(cluster: str, status: ClusterStatus) -> dict[str, Any]:
         }
     elif isinstance(status.writer, KeyInvalid):
         writer = {"error": status.writer.detail, "lease": f"{status.writer.lease_id:x}"}
-    members = []
-    for m in status.members:
-        row: dict[str, Any] = {"node": m.node, "ttl_s": m.ttl_s}
-        if isinstance(m.value, Garbage):
-            row["error"] = m.value.detail
-        else:
-            row.update(m.value)
-        members.append(row)
+    members = [member_row(m.node, m.value, m.ttl_s) for m in status.members]
     return {"cluster": cluster, "writer": writer, "members": members}

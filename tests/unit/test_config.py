@@ -97,6 +97,11 @@ BAD_VALUES = [
     ("announce_refresh_s", "x"),
     ("log_level", "loud"),
     ("log_format", "xml"),
+    ("http_listen", "8008"),
+    ("http_listen", "localhost:8008"),
+    ("http_listen", "::1:8008"),
+    ("http_listen", "[127.0.0.1]:8008"),
+    ("http_listen", "127.0.0.1:70000"),
 ]
 
 

@@ -1,0 +1,203 @@
+"""Prometheus metrics, in a registry of their own (never the global one).
+
+Gauges describe the latest published snapshot and are computed at scrape
+time, all from the same snapshot. Counters and histograms are fed by the
+runner's observer hook; each update is an in-memory increment under the
+client library's own short lock, so the loop never waits on a scrape.
+
+``METRICS`` documents every metric; the README's table is generated from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import get_args
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from dbvip.board import Board
+from dbvip.model import Action, Reason, Role
+from dbvip.runner import ActionResult, EtcdOperation, Snapshot, snake_case
+
+# From a fast loopback answer up to the longest timeouts one would configure.
+BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ACTION_KINDS = tuple(snake_case(cls.__name__) for cls in get_args(Action))
+
+
+@dataclass(frozen=True)
+class MetricDoc:
+    name: str  # as exposed; histograms add _bucket, _sum and _count
+    kind: str
+    labels: tuple[str, ...]
+    help: str
+
+
+METRICS: tuple[MetricDoc, ...] = (
+    MetricDoc(
+        "dbvip_role",
+        "gauge",
+        ("role",),
+        "1 for the role the last probe gave (primary, replica, unknown), 0 for the others",
+    ),
+    MetricDoc("dbvip_lease_held", "gauge", (), "1 while this node holds the writer lease"),
+    MetricDoc(
+        "dbvip_vip_present", "gauge", (), "1 when the VIP was on the interface at the last look"
+    ),
+    MetricDoc(
+        "dbvip_lease_deadline_remaining_seconds",
+        "gauge",
+        (),
+        "seconds left until the lease deadline, at scrape time (negative: past it); "
+        "absent while no lease is held",
+    ),
+    MetricDoc(
+        "dbvip_decision_reason",
+        "gauge",
+        ("reason",),
+        "1 for the reason of the last decision, 0 for every other reason: "
+        + ", ".join(r.value for r in Reason),
+    ),
+    MetricDoc(
+        "dbvip_last_decision_age_seconds",
+        "gauge",
+        (),
+        "seconds since the last decision (the loop's heartbeat)",
+    ),
+    MetricDoc("dbvip_ready", "gauge", (), "1 when /readyz answers 200"),
+    MetricDoc(
+        "dbvip_actions_total",
+        "counter",
+        ("action", "result"),
+        "actions executed, by kind (acquire_lease, adopt_lease, renew_lease, "
+        "release_lease, add_vip, remove_vip, announce) and result (ok, refused: the "
+        "key was held; gone: the lease no longer existed; failed)",
+    ),
+    MetricDoc(
+        "dbvip_action_duration_seconds", "histogram", ("action",), "time one action took, by kind"
+    ),
+    MetricDoc(
+        "dbvip_probe_duration_seconds",
+        "histogram",
+        ("role",),
+        "time one PostgreSQL role probe took, by the role it gave (unknown: failed)",
+    ),
+    MetricDoc(
+        "dbvip_etcd_request_duration_seconds",
+        "histogram",
+        ("operation", "result"),
+        "time one etcd request of the loop took, by operation (read_writer, "
+        "acquire_lease, adopt_lease, renew_lease, release_lease) and result (ok: "
+        "answered, failed: no answer)",
+    ),
+    MetricDoc(
+        "dbvip_conflicts_total",
+        "counter",
+        (),
+        "times the decision turned to conflict: this node's database is primary "
+        "while another node holds the writer key",
+    ),
+)
+_BY_NAME = {m.name: m for m in METRICS}
+
+
+def _doc(name: str) -> MetricDoc:
+    return _BY_NAME[name]
+
+
+class Metrics:
+    """The registry, the runner's ``Observer`` and a publish hook for counts."""
+
+    def __init__(self, board: Board) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._board = board
+        self._last_reason = ""
+
+        def counter(name: str) -> Counter:
+            d = _doc(name)
+            return Counter(d.name.removesuffix("_total"), d.help, d.labels, registry=self.registry)
+
+        def histogram(name: str) -> Histogram:
+            d = _doc(name)
+            return Histogram(d.name, d.help, d.labels, registry=self.registry, buckets=BUCKETS_S)
+
+        self._actions = counter("dbvip_actions_total")
+        self._conflicts = counter("dbvip_conflicts_total")
+        self._action_s = histogram("dbvip_action_duration_seconds")
+        self._probe_s = histogram("dbvip_probe_duration_seconds")
+        self._etcd_s = histogram("dbvip_etcd_request_duration_seconds")
+        for kind in ACTION_KINDS:  # every series exists from the start, at 0
+            for result in ("ok", "failed"):
+                self._actions.labels(kind, result)
+        self.registry.register(_SnapshotCollector(board))
+
+    # -- the runner's Observer ----------------------------------------------
+
+    def action_done(self, kind: str, result: ActionResult, seconds: float) -> None:
+        self._actions.labels(kind, result).inc()
+        self._action_s.labels(kind).observe(seconds)
+
+    def probe_done(self, role: Role, seconds: float) -> None:
+        self._probe_s.labels(role.value).observe(seconds)
+
+    def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None:
+        self._etcd_s.labels(operation, "ok" if answered else "failed").observe(seconds)
+
+    # -- publish hook ---------------------------------------------------------
+
+    def offer(self, snapshot: Snapshot) -> None:
+        """Counts episodes of conflict (called on the loop thread only)."""
+        if snapshot.reason == Reason.CONFLICT.value != self._last_reason:
+            self._conflicts.inc()
+        self._last_reason = snapshot.reason
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _SnapshotCollector:
+    """The gauges, all read from one snapshot at scrape time."""
+
+    def __init__(self, board: Board) -> None:
+        self._board = board
+
+    def describe(self) -> Iterator[Metric]:
+        # Declares the names up front, so a clash is found at registration.
+        return self._families(None, 0.0, ready=False)
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self._board.latest(), self._board.now_s(), self._board.readiness().ok)
+
+    def _families(self, snap: Snapshot | None, now_s: float, ready: bool) -> Iterator[Metric]:
+        def gauge(name: str) -> GaugeMetricFamily:
+            d = _doc(name)
+            return GaugeMetricFamily(d.name, d.help, labels=d.labels or None)
+
+        role = gauge("dbvip_role")
+        current = snap.role if snap else Role.UNKNOWN
+        for each_role in Role:
+            role.add_metric([each_role.value], 1.0 if each_role is current else 0.0)
+        yield role
+        reason = gauge("dbvip_decision_reason")
+        for each_reason in Reason:
+            shown = snap is not None and snap.reason == each_reason.value
+            reason.add_metric([each_reason.value], 1.0 if shown else 0.0)
+        yield reason
+        held = gauge("dbvip_lease_held")
+        held.add_metric([], 1.0 if snap and snap.lease_id is not None else 0.0)
+        yield held
+        vip = gauge("dbvip_vip_present")
+        vip.add_metric([], 1.0 if snap and snap.vip_present else 0.0)
+        yield vip
+        ready_gauge = gauge("dbvip_ready")
+        ready_gauge.add_metric([], 1.0 if ready else 0.0)
+        yield ready_gauge
+        deadline = gauge("dbvip_lease_deadline_remaining_seconds")
+        if snap and snap.deadline_in_s is not None:
+            deadline.add_metric([], snap.deadline_in_s - (now_s - snap.tick_s))
+        yield deadline
+        age = gauge("dbvip_last_decision_age_seconds")
+        if snap:
+            age.add_metric([], now_s - snap.tick_s)
+        yield age

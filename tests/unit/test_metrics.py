@@ -1,0 +1,185 @@
+"""Metrics and health verdicts of a real Runner over the in-memory fakes."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from dbvip.board import etcd_window_s, liveness_window_s
+from dbvip.metrics import METRICS
+from dbvip.model import LeaseGone, LeaseRefused, LeaseRenewed, Reason, Role
+from dbvip.runner import Snapshot, action_result
+from tests.observed import ObservedNode, T, run
+
+
+def test_a_take_over_shows_in_every_gauge_and_counter() -> None:
+    n1 = ObservedNode()
+    assert n1.value("dbvip_role", role="unknown") == 1  # before the first decision
+    assert n1.value("dbvip_lease_held") == 0
+    run([n1], 1.0)
+
+    assert n1.value("dbvip_role", role="primary") == 1
+    assert n1.value("dbvip_role", role="replica") == 0
+    assert n1.value("dbvip_lease_held") == 1
+    assert n1.value("dbvip_vip_present") == 1
+    assert n1.value("dbvip_decision_reason", reason="holding") == 1
+    assert sum(n1.value("dbvip_decision_reason", reason=r.value) or 0 for r in Reason) == 1
+    assert n1.value("dbvip_actions_total", action="acquire_lease", result="ok") == 1
+    assert n1.value("dbvip_actions_total", action="add_vip", result="ok") == 1
+    assert n1.value("dbvip_actions_total", action="announce", result="ok") == T.announce_count
+    assert n1.value("dbvip_actions_total", action="release_lease", result="ok") == 0
+    assert (
+        n1.value(
+            "dbvip_etcd_request_duration_seconds_count", operation="acquire_lease", result="ok"
+        )
+        == 1
+    )
+    reads = n1.store.calls.count("read")
+    assert reads > 0
+    assert (
+        n1.value("dbvip_etcd_request_duration_seconds_count", operation="read_writer", result="ok")
+        == reads
+    )
+    assert n1.value("dbvip_probe_duration_seconds_count", role="primary") == len(
+        {s.tick_s for s in n1.published}
+    )
+    assert n1.value("dbvip_ready") == 1
+
+    # The deadline counts down at scrape time, from the same snapshot.
+    deadline = n1.value("dbvip_lease_deadline_remaining_seconds")
+    assert deadline is not None
+    assert 0 < deadline <= T.ttl_s - T.margin_s
+    n1.clock.advance(0.5)
+    assert n1.value("dbvip_lease_deadline_remaining_seconds") == pytest.approx(deadline - 0.5)
+    assert n1.value("dbvip_last_decision_age_seconds") == pytest.approx(0.5 + T.probe_interval_s)
+
+
+def test_a_hanging_etcd_shows_in_latencies_failures_and_the_lost_lease() -> None:
+    n1 = ObservedNode()
+    run([n1], 1.0)
+    n1.store.fault = "hang"  # every request eats its whole budget, then fails
+    run([n1], T.ttl_s)
+
+    assert n1.value("dbvip_actions_total", action="renew_lease", result="failed")
+    assert n1.value("dbvip_actions_total", action="remove_vip", result="ok") == 1
+    assert n1.value("dbvip_lease_held") == 0
+    assert n1.value("dbvip_vip_present") == 0
+    assert n1.value("dbvip_lease_deadline_remaining_seconds") is None  # absent, not 0
+    failed = n1.value(
+        "dbvip_etcd_request_duration_seconds_count", operation="read_writer", result="failed"
+    )
+    total_s = n1.value(
+        "dbvip_etcd_request_duration_seconds_sum", operation="read_writer", result="failed"
+    )
+    assert failed and total_s
+    # Hung reads take their whole timeout (on the fake clock): the histogram
+    # saw durations, not zeros.
+    assert total_s / failed > 0.5 * T.request_timeout_s
+    assert (
+        n1.value(
+            "dbvip_etcd_request_duration_seconds_bucket",
+            operation="read_writer",
+            result="failed",
+            le="0.5",
+        )
+        == 0
+    )
+    assert n1.value("dbvip_ready") == 0
+    assert "etcd unreachable" in n1.board.readiness().why
+
+
+def test_conflicts_count_episodes_not_ticks() -> None:
+    n1 = ObservedNode("n1")
+    n2 = ObservedNode("n2", clock=n1.clock, etcd=n1.etcd, kernel=n1.kernel)
+    run([n1], 1.0)
+    run([n1, n2], 2.0)  # both primary: n2 sees n1 holding the key, tick after tick
+    assert n2.value("dbvip_decision_reason", reason="conflict") == 1
+    assert n2.value("dbvip_conflicts_total") == 1
+    assert n1.value("dbvip_conflicts_total") == 0
+    assert n2.board.readiness().ok  # etcd answered "held by n1": an answer all the same
+    n2.probe.role = Role.REPLICA
+    run([n1, n2], 1.0)
+    assert n2.value("dbvip_decision_reason", reason="conflict") == 0
+    n2.probe.role = Role.PRIMARY
+    run([n1, n2], 1.0)
+    assert n2.value("dbvip_conflicts_total") == 2
+
+
+def test_results_name_what_etcd_answered() -> None:
+    assert action_result(LeaseRefused("n2", 5)) == "refused"
+    assert action_result(LeaseGone(0x10)) == "gone"
+    assert action_result(LeaseRenewed(0x10, 10, 1.0)) == "ok"
+
+
+def test_the_exposition_holds_exactly_the_documented_metrics() -> None:
+    n1 = ObservedNode()
+    run([n1], 1.0)
+    exposed = {}
+    for family in text_string_to_metric_families(n1.metrics.render().decode()):
+        if family.name.endswith("_created"):  # the client library's, documented as such
+            continue
+        name = family.name + ("_total" if family.type == "counter" else "")
+        labels = {k for s in family.samples for k in s.labels} - {"le"}
+        exposed[name] = (family.type, labels)
+    documented = {m.name: (m.kind, set(m.labels)) for m in METRICS}
+    assert exposed == documented
+
+
+def test_liveness_follows_the_last_decision_and_its_window() -> None:
+    n1 = ObservedNode(role=Role.REPLICA)
+    assert not n1.board.liveness().ok  # no decision yet
+    run([n1], 1.0)
+    assert n1.board.liveness().ok
+    n1.clock.advance(liveness_window_s(T))  # the loop stopped deciding
+    verdict = n1.board.liveness()
+    assert not verdict.ok
+    assert "past the 2.6 s window" in verdict.why
+
+
+def test_readiness_needs_a_known_role_and_a_recent_etcd_answer() -> None:
+    n1 = ObservedNode(role=Role.REPLICA)
+    assert n1.board.readiness().why == "no decision yet"
+    run([n1], 1.0)
+    assert n1.board.readiness().ok
+
+    # A settled replica reads the key only every renew interval: still ready.
+    run([n1], 3 * T.renew_interval_s)
+    assert n1.board.readiness().ok
+
+    n1.probe.role = Role.UNKNOWN
+    run([n1], T.probe_interval_s)
+    verdict = n1.board.readiness()
+    assert not verdict.ok
+    assert verdict.why == "role unknown: connection refused"
+
+    n1.probe.role = Role.REPLICA
+    n1.store.fault = "refuse"
+    run([n1], T.renew_interval_s + 2 * T.probe_interval_s)
+    assert n1.board.readiness().why == "etcd unreachable: connection refused"
+
+    n1.store.fault = "ok"
+    run([n1], T.renew_interval_s + 2 * T.probe_interval_s)
+    assert n1.board.readiness().ok
+    n1.clock.advance(etcd_window_s(T) + 0.01)  # the loop went silent
+    assert "etcd last answered" in n1.board.readiness().why
+
+
+def test_a_failing_observer_or_publisher_never_stops_the_loop() -> None:
+    n1 = ObservedNode()
+
+    class Broken:
+        def action_done(self, *_: object) -> None:
+            raise RuntimeError("metrics bug")
+
+        probe_done = etcd_done = action_done
+
+    def broken_publish(_: Snapshot) -> None:
+        raise RuntimeError("publish bug")
+
+    n1.runner.observer = Broken()
+    n1.runner.publish = broken_publish
+    run([n1], 1.0)
+    holder = n1.etcd.writer_holder()
+    assert holder is not None
+    assert holder[0] == "n1"
+    assert n1.kernel.holders() == {"n1"}
