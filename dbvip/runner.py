@@ -96,7 +96,7 @@ class EventWaiter:
 ActionResult = Literal["ok", "refused", "gone", "failed"]
 # The loop's etcd requests: the writer key read, and the lease actions.
 EtcdOperation = Literal[
-    "read_writer", "acquire_lease", "adopt_lease", "renew_lease", "release_lease"
+    "read_writer", "read_members", "acquire_lease", "adopt_lease", "renew_lease", "release_lease"
 ]
 
 
@@ -277,7 +277,10 @@ class Runner:
         timeout = request_deadline_s(self.state, now, vip, self.timing) - now
         if timeout < MIN_REQUEST_S:
             return
-        peers = _guarded(lambda: self.ports.store.read_members(timeout), Unknown)
+        peers = self._etcd(
+            "read_members",
+            lambda: _guarded(lambda: self.ports.store.read_members(timeout), Unknown),
+        )
         self._peers_read_s = now
         if isinstance(peers, Unknown):
             # Keep the last known reports: no news is not evidence either way.

@@ -22,10 +22,13 @@ if [ "${#missing[@]}" -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
-if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c 'import dbvip, pytest, hypothesis' 2>/dev/null; then
-  echo "setup.sh: creating .venv"
-  python3 -m venv .venv
+# Reinstall whenever pyproject.toml changed since the last install (new dependencies).
+stamp=.venv/.dbvip-pyproject.sha256
+if [ ! -x .venv/bin/python ] || ! sha256sum --status -c "$stamp" 2>/dev/null; then
+  echo "setup.sh: installing the virtual environment in .venv"
+  [ -x .venv/bin/python ] || python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
+  sha256sum pyproject.toml > "$stamp"
 fi
 echo "setup.sh: ready ($(.venv/bin/python --version), etcd $(etcd --version | head -1 | awk '{print $3}'), $(/usr/lib/postgresql/15/bin/postgres --version))"
