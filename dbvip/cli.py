@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ from dbvip.config import REQUIRED_FOR_STATUS, REQUIRED_TO_RUN, SETTINGS, Config,
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
+EXIT_NOT_CONFIRMED = 4
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,11 +33,22 @@ def _parser() -> argparse.ArgumentParser:
         ("run", "hold the writer VIP while this node's database is primary"),
         ("status", "show the writer key's holder, its lease and every member"),
         ("check-config", "validate the settings and show each one with its source"),
+        (
+            "maintenance",
+            "on: the node (--node / DBVIP_NODE) removes the VIP, releases the writer key and "
+            "stays away from the VIP until `maintenance off`; waits until its sidecar confirms",
+        ),
     ):
         sub = commands.add_parser(name, help=text, description=text)
         sub.add_argument("--config", metavar="PATH", help="TOML file of settings")
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print JSON")
+        if name == "maintenance":
+            sub.add_argument("state", choices=("on", "off"))
+            sub.add_argument(
+                "--wait-s", type=float, default=15.0, metavar="SECONDS",
+                help="how long to wait for the sidecar's confirmation (0: do not wait)",
+            )  # fmt: skip
         group = sub.add_argument_group("settings")
         for s in SETTINGS:
             default = f" (default {s.default})" if s.default else ""
@@ -47,7 +60,10 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     args = _parser().parse_args(argv)
     env = os.environ if environ is None else environ
     flags = {s.name: getattr(args, s.name) for s in SETTINGS}
-    required = REQUIRED_FOR_STATUS if args.command == "status" else REQUIRED_TO_RUN
+    required = {
+        "status": REQUIRED_FOR_STATUS,
+        "maintenance": (*REQUIRED_FOR_STATUS, "node"),
+    }.get(args.command, REQUIRED_TO_RUN)
     try:
         config = load(flags, env, required, args.config)
     except ConfigError as e:
@@ -57,6 +73,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return _check_config(config)
     if args.command == "status":
         return _status(config, args.json)
+    if args.command == "maintenance":
+        return _maintenance(config, args.state == "on", args.wait_s)
     return _run(config)
 
 
@@ -89,6 +107,43 @@ def _status(config: Config, as_json: bool) -> int:
     return 0
 
 
+def _maintenance(config: Config, on: bool, wait_s: float) -> int:
+    from dbvip.wiring import read_cluster, set_maintenance  # noqa: PLC0415
+
+    node = config["node"]
+    try:
+        set_maintenance(config, node, on)
+    except Exception as e:
+        print(f"dbvip: cannot set maintenance {'on' if on else 'off'}: {e}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
+    print(f"{node}: maintenance flag {'set' if on else 'removed'} in etcd")
+    if wait_s <= 0:
+        return 0
+    # The sidecar reads the flag every renew interval and confirms it in its
+    # member report; a node without a report (sidecar stopped) obeys at start.
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            members = {m["node"]: m for m in read_cluster(config)["members"]}
+        except Exception as e:
+            print(f"dbvip: cannot read the cluster from etcd: {e}", file=sys.stderr)
+            return EXIT_UNAVAILABLE
+        report = members.get(node)
+        if report is None:
+            print(f"{node}: no sidecar reports; the flag applies when it starts")
+            return 0
+        reason = report.get("reason")
+        if (reason == "maintenance") == on:
+            vips = ", ".join(report.get("vip") or []) or "none"
+            print(f"{node}: sidecar confirms (reason {reason}, VIP on it: {vips})")
+            return 0
+        if time.monotonic() >= deadline:
+            print(f"dbvip: {node} has not confirmed within {wait_s:g} s (reason {reason})",
+                  file=sys.stderr)  # fmt: skip
+            return EXIT_NOT_CONFIRMED
+        time.sleep(0.2)
+
+
 def _status_table(view: Mapping[str, Any]) -> str:
     writer = view.get("writer") or {}
     if not writer:
@@ -100,7 +155,10 @@ def _status_table(view: Mapping[str, Any]) -> str:
             f"writer: {writer.get('node')}  vip {writer.get('vip')}  lease "
             f"{writer.get('lease')}  ttl {writer.get('ttl_s')} s  since {writer.get('since')}"
         )
-    lines = [f"cluster {view.get('cluster')}  {head}", ""]
+    lines = [f"cluster {view.get('cluster')}  {head}"]
+    if view.get("maintenance"):
+        lines.append(f"maintenance: {', '.join(view['maintenance'])} (stay away from the VIP)")
+    lines.append("")
     cols = ("node", "role", "timeline", "lsn", "vip", "reason", "ttl_s", "updated")
     rows = [
         [str(m.get(c, "")) if m.get(c) is not None else "-" for c in cols]

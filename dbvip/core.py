@@ -115,6 +115,14 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
                 replace(state, lease=None),
             )
 
+    if obs.maintenance:
+        return done(
+            take_down(_release_chain(state, obs, me)),
+            Reason.MAINTENANCE,
+            "in maintenance: stays away from the VIP until `dbvip maintenance off`",
+            replace(state, lease=None),
+        )
+
     role = _effective_role(state, obs, timing)
     if role is Role.REPLICA:
         release = _release_chain(state, obs, me)

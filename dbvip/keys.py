@@ -54,6 +54,14 @@ class KeyLayout:
     def member(self, node: str) -> str:
         return self.members_prefix + _check_name("node", node)
 
+    @property
+    def maintenance_prefix(self) -> str:
+        return f"{self.base}/maintenance/"
+
+    def maintenance(self, node: str) -> str:
+        """Present (any value, no lease): ``node`` stays away from the VIP."""
+        return self.maintenance_prefix + _check_name("node", node)
+
     def reader(self, vip: str) -> str:
         # The address alone names the key: "198.51.100.7/24" and "198.51.100.7"
         # are the same VIP, and IPv6 is spelled one way only.
@@ -79,6 +87,10 @@ def member_value(report: MemberReport, updated: str) -> dict[str, Any]:
         "reason": report.reason,
         "updated": updated,
     }
+
+
+def encode_maintenance(since: str) -> bytes:
+    return _compact({"since": since, "by": "dbvip maintenance on"})
 
 
 def encode_member(report: MemberReport, updated: str) -> bytes:

@@ -108,6 +108,7 @@ class Observation:
     stopping: bool = False  # SIGTERM/SIGINT received: release everything
     vip_cause: str | None = None  # why vip is UNKNOWN
     peers: tuple[PeerView, ...] = ()  # read only while the local role is primary
+    maintenance: bool = False  # an operator asked this node to stay away from the VIP
 
 
 # --------------------------------------------------------------------------
@@ -261,6 +262,7 @@ class Reason(enum.Enum):
     KEY_LOST = "key_lost"
     DEMOTED = "demoted"
     ROLE_UNKNOWN_PAST_GRACE = "role_unknown_past_grace"
+    MAINTENANCE = "maintenance"
     SUPERSEDED = "superseded"
     LEASE_EXPIRING = "lease_expiring"
     VIP_WITHOUT_LEASE = "vip_without_lease"

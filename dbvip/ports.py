@@ -73,6 +73,12 @@ class VipChanged:
 
 
 @dataclass(frozen=True)
+class MembersReading:
+    peers: tuple[PeerView, ...]  # every other live member's report
+    maintenance: bool  # this node is asked to stay away from the VIP
+
+
+@dataclass(frozen=True)
 class MemberReport:
     """What one member publishes under ``/members/<node>``."""
 
@@ -134,8 +140,9 @@ class LeaseStore(Protocol):
         revoke the lease."""
         ...
 
-    def read_members(self, timeout_s: float) -> tuple[PeerView, ...] | Unknown:
-        """Every other live member's role and timeline, as published."""
+    def read_members(self, timeout_s: float) -> MembersReading | Unknown:
+        """Every other live member's role and timeline, as published, and
+        whether this node is in maintenance; one request."""
         ...
 
     def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:

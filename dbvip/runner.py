@@ -178,6 +178,7 @@ class Runner:
         self._last_view: WriterView = KeyUnknown("not read yet")
         self._peers: tuple[PeerView, ...] = ()
         self._peers_read_s = float("-inf")
+        self._maintenance = False
         self._last_reason: tuple[str, str] | None = None
         self._last_failure = ""
         self._etcd_answered_s: float | None = None
@@ -257,7 +258,7 @@ class Runner:
                 self._key_read_s = now
             self._last_view = view
             now = clock.monotonic_s()
-        if role.role is Role.PRIMARY and now - self._peers_read_s >= self.timing.renew_interval_s:
+        if now - self._peers_read_s >= self.timing.renew_interval_s:
             self._read_peers(now, vip.presence)
             now = clock.monotonic_s()
         return Observation(
@@ -268,25 +269,27 @@ class Runner:
             stopping=stopping,
             vip_cause=vip.cause,
             peers=self._peers if role.role is Role.PRIMARY else (),
+            maintenance=self._maintenance,
         )
 
     def _read_peers(self, now: float, vip: VipPresence) -> None:
-        """Other members' reports, for a primary only (is another primary
-        newer?), and only every renew interval: the evidence is slow anyway
-        (a report is published after its node's own probe)."""
+        """Other members' reports (is another primary newer?) and this node's
+        maintenance flag, every renew interval: both are slow evidence anyway
+        (a report is published after its node's own probe; an operator's
+        flag is confirmed by this node's report, see ``dbvip maintenance``)."""
         timeout = request_deadline_s(self.state, now, vip, self.timing) - now
         if timeout < MIN_REQUEST_S:
             return
-        peers = self._etcd(
+        reading = self._etcd(
             "read_members",
             lambda: _guarded(lambda: self.ports.store.read_members(timeout), Unknown),
         )
         self._peers_read_s = now
-        if isinstance(peers, Unknown):
+        if isinstance(reading, Unknown):
             # Keep the last known reports: no news is not evidence either way.
-            log.debug("members not read cause=%r", peers.cause)
+            log.debug("members not read cause=%r", reading.cause)
             return
-        self._peers = peers
+        self._peers, self._maintenance = reading.peers, reading.maintenance
 
     def _needs_key(self, role: Role, vip: VipPresence, stopping: bool, now: float) -> bool:
         """A settled replica only re-reads the key now and then; anything that

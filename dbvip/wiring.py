@@ -159,6 +159,16 @@ def read_cluster(config: Config) -> dict[str, Any]:
     return cluster_dict(config["cluster"], status)
 
 
+def set_maintenance(config: Config, node: str, on: bool) -> None:
+    store = lease_store(config, SystemClock())
+    try:
+        done = store.set_maintenance(node, on, config["request_timeout_s"] * 3)
+    finally:
+        store.close()
+    if isinstance(done, Unknown):
+        raise RuntimeError(done.cause)
+
+
 def cluster_dict(cluster: str, status: ClusterStatus) -> dict[str, Any]:
     writer: dict[str, Any] = {}
     if isinstance(status.writer, KeyHeld):
@@ -170,4 +180,9 @@ def cluster_dict(cluster: str, status: ClusterStatus) -> dict[str, Any]:
     elif isinstance(status.writer, KeyInvalid):
         writer = {"error": status.writer.detail, "lease": f"{status.writer.lease_id:x}"}
     members = [member_row(m.node, m.value, m.ttl_s) for m in status.members]
-    return {"cluster": cluster, "writer": writer, "members": members}
+    return {
+        "cluster": cluster,
+        "writer": writer,
+        "members": members,
+        "maintenance": list(status.maintenance),
+    }

@@ -32,6 +32,7 @@ from dbvip.ports import (
     Gone,
     Granted,
     MemberReport,
+    MembersReading,
     Refused,
     Unknown,
     VipChanged,
@@ -91,6 +92,7 @@ class FakeEtcd:
         # Member reports by node (their own leases are not modelled: a report
         # stays until its node publishes another).
         self.members: dict[str, MemberReport] = {}
+        self.maintenance: set[str] = set()  # nodes an operator put in maintenance
 
     def expire(self) -> None:
         now = self.clock.now_s
@@ -248,16 +250,17 @@ class FakeLeaseStore:
         self.etcd.members[self.node] = report
         return Done()
 
-    def read_members(self, timeout_s: float) -> tuple[PeerView, ...] | Unknown:
+    def read_members(self, timeout_s: float) -> MembersReading | Unknown:
         self.calls.append("members")
         failed = self._fail(timeout_s)
         if failed is not None:
             return failed
-        return tuple(
+        peers = tuple(
             PeerView(node, Role(r.role), r.timeline)
             for node, r in sorted(self.etcd.members.items())
             if node != self.node
         )
+        return MembersReading(peers, self.node in self.etcd.maintenance)
 
     def close(self) -> None:
         pass

@@ -31,12 +31,23 @@ from dbvip.keys import (
     WriterValue,
     decode_member,
     decode_writer,
+    encode_maintenance,
     encode_member,
     encode_writer,
     peer_view,
 )
-from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, PeerView, WriterView
-from dbvip.ports import Alive, Clock, Done, Gone, Granted, MemberReport, Refused, Unknown
+from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, WriterView
+from dbvip.ports import (
+    Alive,
+    Clock,
+    Done,
+    Gone,
+    Granted,
+    MemberReport,
+    MembersReading,
+    Refused,
+    Unknown,
+)
 
 
 @dataclass(frozen=True)
@@ -54,6 +65,7 @@ class ClusterStatus:
     writer: WriterView
     writer_ttl_s: int | None  # as MemberStatus.ttl_s, for the writer key's lease
     members: tuple[MemberStatus, ...]
+    maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
 
 
 def _writer_view(kv: KeyValue | None, revision: int) -> WriterView:
@@ -211,19 +223,38 @@ class EtcdLeaseStore:
             return Unknown("member lease expired while publishing")
         return Done()
 
-    def read_members(self, timeout_s: float) -> tuple[PeerView, ...] | Unknown:
-        prefix = self._keys.members_prefix
+    def read_members(self, timeout_s: float) -> MembersReading | Unknown:
+        # One range over the cluster's keys: member reports and maintenance flags.
         try:
-            result = self._client.range(prefix, timeout_s, prefix=True)
+            result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
         except EtcdUnavailableError as exc:
             return Unknown(f"members read: {exc.cause}")
+        members_prefix = self._keys.members_prefix
+        mine = self._keys.maintenance(self._node)
         peers = []
+        maintenance = False
         for kv in result.kvs:
-            node = kv.key.decode(errors="replace")[len(prefix) :]
-            peer = peer_view(node, decode_member(kv.value))
-            if peer is not None and node != self._node:
-                peers.append(peer)
-        return tuple(peers)
+            key = kv.key.decode(errors="replace")
+            if key == mine:
+                maintenance = True
+            elif key.startswith(members_prefix):
+                node = key[len(members_prefix) :]
+                peer = peer_view(node, decode_member(kv.value))
+                if peer is not None and node != self._node:
+                    peers.append(peer)
+        return MembersReading(tuple(peers), maintenance)
+
+    def set_maintenance(self, node: str, on: bool, timeout_s: float) -> Done | Unknown:
+        """Put (no lease: it stays until removed) or delete ``node``'s flag."""
+        key = self._keys.maintenance(node)
+        try:
+            if on:
+                self._client.put(key, encode_maintenance(self._clock.wall_iso()), timeout_s)
+            else:
+                self._client.txn([], [delete_op(key)], [], timeout_s)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"maintenance {'on' if on else 'off'}: {exc.cause}")
+        return Done()
 
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
         deadline = time.monotonic() + timeout_s
@@ -249,7 +280,15 @@ class EtcdLeaseStore:
             if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
         )
         writer = _writer_view(writer_kv, result.revision)
-        return ClusterStatus(writer, ttl_s(writer_kv.lease_id) if writer_kv else None, members)
+        maintenance_prefix = self._keys.maintenance_prefix
+        maintenance = tuple(
+            key[len(maintenance_prefix) :]
+            for key in sorted(by_key)
+            if key.startswith(maintenance_prefix) and key != maintenance_prefix
+        )
+        return ClusterStatus(
+            writer, ttl_s(writer_kv.lease_id) if writer_kv else None, members, maintenance
+        )
 
     def writer_watcher(self) -> EtcdKeyWatcher:
         return EtcdKeyWatcher(self._client, self._keys.writer)

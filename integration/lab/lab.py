@@ -298,6 +298,10 @@ class Lab:
         path = self.dir / "logs" / f"{node}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
+    def dbvip(self, node: str, *args: str) -> subprocess.CompletedProcess[str]:
+        """A one-shot ``dbvip`` command in ``node``'s namespace, with its settings."""
+        return dbvip(self.netns(node), self.sidecar_env(node), *args)
+
     def status(self, node: str) -> dict[str, object]:
         """``dbvip status --json`` run in ``node``'s namespace."""
         env = self.sidecar_env(node)

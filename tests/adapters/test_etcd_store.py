@@ -15,7 +15,7 @@ from dbvip.adapters.etcd_client import EtcdClient
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.keys import Garbage, KeyLayout
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, PeerView, Role
-from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, Refused, Unknown
+from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, MembersReading, Refused, Unknown
 from integration.lab.etcd import EtcdCluster, free_port
 from integration.lab.eventually import eventually
 from tests.adapters.conftest import ETCD_USER
@@ -347,14 +347,33 @@ def test_read_members_gives_the_others_role_and_timeline_and_skips_garbage(
     etcd_private.etcdctl("put", layout.member("weird"), '{"role": "boss", "timeline": 9}')
     etcd_private.etcdctl("put", layout.member("text"), '{"role": "primary", "timeline": "9"}')
 
-    assert n1.read_members(TIMEOUT_S) == (
+    peers = (
         PeerView("n2", Role.REPLICA, None),
         PeerView("n3", Role.PRIMARY, 3),
         PeerView("text", Role.PRIMARY, None),  # a timeline that is not a number proves nothing
     )
-    assert {p.node for p in n3.read_members(TIMEOUT_S)} == {"n1", "n2", "text"}
+    assert n1.read_members(TIMEOUT_S) == MembersReading(peers, maintenance=False)
+    seen = n3.read_members(TIMEOUT_S)
+    assert isinstance(seen, MembersReading)
+    assert {p.node for p in seen.peers} == {"n1", "n2", "text"}
     etcd_private.freeze(0)
     try:
         assert isinstance(within(TIMEOUT_S, lambda: n1.read_members(TIMEOUT_S)), Unknown)
     finally:
         etcd_private.thaw(0)
+
+
+def test_maintenance_flag_is_seen_by_its_node_only_and_shows_in_status(
+    etcd_single: EtcdCluster, stores: StoreFactory, etcd_cluster_name: str
+) -> None:
+    n1, n2 = stores(etcd_single, "n1"), stores(etcd_single, "n2")
+    assert n2.set_maintenance("n1", True, TIMEOUT_S) == Done()
+    assert n1.read_members(TIMEOUT_S) == MembersReading((), maintenance=True)
+    assert n2.read_members(TIMEOUT_S) == MembersReading((), maintenance=False)
+    key = KeyLayout(etcd_cluster_name).maintenance("n1")
+    assert etcd_single.etcdctl("get", key, "--print-value-only").strip().startswith("{")
+    status = n2.read_cluster(TIMEOUT_S)
+    assert isinstance(status, ClusterStatus) and status.maintenance == ("n1",)
+    assert n2.set_maintenance("n1", False, TIMEOUT_S) == Done()
+    assert n1.read_members(TIMEOUT_S) == MembersReading((), maintenance=False)
+    assert n2.set_maintenance("n1", False, TIMEOUT_S) == Done()  # idempotent

@@ -60,8 +60,17 @@ def obs(
     now: float = NOW,
     stopping: bool = False,
     peers: tuple[PeerView, ...] = (),
+    maintenance: bool = False,
 ) -> Observation:
-    return Observation(now_s=now, role=role, writer=writer, vip=vip, stopping=stopping, peers=peers)
+    return Observation(
+        now_s=now,
+        role=role,
+        writer=writer,
+        vip=vip,
+        stopping=stopping,
+        peers=peers,
+        maintenance=maintenance,
+    )
 
 
 NEWER = (PeerView("n2", Role.PRIMARY, 2),)  # a replica promoted while we are primary on 1
@@ -142,6 +151,35 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         Reason.CONFLICT,
     ),
     ("replica idle", NodeState(), obs(role=REPLICA, writer=OTHER, vip=A), (), Reason.REPLICA),
+    # -- maintenance: an operator asked this node to stay away ----------------
+    (
+        "holding, put in maintenance: remove VIP, release",
+        HOLDING,
+        obs(maintenance=True),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.MAINTENANCE,
+    ),
+    (
+        "primary in maintenance, key free: never acquire",
+        NodeState(),
+        obs(writer=KeyAbsent(3), vip=A, maintenance=True),
+        (),
+        Reason.MAINTENANCE,
+    ),
+    (
+        "in maintenance after a restart: release our leftover key, never adopt",
+        NodeState(),
+        obs(writer=MINE, vip=P, maintenance=True),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.MAINTENANCE,
+    ),
+    (
+        "a replica in maintenance says so",
+        NodeState(),
+        obs(role=REPLICA, writer=OTHER, vip=A, maintenance=True),
+        (),
+        Reason.MAINTENANCE,
+    ),
     # -- two primaries: the newer timeline wins ------------------------------
     (
         "holding, a peer is primary on a newer timeline: remove VIP, release",

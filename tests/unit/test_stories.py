@@ -155,6 +155,23 @@ def test_a_replica_promoted_beside_the_holder_supersedes_it_by_timeline() -> Non
     assert world.kernel.holders() == {"n2"}
 
 
+def test_maintenance_steps_down_stays_away_and_comes_back_when_told() -> None:
+    world = World(Role.PRIMARY, Role.REPLICA)
+    n1, n2 = world.nodes
+    world.run(3.0)
+    world.etcd.maintenance.add("n1")  # dbvip maintenance on --node n1
+    world.run(T.renew_interval_s + 0.5)  # read with the members, every renew interval
+    assert world.kernel.holders() == set()
+    assert world.etcd.get(WRITER) is None, "released, not left to expire"
+    assert n1.runner.state.reason is Reason.MAINTENANCE
+    n1.probe.role, n2.probe.role = Role.REPLICA, Role.PRIMARY  # the planned switchover
+    world.run(2.0)
+    assert world.kernel.holders() == {"n2"}
+    world.etcd.maintenance.discard("n1")
+    world.run(T.renew_interval_s + 0.5)
+    assert n1.runner.state.reason is Reason.REPLICA
+
+
 def test_etcd_hangs_vip_comes_down_before_the_lease_can_expire() -> None:
     world = World(Role.PRIMARY)
     n1 = world.nodes[0]
