@@ -11,6 +11,8 @@ from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.config import Config
+from dbvip.events import EventKind
+from dbvip.hooks import HookRunner
 from dbvip.keys import Garbage
 from dbvip.members import MemberPublisher
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
@@ -36,6 +38,17 @@ def lease_store(config: Config, clock: Clock, node: str = "-") -> EtcdLeaseStore
         username=config["etcd_username"] or None,
         password=password if config["etcd_username"] else None,
     )
+
+
+def hook_runner(config: Config) -> HookRunner:
+    hooks = {kind: config[f"hook_{kind.value}"] for kind in EventKind}
+    facts = {
+        "NODE": config["node"],
+        "CLUSTER": config["cluster"],
+        "VIP": str(config["vip"].ip),
+        "INTERFACE": config["interface"],
+    }
+    return HookRunner(hooks, config["hook_timeout_s"], facts)
 
 
 class SystemClock:
@@ -67,18 +80,28 @@ class Sidecar:
             period_s=timing.renew_interval_s,
             timeout_s=timing.request_timeout_s,
         )
-        self.runner = Runner(node, timing, self.ports, EventWaiter(), self.publisher.offer)
+        self.hooks = hook_runner(config)
+        self.runner = Runner(
+            node,
+            timing,
+            self.ports,
+            EventWaiter(),
+            self.publisher.offer,
+            on_event=self.hooks.on_event,
+        )
         self.watcher = self.store.writer_watcher()
         log.info(
-            "starting node=%s cluster=%s vip=%s interface=%s etcd=%s",
+            "starting node=%s cluster=%s vip=%s interface=%s etcd=%s hooks=%s",
             node,
             config["cluster"],
             vip,
             config["interface"],
             ",".join(config["etcd_endpoints"]),
+            ",".join(k.value for k in EventKind if config[f"hook_{k.value}"]) or "-",
         )
 
     def run(self) -> NodeState:
+        self.hooks.start()
         self.publisher.start()
         self.watcher.start(self.runner.key_changed)
         state = self.runner.run()
@@ -86,6 +109,10 @@ class Sidecar:
         return state
 
     def close(self) -> None:
+        # The loop is over: the VIP is down and the key released. Hooks still
+        # queued or running (the release hook among them) get hook_timeout_s
+        # more, and no longer.
+        self.hooks.stop()
         self.watcher.stop()
         self.publisher.stop()
         for port in (self.ports.probe, self.ports.vip, self.ports.announcer, self.ports.store):

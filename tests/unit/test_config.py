@@ -95,6 +95,10 @@ BAD_VALUES = [
     ("announce_count", "two"),
     ("announce_interval_s", "-1"),
     ("announce_refresh_s", "x"),
+    ("hook_acquire", "/nonexistent/hook"),
+    ("hook_release", "relative/hook"),
+    ("hook_conflict", "/"),
+    ("hook_timeout_s", "0"),
     ("log_level", "loud"),
     ("log_format", "xml"),
 ]
