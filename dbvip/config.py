@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
+import os
 import re
 import tomllib
 from collections.abc import Callable, Mapping
@@ -81,6 +82,17 @@ def _prefix(text: str) -> str:
 def _file(text: str) -> str:
     if not Path(text).is_file():
         raise ValueError(f"{text!r} is not a readable file")
+    return text
+
+
+def _executable(text: str) -> str:
+    path = Path(text)
+    if not path.is_absolute():
+        raise ValueError("must be an absolute path")
+    if not path.is_file():
+        raise ValueError(f"{text!r} does not exist or is not a file")
+    if not os.access(path, os.X_OK):
+        raise ValueError(f"{text!r} is not executable")
     return text
 
 
@@ -222,6 +234,15 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("announce_count", _int(0), "3", "gratuitous ARP/NA rounds after adding the VIP"),
     Setting("announce_interval_s", _seconds(0, False), "0.05", "spacing of those rounds"),
     Setting("announce_refresh_s", _seconds(0, False), "0", "re-announce period (0: never)"),
+    Setting("hook_acquire", _executable, "", "run after this node added the VIP"),
+    Setting("hook_release", _executable, "", "run after this node removed the VIP"),
+    Setting(
+        "hook_conflict",
+        _executable,
+        "",
+        "run when the database is primary but another node holds the key",
+    ),
+    Setting("hook_timeout_s", _seconds(0, True), "10", "bound on one hook run"),
     Setting(
         "log_level",
         _choice("debug", "info", "warning", "error"),

@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar
 
 from dbvip.core import absorb, decide, request_deadline_s, vip_lifetime_s
+from dbvip.events import Event, EventTracker
 from dbvip.model import (
     AcquireLease,
     Action,
@@ -165,6 +166,7 @@ class Runner:
         waiter: Waiter,
         publish: Callable[[Snapshot], None] = lambda _: None,
         observer: Observer | None = None,
+        on_event: Callable[[Event], None] = lambda _: None,
     ) -> None:
         self.node = node
         self.timing = timing
@@ -172,6 +174,8 @@ class Runner:
         self.waiter = waiter
         self.publish = publish
         self.observer: Observer = observer or NoObserver()
+        self.on_event = on_event  # must not block: hooks run elsewhere
+        self._events = EventTracker(ports.clock.wall_iso)
         self.state = NodeState()
         self._key_dirty = True  # read the writer key at least once at start
         self._key_read_s = float("-inf")
@@ -214,21 +218,25 @@ class Runner:
         return self.state
 
     def tick(self, stopping: bool = False) -> Decision:
+        held = self.state.lease  # a release reports the lease it was under
         obs = self.observe(stopping)
         decision = decide(self.state, obs, self.timing, self.node)
         for _ in range(MAX_ROUNDS):
             self.state = decision.state
             self._note(decision, obs)
+            self._events.decided(decision, obs, self.state.lease or held)
             if not decision.actions:
                 break
             for action in decision.actions:
                 outcome = self.execute(action, decision.request_deadline_s)
                 self._report(action, outcome, decision)
+                self._events.happened(outcome, decision, obs, self.state.lease or held)
                 self.state, obs = absorb(self.state, obs, outcome, self.timing, self.node)
                 if isinstance(outcome, Failed):
                     break  # the rest of the chain is only safe after this one
             obs = replace(obs, now_s=self.ports.clock.monotonic_s())
             decision = decide(self.state, obs, self.timing, self.node)
+        self._hand_over_events()
         return decision
 
     def observe(self, stopping: bool = False) -> Observation:
@@ -403,6 +411,15 @@ class Runner:
         raise AssertionError(f"unhandled action {action!r}")  # pragma: no cover
 
     # -- reporting ------------------------------------------------------------
+
+    def _hand_over_events(self) -> None:
+        # After the whole chain: a release is reported once the VIP is down
+        # and the key released, never in between.
+        for event in self._events.take():
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("event=%s not handed over", event.kind.value)
 
     def _note(self, decision: Decision, obs: Observation) -> None:
         # While holding, details (renewing, refreshing, announcing) change every

@@ -13,7 +13,9 @@ from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.board import Board
 from dbvip.config import Config, Listen
+from dbvip.events import EventKind
 from dbvip.health import HealthServer
+from dbvip.hooks import HookRunner
 from dbvip.members import MemberPublisher, member_row
 from dbvip.metrics import Metrics
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
@@ -39,6 +41,17 @@ def lease_store(config: Config, clock: Clock, node: str = "-") -> EtcdLeaseStore
         username=config["etcd_username"] or None,
         password=password if config["etcd_username"] else None,
     )
+
+
+def hook_runner(config: Config) -> HookRunner:
+    hooks = {kind: config[f"hook_{kind.value}"] for kind in EventKind}
+    facts = {
+        "NODE": config["node"],
+        "CLUSTER": config["cluster"],
+        "VIP": str(config["vip"].ip),
+        "INTERFACE": config["interface"],
+    }
+    return HookRunner(hooks, config["hook_timeout_s"], facts)
 
 
 class SystemClock:
@@ -96,6 +109,7 @@ class Sidecar:
             period_s=timing.renew_interval_s,
             timeout_s=timing.request_timeout_s,
         )
+        self.hooks = hook_runner(config)
         self.runner = Runner(
             node,
             timing,
@@ -103,18 +117,21 @@ class Sidecar:
             EventWaiter(),
             _fan_out(self.publisher.offer, self.board.offer, self.metrics.offer),
             observer=self.metrics,
+            on_event=self.hooks.on_event,
         )
         self.watcher = self.store.writer_watcher()
         log.info(
-            "starting node=%s cluster=%s vip=%s interface=%s etcd=%s",
+            "starting node=%s cluster=%s vip=%s interface=%s etcd=%s hooks=%s",
             node,
             config["cluster"],
             vip,
             config["interface"],
             ",".join(config["etcd_endpoints"]),
+            ",".join(k.value for k in EventKind if config[f"hook_{k.value}"]) or "-",
         )
 
     def run(self) -> NodeState:
+        self.hooks.start()
         if self.http is not None:
             self.http.start()
         self.publisher.start()
@@ -126,6 +143,10 @@ class Sidecar:
     def close(self) -> None:
         if self.http is not None:
             self.http.close()
+        # The loop is over: the VIP is down and the key released. Hooks still
+        # queued or running (the release hook among them) get hook_timeout_s
+        # more, and no longer.
+        self.hooks.stop()
         self.watcher.stop()
         self.publisher.stop()
         for port in (self.ports.probe, self.ports.vip, self.ports.announcer, self.ports.store):
