@@ -133,7 +133,9 @@ def _maintenance(config: Config, on: bool, wait_s: float) -> int:
             print(f"{node}: no sidecar reports; the flag applies when it starts")
             return 0
         reason = report.get("reason")
-        if (reason == "maintenance") == on:
+        # "on" is done once the report also shows the VIP gone: the first
+        # report with the new reason may be published before the removal.
+        if (reason == "maintenance") == on and not (on and report.get("vip")):
             vips = ", ".join(report.get("vip") or []) or "none"
             print(f"{node}: sidecar confirms (reason {reason}, VIP on it: {vips})")
             return 0
@@ -174,11 +176,12 @@ def _status_table(view: Mapping[str, Any]) -> str:
 
 
 def _run(config: Config) -> int:
-    from dbvip import logs  # noqa: PLC0415
+    from dbvip import logs, privileges  # noqa: PLC0415
     from dbvip.wiring import Sidecar, SystemClock  # noqa: PLC0415
 
     listener = logs.setup(config["log_level"], config["log_format"])
     try:
+        privileges.check()
         sidecar = Sidecar(config, SystemClock())
     except Exception as e:
         print(f"dbvip: cannot start: {e}", file=sys.stderr)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +29,36 @@ def test_maintenance_steps_down_and_stays_away_until_told(make_lab: MakeLab) -> 
         assert off.returncode == 0, off.stderr
         lab.wait_holder("n1")
     assert "reason=maintenance" in lab.sidecar_log("n1")
+
+
+def test_runs_as_an_unprivileged_user_with_exactly_two_capabilities(make_lab: MakeLab) -> None:
+    lab = make_lab(sidecars=False)
+    for node in lab.spec.nodes:
+        lab.start_sidecar(node, user="nobody", capabilities=("net_admin", "net_raw"))
+    with lab.watched():
+        lab.wait_holder("n1")
+        written_by_n1 = lab.client_write()
+        assert written_by_n1.ok and written_by_n1.node == "n1", written_by_n1.error
+        status = Path(f"/proc/{lab.sidecars['n1'].proc.pid}/status").read_text()
+        assert "Uid:\t65534" in status
+        assert "CapEff:\t0000000000003000" in status  # CAP_NET_ADMIN and CAP_NET_RAW only
+        lab.kill_sidecar("n1", signal.SIGTERM)  # releases cleanly as nobody too
+        assert lab.sidecars["n1"].proc.returncode == 0
+        assert lab.holders() == set()
+
+
+@pytest.mark.parametrize(
+    ("capabilities", "missing"),
+    [((), "CAP_NET_ADMIN"), (("net_admin",), "CAP_NET_RAW"), (("net_raw",), "CAP_NET_ADMIN")],
+)
+def test_without_them_it_refuses_to_start_naming_what_is_missing(
+    make_lab: MakeLab, capabilities: tuple[str, ...], missing: str
+) -> None:
+    lab = make_lab(db_nodes=1, sidecars=False)
+    sidecar = lab.start_sidecar("n1", user="nobody", capabilities=capabilities)
+    assert sidecar.wait(30) == 3
+    assert f"cannot start: missing capability {missing}" in sidecar.log() or (
+        not capabilities
+        and "CAP_NET_ADMIN (to add and remove the VIP) and CAP_NET_RAW" in sidecar.log()
+    )
+    assert lab.holders() == set()

@@ -38,7 +38,7 @@ from integration.lab.monitor import Host, InvariantMonitor
 from integration.lab.names import check_name, lab_dir, netns_name, netns_prefix
 from integration.lab.netns import LAB_V4, LAB_V6, NetLab, Node
 from integration.lab.postgres import SUPERUSER, SUPERUSER_PASSWORD, PgLab, PgServer
-from integration.lab.sidecar import SidecarProcess, dbvip
+from integration.lab.sidecar import SidecarProcess, dbvip, unprivileged
 from integration.lab.writer import Attempt, ClientWriter, write_once
 
 ETCD_ADDRESSES = ("198.51.100.2", "198.51.100.3", "198.51.100.4")
@@ -273,13 +273,18 @@ class Lab:
             raise RuntimeError("process faults need the lab's owner (Lab.create)")
         return self.net.nodes[host]
 
-    def start_sidecar(self, node: str) -> SidecarProcess:
+    def start_sidecar(
+        self, node: str, user: str | None = None, capabilities: tuple[str, ...] = ()
+    ) -> SidecarProcess:
+        """``dbvip run`` beside ``node``'s database, as root, or as ``user``
+        with exactly ``capabilities`` (e.g. ("net_admin", "net_raw"))."""
         old = self.sidecars.get(node)
         if old is not None and old.proc.poll() is None:
             raise RuntimeError(f"the sidecar of {node} runs already")
         log = self.dir / "logs" / f"{node}.log"
         self._node(node)  # only the owner starts processes
-        self.sidecars[node] = SidecarProcess(self.netns(node), self.sidecar_env(node), log)
+        wrapper = unprivileged(user, capabilities) if user is not None else []
+        self.sidecars[node] = SidecarProcess(self.netns(node), self.sidecar_env(node), log, wrapper)
         return self.sidecars[node]
 
     def kill_sidecar(self, node: str, signum: int = signal.SIGKILL, wait: bool = True) -> None:
