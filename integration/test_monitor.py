@@ -3,15 +3,23 @@ real thing on network namespaces, including a deliberately duplicated VIP."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
+import pickle
+import re
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
 from dbvip.model import Role
 from integration.lab.eventually import eventually
+from integration.lab.lab import RoleSource
 from integration.lab.monitor import (
     Host,
     Interval,
@@ -174,6 +182,14 @@ def test_sampling_health_is_reported() -> None:
 # ---------------------------------------------------------------- real netlink
 
 
+def constant_role(role: Role) -> Role:
+    return role
+
+
+def frozen_database() -> Role:
+    raise ConnectionError("database frozen")
+
+
 @pytest.fixture(name="two_nodes")
 def two_nodes_fixture(netlab: NetLab) -> tuple[Node, Node]:
     return netlab.add_node("n1", v4=N1_V4), netlab.add_node("n2", v4=N2_V4)
@@ -275,11 +291,11 @@ def test_vacancy_follows_the_vip_and_the_role_sources(
 ) -> None:
     n1, _ = two_nodes
     stable_after_s = 0.3
-
-    def broken() -> Role:
-        raise ConnectionError("database frozen")
-
-    sources = {"n1": lambda: Role.PRIMARY, "n2": broken}
+    # Called in the monitor's process: picklable, so module-level.
+    sources: dict[str, Callable[[], Role]] = {
+        "n1": functools.partial(constant_role, Role.PRIMARY),
+        "n2": frozen_database,
+    }
     set_vip(netlab, n1, True)
     monitor = started(running, InvariantMonitor(hosts, VIP, sources, stable_after_s))
 
@@ -316,6 +332,106 @@ def test_vacancy_follows_the_vip_and_the_role_sources(
 def test_a_missing_namespace_fails_at_start(
     two_nodes: tuple[Node, Node], hosts: list[Host]
 ) -> None:
-    monitor = InvariantMonitor([*hosts, Host("n9", hosts[0].netns + "-absent")], VIP)
-    with pytest.raises(FileNotFoundError):
+    absent = hosts[0].netns + "-absent"
+    monitor = InvariantMonitor([*hosts, Host("n9", absent)], VIP)
+    with pytest.raises(FileNotFoundError, match=f"n9: no network namespace {re.escape(absent)}"):
         monitor.start()
+
+    assert monitor.pid is not None
+    assert not alive(monitor.pid)
+    with pytest.raises(RuntimeError, match="start failed"):
+        monitor.report()
+
+
+# ---------------------------------------------------------------- the monitor's process
+
+
+def alive(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's reaper may be slow or absent)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.real
+def test_the_sampler_runs_in_a_process_of_its_own_that_stop_reaps(
+    hosts: list[Host], running: list[InvariantMonitor]
+) -> None:
+    monitor = started(running, InvariantMonitor(hosts, VIP))
+    pid = monitor.pid
+    assert pid is not None
+    assert pid != os.getpid()
+    assert parent_of(pid) == os.getpid()
+    assert "_serve" in Path(f"/proc/{pid}/cmdline").read_text()
+    report = monitor.stop()
+
+    assert not alive(pid)  # reaped, not a zombie
+    assert report.samples > 0
+    assert monitor.report() is report  # the final one, kept after the process
+    assert monitor.holders() == frozenset()
+
+
+@pytest.mark.real
+def test_a_monitor_process_that_died_is_an_error_not_a_report(
+    hosts: list[Host], running: list[InvariantMonitor]
+) -> None:
+    monitor = started(running, InvariantMonitor(hosts, VIP))
+    assert monitor.pid is not None
+    os.kill(monitor.pid, signal.SIGKILL)
+
+    with pytest.raises(RuntimeError, match=r"ended \(exit status -9\)"):
+        monitor.report()
+    with pytest.raises(RuntimeError, match="is gone"):
+        monitor.stop()
+    assert not alive(monitor.pid)
+    running.remove(monitor)
+
+
+CALLER = """
+import ipaddress, os, signal, sys
+from integration.lab.monitor import Host, InvariantMonitor
+
+names = sys.argv[1::2]
+monitor = InvariantMonitor([Host(n, ns) for n, ns in zip(names, sys.argv[2::2])],
+                           ipaddress.ip_address("198.51.100.100"))
+monitor.start()
+print(monitor.pid, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.real
+def test_the_monitor_process_dies_with_its_caller(hosts: list[Host]) -> None:
+    args = [arg for host in hosts for arg in (host.name, host.netns)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    caller = subprocess.run(
+        [sys.executable, "-c", CALLER, *args],
+        env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert caller.returncode == -signal.SIGKILL, caller.stderr
+    pid = int(caller.stdout)
+    try:
+        eventually(lambda: not alive(pid), timeout_s=10)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_role_sources_must_be_picklable() -> None:
+    with pytest.raises(TypeError, match="picklable"):
+        InvariantMonitor([Host("n1", "unused")], VIP, {"n1": lambda: Role.PRIMARY})
+
+
+def test_the_labs_role_source_travels_without_its_connection(tmp_path: Path) -> None:
+    source = RoleSource(f"host={tmp_path} port=5432 user=nobody dbname=postgres")
+    assert source() is Role.UNKNOWN  # no server there; the probe now exists
+    copy = pickle.loads(pickle.dumps(source))
+
+    assert copy.conninfo == source.conninfo
+    assert copy() is Role.UNKNOWN  # makes a probe of its own

@@ -46,7 +46,9 @@ class Demo:
     def run(self, monitor: InvariantMonitor, writer: ClientWriter) -> MonitorReport:
         lab = self.lab
         lab.wait_holder("n1")
-        first = eventually(lambda: first_ok_after(writer.attempts(), self.origin_s), timeout_s=30)
+        first: Attempt = eventually(
+            lambda: first_ok_after(writer.attempts(), self.origin_s), timeout_s=30
+        )
         self.say(f"n1 (primary) holds the VIP {lab.vip.ip}; first client write ok at "
                  f"{self.rel(first.ended_s)} by {first.node}")  # fmt: skip
 
@@ -104,7 +106,7 @@ class Demo:
         longest = max((end - start for start, end in gaps), default=0.0)
         self.say(f"client: {len(attempts)} write attempts, {ok} acknowledged; "
                  f"{len(gaps)} outages, longest {longest:.3f} s")  # fmt: skip
-        self.say(f"monitor: {report.summary()}")
+        self.say(report.summary())
 
 
 def _first_role(report: MonitorReport, host: str, role: Role, after_s: float) -> float | None:

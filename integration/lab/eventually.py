@@ -9,10 +9,12 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def eventually(predicate: Callable[[], T], timeout_s: float = 10.0, interval_s: float = 0.02) -> T:
+def eventually(
+    predicate: Callable[[], T | None], timeout_s: float = 10.0, interval_s: float = 0.02
+) -> T:
     """Return the predicate's first truthy value; fail with the last one seen."""
     deadline = time.monotonic() + timeout_s
-    last: T = predicate()
+    last = predicate()
     while not last:
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s} s; last value: {last!r}")

@@ -133,7 +133,9 @@ class Lab:
             spec = LabSpec(**json.loads(state.read_text())["spec"])
         except FileNotFoundError:
             raise RuntimeError(f"no lab named {name} (no {state})") from None
-        spec = dataclasses.replace(spec, sidecar_settings=tuple(map(tuple, spec.sidecar_settings)))
+        # JSON made the pairs lists: back to tuples, so the spec stays hashable.
+        settings = tuple((str(k), str(v)) for k, v in spec.sidecar_settings)
+        spec = dataclasses.replace(spec, sidecar_settings=settings)
         lab = cls(spec)
         lab.servers = {n: lab._server(n) for n in spec.nodes}
         return lab
@@ -186,9 +188,11 @@ class Lab:
                     self.writer.stop()
             for sidecar in self.sidecars.values():
                 sidecar.kill()
-            for closeable in [*self._drivers.values(), *self._probes.values()]:
+            for driver in self._drivers.values():
                 with contextlib.suppress(Exception):
-                    closeable.close()
+                    driver.close()
+            for probe in self._probes.values():
+                probe.close()
             if self.etcd is not None:
                 self.etcd.close()
             if self.net is not None:
@@ -563,10 +567,25 @@ class Lab:
 
 class RoleSource:
     """A monitor's view of one database's role: a probe of its own, so the
-    monitor's polls never share a connection with the lab's."""
+    monitor's polls never share a connection with the lab's.
+
+    Picklable: the monitor calls it in a process of its own, so only the
+    conninfo travels and the probe (a connection) is made there on first call.
+    """
 
     def __init__(self, conninfo: str) -> None:
-        self._probe = PostgresRoleProbe(conninfo)
+        PostgresRoleProbe(conninfo)  # a bad conninfo fails here, not in the monitor
+        self.conninfo = conninfo
+        self._probe: PostgresRoleProbe | None = None
+
+    def __getstate__(self) -> dict[str, str]:
+        return {"conninfo": self.conninfo}
+
+    def __setstate__(self, state: dict[str, str]) -> None:
+        self.conninfo = state["conninfo"]
+        self._probe = None
 
     def __call__(self) -> Role:
+        if self._probe is None:
+            self._probe = PostgresRoleProbe(self.conninfo)
         return self._probe.probe(0.2).role

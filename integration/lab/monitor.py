@@ -3,9 +3,13 @@ scenario runs, and reports double holders of the writer VIP (S1) and vacancies
 (a stable primary, yet no host holds the VIP), with a timeline of events.
 
 Two layers: ``Ledger`` turns timestamped samples into intervals and events with
-no I/O and no clock; ``InvariantMonitor`` feeds it from one address-sampling
-thread (one netlink socket per namespace) and one role-polling thread per host,
-so that a frozen database never slows the address sampling.
+no I/O and no clock; ``InvariantMonitor`` feeds it in a process of its own
+(nothing in the caller's process, its garbage collector above all, can stall
+the sampling there) from one address-sampling thread (one netlink socket per
+namespace) and one role-polling thread per host, so that a frozen database
+never slows the address sampling either. The caller asks that process for
+holders and reports over a pipe; the process ends when told to stop, when the
+pipe closes or when the caller dies.
 
 Instants are ``time.monotonic()`` seconds. A sample's instant is taken when its
 answer arrived; every event also keeps the instant of the previous sample that
@@ -16,12 +20,21 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import gc
 import ipaddress
+import multiprocessing
+import os
+import pickle
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from types import TracebackType
 from typing import Any
 
@@ -322,8 +335,13 @@ class _AddressReader:
         self.host = host
         self._ip = ip
         self._family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
-        # flags=0: a mistyped name must fail, not create a namespace.
-        self._ipr: Any = IPRoute(netns=host.netns, flags=0, groups=0)
+        try:
+            # flags=0: a mistyped name must fail, not create a namespace.
+            self._ipr: Any = IPRoute(netns=host.netns, flags=0, groups=0)
+        except FileNotFoundError as exc:  # pyroute2's own names neither host nor file
+            raise FileNotFoundError(
+                exc.errno, f"host {host.name}: no network namespace {host.netns}"
+            ) from exc
         try:
             found = self._ipr.link_lookup(ifname=host.ifname)
             if not found:
@@ -345,8 +363,220 @@ class _AddressReader:
             self._ipr.close()
 
 
+@dataclass(frozen=True)
+class _Settings:
+    """What the monitor's process needs; sent to it pickled."""
+
+    hosts: tuple[Host, ...]
+    ip: IPAddress
+    sources: Mapping[str, Callable[[], Role]]
+    stable_after_s: float
+    period_s: float
+    role_period_s: float
+
+
+class _Sampler:
+    """Feeds a ledger from one address-sampling thread (one netlink socket per
+    namespace) and one role-polling thread per host, so that a frozen database
+    never slows the address sampling. Runs in the monitor's process."""
+
+    def __init__(self, settings: _Settings) -> None:
+        self._settings = settings
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._ledger: Ledger | None = None
+        self._final: MonitorReport | None = None
+
+    def start(self) -> None:
+        """Open the sockets (a missing namespace or interface fails here) and start sampling."""
+        settings = self._settings
+        names = [host.name for host in settings.hosts]
+        ledger = Ledger(names, settings.stable_after_s, time.monotonic())
+        opened: Future[None] = Future()
+        sampler = threading.Thread(
+            target=self._sample_addresses, args=(ledger, opened), name="monitor-vip", daemon=True
+        )
+        sampler.start()
+        try:
+            opened.result()
+        except BaseException:
+            sampler.join()
+            raise
+        self._ledger = ledger
+        self._threads.append(sampler)
+        for name, source in settings.sources.items():
+            thread = threading.Thread(
+                target=self._poll_role,
+                args=(ledger, name, source),
+                name=f"monitor-role-{name}",
+                daemon=True,
+            )
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self, join_timeout_s: float) -> MonitorReport:
+        """Stop the threads (the sampler closes its sockets) and return the final report."""
+        if self._final is not None:
+            return self._final
+        ledger = self._started()
+        self._stop.set()
+        deadline_s = time.monotonic() + join_timeout_s
+        for thread in self._threads:
+            thread.join(max(0.0, deadline_s - time.monotonic()))
+        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        with self._lock:
+            if stuck:
+                ledger.error(f"threads still running {join_timeout_s} s after stop: {stuck}")
+            self._final = ledger.report(time.monotonic(), stopped=True)
+        return self._final
+
+    def holders(self) -> frozenset[str]:
+        ledger = self._started()
+        with self._lock:
+            return ledger.holders()
+
+    def report(self) -> MonitorReport:
+        if self._final is not None:
+            return self._final
+        ledger = self._started()
+        with self._lock:
+            return ledger.report(time.monotonic())
+
+    def _started(self) -> Ledger:
+        if self._ledger is None:
+            raise RuntimeError("the sampler has not been started")
+        return self._ledger
+
+    def _sample_addresses(self, ledger: Ledger, opened: Future[None]) -> None:
+        # pyroute2 keeps a socket per thread: one opened in another thread
+        # would be opened again here on first use, by a forked helper (~6 ms).
+        readers: list[_AddressReader] = []
+        try:
+            for host in self._settings.hosts:
+                readers.append(_AddressReader(host, self._settings.ip))
+        except BaseException as exc:
+            for reader in readers:
+                reader.close()
+            opened.set_exception(exc)
+            return
+        opened.set_result(None)
+        try:
+            self._sweep_until_stopped(ledger, readers)
+        finally:
+            for reader in readers:
+                reader.close()
+
+    def _sweep_until_stopped(self, ledger: Ledger, readers: list[_AddressReader]) -> None:
+        next_s = time.monotonic()
+        while not self._stop.is_set():
+            for reader in readers:
+                holding: bool | None
+                try:
+                    holding = reader.holding()
+                    error = None
+                except Exception as exc:
+                    holding = None
+                    error = f"{reader.host.name}: address dump failed: {exc!r}"
+                at_s = time.monotonic()
+                with self._lock:
+                    ledger.address(reader.host.name, at_s, holding)
+                    if error is not None:
+                        ledger.error(error)
+            # Fixed rate; after a stall, resume from now rather than catch up.
+            next_s = max(next_s + self._settings.period_s, time.monotonic())
+            self._stop.wait(next_s - time.monotonic())
+
+    def _poll_role(self, ledger: Ledger, name: str, source: Callable[[], Role]) -> None:
+        while not self._stop.is_set():
+            try:
+                role = source()
+                error = None
+            except Exception as exc:
+                role = Role.UNKNOWN
+                error = f"{name}: role source failed: {exc!r}"
+            at_s = time.monotonic()
+            with self._lock:
+                ledger.role(name, at_s, role)
+                if error is not None:
+                    ledger.error(error)
+            self._stop.wait(self._settings.role_period_s)
+
+
+# How soon an orphaned monitor process notices that its caller is gone.
+_ORPHAN_CHECK_S = 0.2
+# A fresh interpreter importing pyroute2 and the role sources' modules, on a
+# busy 2-core machine: usually well under a second.
+_START_TIMEOUT_S = 60.0
+_ANSWER_TIMEOUT_S = 10.0
+# Waiting for the process to exit after its last answer, then after SIGTERM.
+_EXIT_TIMEOUT_S = 5.0
+
+
+def _serve() -> None:
+    """The monitor's process: ``python -c`` runs this with the pipe's descriptor
+    and the caller's PID as arguments, and it answers the caller's requests
+    until told to stop, the pipe closes or the caller is gone."""
+    conn = Connection(int(sys.argv[1]))
+    caller_pid = int(sys.argv[2])
+    # Ctrl-C reaches the whole process group; the caller decides when to stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        settings = conn.recv()  # unpickling imports the role sources' modules
+    except EOFError:
+        return
+    except Exception as exc:
+        conn.send(("failed", RuntimeError(f"role sources not importable here: {exc!r}")))
+        return
+    sampler = _Sampler(settings)
+    try:
+        sampler.start()
+    except Exception as exc:
+        conn.send(("failed", _transportable(exc)))
+        return
+    # What exists now lives as long as the process: keep it out of every
+    # collection, so that a full one walks only what sampling made since
+    # (a fraction of a millisecond, where the caller's heap takes 12-18 ms).
+    gc.freeze()
+    conn.send(("started", None))
+    try:
+        while True:
+            if not conn.poll(_ORPHAN_CHECK_S):
+                if os.getppid() != caller_pid:
+                    return
+                continue
+            request, join_timeout_s = conn.recv()
+            if request == "stop":
+                conn.send((sampler.stop(join_timeout_s), sampler.holders()))
+                return
+            conn.send(sampler.holders() if request == "holders" else sampler.report())
+    except (EOFError, OSError):
+        return  # the caller closed the pipe or died
+    finally:
+        sampler.stop(join_timeout_s=1.0)
+
+
+def _transportable(exc: Exception) -> Exception:
+    """``exc`` if it survives pickling, else a RuntimeError that names it."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        return RuntimeError(repr(exc))
+    return exc
+
+
 class InvariantMonitor:
-    """Samples the writer VIP on every host and the hosts' roles, in daemon threads."""
+    """Samples the writer VIP on every host and the hosts' roles in a process of
+    its own, so that nothing in the caller's process (its garbage collector, its
+    threads holding the GIL, subprocess spawns) can stall the sampling.
+
+    Role sources are called in that process, so they must be picklable and
+    importable there: a function, a ``functools.partial`` of one or an instance
+    of a class, defined at module level in a module (not in a script run as
+    ``__main__``). A source that raises counts as an unknown role. The instants
+    in reports are that process's ``time.monotonic()``, which is the caller's
+    clock too (CLOCK_MONOTONIC is system-wide).
+    """
 
     def __init__(
         self,
@@ -364,18 +594,26 @@ class InvariantMonitor:
         stray = set(sources) - set(names)
         if stray:
             raise ValueError(f"role sources for unknown hosts: {sorted(stray)}")
+        try:
+            pickle.dumps(sources)
+        except Exception as exc:
+            raise TypeError(
+                f"role sources must be picklable (they run in the monitor's process): {exc}"
+            ) from exc
         self._hosts = tuple(hosts)
-        self._ip: IPAddress = vip.ip if isinstance(vip, IPInterface) else vip
-        self._sources = sources
-        self._stable_after_s = stable_after_s
-        self._period_s = period_s
-        self._role_period_s = role_period_s
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
-        self._readers: list[_AddressReader] = []
-        self._ledger: Ledger | None = None
-        self._final: MonitorReport | None = None
+        self._settings = _Settings(
+            hosts=self._hosts,
+            ip=vip.ip if isinstance(vip, IPInterface) else vip,
+            sources=sources,
+            stable_after_s=stable_after_s,
+            period_s=period_s,
+            role_period_s=role_period_s,
+        )
+        self._lock = threading.Lock()  # one request at a time on the pipe
+        self._process: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._gone: str | None = None  # why the process is no longer there to ask
+        self._final: tuple[MonitorReport, frozenset[str]] | None = None
 
     def __enter__(self) -> InvariantMonitor:
         self.start()
@@ -390,111 +628,105 @@ class InvariantMonitor:
         self.stop()
 
     def start(self) -> None:
-        """Open the sockets (a missing namespace or interface fails here) and start sampling."""
-        if self._ledger is not None:
-            raise RuntimeError("a monitor starts once")
-        try:
-            for host in self._hosts:
-                self._readers.append(_AddressReader(host, self._ip))
-        except BaseException:
-            self._close_readers()
-            raise
-        names = [host.name for host in self._hosts]
-        self._ledger = Ledger(names, self._stable_after_s, time.monotonic())
-        self._threads.append(
-            threading.Thread(target=self._sample_addresses, name="monitor-vip", daemon=True)
-        )
-        for name, source in self._sources.items():
-            self._threads.append(
-                threading.Thread(
-                    target=self._poll_role,
-                    args=(name, source),
-                    name=f"monitor-role-{name}",
-                    daemon=True,
-                )
-            )
-        for thread in self._threads:
-            thread.start()
+        """Start the monitor's process and wait until it samples; what fails there
+        at start (a missing namespace or interface) is raised here."""
+        with self._lock:
+            if self._process is not None:
+                raise RuntimeError("a monitor starts once")
+            conn, child_conn = multiprocessing.Pipe()
+            # A fresh interpreter (never a fork of this threaded process) that
+            # finds the modules this one imported where this one found them.
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+            code = f"from {__name__} import _serve; _serve()"
+            argv = [sys.executable, "-c", code, str(child_conn.fileno()), str(os.getpid())]
+            with child_conn:
+                try:
+                    self._process = subprocess.Popen(
+                        argv, env=env, stdin=subprocess.DEVNULL, pass_fds=[child_conn.fileno()]
+                    )
+                except BaseException:
+                    conn.close()
+                    raise
+            self._conn = conn
+            try:
+                status, error = self._exchange(self._settings, _START_TIMEOUT_S)
+            except BaseException:
+                self._end("start failed")
+                raise
+            if status == "failed":
+                self._end(f"start failed: {error!r}")
+                error.add_note(f"(raised at start in the monitor's process {self.pid})")
+                raise error
 
     def stop(self, join_timeout_s: float = 5.0) -> MonitorReport:
-        """Stop the threads, close the sockets and return the final report."""
-        if self._final is not None:
-            return self._final
-        ledger = self._require_started()
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(join_timeout_s)
-        stuck = [thread.name for thread in self._threads if thread.is_alive()]
+        """Stop sampling, reap the monitor's process and return the final report."""
         with self._lock:
-            if stuck:
-                ledger.error(f"threads still running {join_timeout_s} s after stop: {stuck}")
-            # A socket still in use by the sampler is left to the garbage collector.
-            if "monitor-vip" not in stuck:
-                self._close_readers()
-            self._final = ledger.report(time.monotonic(), stopped=True)
-        return self._final
+            if self._final is None:
+                try:
+                    self._final = self._exchange(
+                        ("stop", join_timeout_s), join_timeout_s + _ANSWER_TIMEOUT_S
+                    )
+                finally:
+                    self._end("stopped")
+            return self._final[0]
 
     @property
     def hosts(self) -> tuple[Host, ...]:
         return self._hosts
 
+    @property
+    def pid(self) -> int | None:
+        """The monitor's process, once started (it is gone after stop)."""
+        return None if self._process is None else self._process.pid
+
     def holders(self) -> frozenset[str]:
         """Hosts whose latest sample shows the VIP."""
-        ledger = self._require_started()
         with self._lock:
-            return ledger.holders()
+            if self._final is not None:
+                return self._final[1]
+            holders: frozenset[str] = self._exchange(("holders", None), _ANSWER_TIMEOUT_S)
+            return holders
 
     def report(self) -> MonitorReport:
         """A snapshot while running; the final report after stop."""
-        if self._final is not None:
-            return self._final
-        ledger = self._require_started()
         with self._lock:
-            return ledger.report(time.monotonic())
+            if self._final is not None:
+                return self._final[0]
+            report: MonitorReport = self._exchange(("report", None), _ANSWER_TIMEOUT_S)
+            return report
 
-    def _require_started(self) -> Ledger:
-        if self._ledger is None:
+    def _exchange(self, message: object, timeout_s: float) -> Any:
+        """Send ``message`` and return the answer; the caller holds the lock."""
+        if self._process is None:
             raise RuntimeError("the monitor has not been started")
-        return self._ledger
+        if self._conn is None:
+            raise RuntimeError(f"the monitor's process {self.pid} is gone: {self._gone}")
+        try:
+            self._conn.send(message)
+            if self._conn.poll(timeout_s):
+                return self._conn.recv()
+            # A late answer would be taken for the next request's: end it instead.
+            why = f"no answer in {timeout_s} s"
+        except (EOFError, OSError):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._process.wait(1.0)
+            why = f"it ended (exit status {self._process.returncode})"
+        self._end(why)
+        raise RuntimeError(f"the monitor's process {self.pid}: {why}")
 
-    def _sample_addresses(self) -> None:
-        ledger = self._require_started()
-        next_s = time.monotonic()
-        while not self._stop.is_set():
-            for reader in self._readers:
-                holding: bool | None
-                try:
-                    holding = reader.holding()
-                    error = None
-                except Exception as exc:
-                    holding = None
-                    error = f"{reader.host.name}: address dump failed: {exc!r}"
-                at_s = time.monotonic()
-                with self._lock:
-                    ledger.address(reader.host.name, at_s, holding)
-                    if error is not None:
-                        ledger.error(error)
-            # Fixed rate; after a stall, resume from now rather than catch up.
-            next_s = max(next_s + self._period_s, time.monotonic())
-            self._stop.wait(next_s - time.monotonic())
-
-    def _poll_role(self, name: str, source: Callable[[], Role]) -> None:
-        ledger = self._require_started()
-        while not self._stop.is_set():
-            try:
-                role = source()
-                error = None
-            except Exception as exc:
-                role = Role.UNKNOWN
-                error = f"{name}: role source failed: {exc!r}"
-            at_s = time.monotonic()
-            with self._lock:
-                ledger.role(name, at_s, role)
-                if error is not None:
-                    ledger.error(error)
-            self._stop.wait(self._role_period_s)
-
-    def _close_readers(self) -> None:
-        for reader in self._readers:
-            reader.close()
-        self._readers.clear()
+    def _end(self, why: str) -> None:
+        """Close the pipe (the process exits when it sees that) and reap the
+        process; SIGTERM, then SIGKILL to its PID only as a last resort."""
+        assert self._process is not None
+        if self._conn is None:
+            return  # ended already
+        self._conn.close()
+        self._conn = None
+        self._gone = why
+        process = self._process
+        for last_resort in (None, process.terminate, process.kill):
+            if last_resort is not None:
+                last_resort()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(_EXIT_TIMEOUT_S)
+                return
