@@ -234,6 +234,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("announce_count", _int(0), "3", "gratuitous ARP/NA rounds after adding the VIP"),
     Setting("announce_interval_s", _seconds(0, False), "0.05", "spacing of those rounds"),
     Setting("announce_refresh_s", _seconds(0, False), "0", "re-announce period (0: never)"),
+    Setting(
+        "eager_probe_interval_s",
+        _seconds(0, True),
+        "0.01",
+        "probe interval of a replica that saw the writer key free (a promotion may be coming)",
+    ),
+    Setting(
+        "eager_window_s",
+        _seconds(0, False),
+        "30",
+        "how long after seeing the key free a replica probes at the eager interval (0: never)",
+    ),
     Setting("hook_acquire", _executable, "", "run after this node added the VIP"),
     Setting("hook_release", _executable, "", "run after this node removed the VIP"),
     Setting(

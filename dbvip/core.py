@@ -61,7 +61,7 @@ _Done = Callable[[tuple[Action, ...], Reason, str, NodeState], Decision]
 def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decision:
     """Return the next chain of actions for node ``me`` and why."""
     now = obs.now_s
-    state = _track_role(state, obs)
+    state = _track_key(_track_role(state, obs), obs)
     vip_maybe = obs.vip is not VipPresence.ABSENT
 
     def take_down(then: tuple[Action, ...] = ()) -> tuple[Action, ...]:
@@ -320,6 +320,17 @@ def _track_role(state: NodeState, obs: Observation) -> NodeState:
     return state
 
 
+def _track_key(state: NodeState, obs: Observation) -> NodeState:
+    match obs.writer:
+        case KeyAbsent():
+            if state.key_free_since_s is None:
+                return replace(state, key_free_since_s=obs.now_s)
+            return state
+        case KeyHeld() | KeyInvalid():
+            return replace(state, key_free_since_s=None)
+    return state  # unknown: no news
+
+
 def _effective_role(state: NodeState, obs: Observation, timing: Timing) -> Role:
     """PRIMARY; UNKNOWN while a primary's probe fails within the grace; else
     REPLICA (demoted, or unknown too long: treated as not primary)."""
@@ -381,6 +392,26 @@ def _wake(state: NodeState, obs: Observation, timing: Timing) -> float:
     would spin without sleeping."""
     now = obs.now_s
     due = [now + timing.probe_interval_s]
+    free_since = state.key_free_since_s
+    if (
+        obs.role.role is Role.REPLICA
+        and state.lease is None
+        and free_since is not None
+        and now - free_since < timing.eager_window_s
+    ):
+        # The key is free and this replica may be promoted any moment: look
+        # at the database often (cheap, local); etcd is read only when it
+        # says primary (or the watch wakes us), not at this pace.
+        due.append(now + timing.eager_probe_interval_s)
+    unknown_since = state.role_unknown_since_s
+    if (
+        state.lease is not None
+        and unknown_since is not None
+        and now - unknown_since < timing.role_grace_s
+    ):
+        # The holder's database stopped answering (a restart as a replica, a
+        # crash): learn which as soon as it can tell, to hand over at once.
+        due.append(now + timing.eager_probe_interval_s)
     if state.announces_left > 0:
         due.append(state.next_announce_s)
     if state.lease is not None:

@@ -303,6 +303,7 @@ class NodeState:
     next_announce_s: float = 0.0
     last_announce_s: float | None = None
     adopt_failed_lease: int | None = None  # do not retry adopting this lease
+    key_free_since_s: float | None = None  # the writer key was seen free from then on
     # Kind of action ("acquire", "renew", "vip", ...) -> instant before which a
     # failed action is not retried, so one tick makes one attempt of each.
     backoff: dict[str, float] = field(default_factory=dict)
@@ -327,6 +328,10 @@ class Timing:
     announce_count: int = 3
     announce_interval_s: float = 0.05
     announce_refresh_s: float = 0.0  # 0: no periodic re-announcement
+    # A replica that saw the writer key free probes this often for a while:
+    # a free key is the strongest hint that a promotion is coming.
+    eager_probe_interval_s: float = 0.01
+    eager_window_s: float = 30.0
 
     @property
     def release_lead_s(self) -> float:

@@ -333,8 +333,10 @@ class FakeProbe:
         self.role = role
         self.timeline = 1
         self.hang = False
+        self.probes = 0
 
     def probe(self, timeout_s: float) -> RoleReading:
+        self.probes += 1
         if self.hang:
             self.clock.advance(timeout_s)
             return RoleReading(Role.UNKNOWN, cause=f"probe timed out after {timeout_s} s")

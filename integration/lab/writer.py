@@ -26,6 +26,7 @@ import select
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -220,27 +221,48 @@ def run(
     duration_s: float | None,
     out: IO[str],
 ) -> None:
-    """Attempt on the grid ``t0 + k * interval_s`` until ``count``, ``duration_s`` or a signal."""
+    """Start an attempt on the grid ``t0 + k * interval_s`` until ``count``,
+    ``duration_s`` or a signal.
+
+    Attempts overlap: a client whose connection hangs (an old MAC, a VIP on
+    nobody) must not hide that the next one, 20 ms later, would get through.
+    At most ``ceil(timeout / interval) + 1`` are in flight (no more can be,
+    each ends by its timeout); a slot that finds them all busy is skipped.
+    """
     stop = _StopSignal()
+    lock = threading.Lock()
+    in_flight: list[threading.Thread] = []
+    limit = math.ceil(timeout_s / interval_s) + 1
+
+    def attempt(seq: int) -> None:
+        result = attempt_write(target, f"{writer}:{seq}", timeout_s)
+        with lock:
+            out.write(json.dumps(_to_json(result, seq)) + "\n")
+            out.flush()
+
     try:
         t0_s = time.monotonic()
-        slot, done = 0, 0
+        slot, started = 0, 0
         while not stop.requested:
             start_s = t0_s + slot * interval_s
-            if (count is not None and done >= count) or (
+            if (count is not None and started >= count) or (
                 duration_s is not None and start_s - t0_s >= duration_s
             ):
                 break
             stop.sleep_until(start_s)
             if stop.requested:
                 break
-            attempt = attempt_write(target, f"{writer}:{done}", timeout_s)
-            out.write(json.dumps(_to_json(attempt, done)) + "\n")
-            out.flush()
-            done += 1
-            # Slots an attempt overran are skipped, not caught up in a burst.
+            in_flight = [t for t in in_flight if t.is_alive()]
+            if len(in_flight) < limit:
+                thread = threading.Thread(target=attempt, args=(started,), daemon=True)
+                thread.start()
+                in_flight.append(thread)
+                started += 1
+            # Slots already past (a stalled process) are skipped, not caught up in a burst.
             slot = max(slot + 1, math.floor((time.monotonic() - t0_s) / interval_s) + 1)
     finally:
+        for thread in in_flight:
+            thread.join(timeout_s + 1.0)  # each attempt is bounded: its line is written whole
         stop.close()
 
 

@@ -172,6 +172,49 @@ def test_maintenance_steps_down_stays_away_and_comes_back_when_told() -> None:
     assert n1.runner.state.reason is Reason.REPLICA
 
 
+def test_a_replica_that_saw_the_key_free_catches_its_promotion_at_once() -> None:
+    world = World(Role.PRIMARY, Role.REPLICA)
+    n1, n2 = world.nodes
+    world.run(3.0)
+    n1.probe.role = Role.REPLICA  # switchover: the old primary is demoted first
+    world.run(T.renew_interval_s + 0.5)  # n2 re-reads the key (no watch here): free
+    promoted_s = world.clock.now_s
+    n2.probe.role = Role.PRIMARY
+    world.run(0.5)
+    added_s = next(t for op, t in n2.vip.ops if op == "add")
+    # One eager probe interval, not one probe interval, after the promotion.
+    assert added_s - promoted_s <= T.eager_probe_interval_s + 1e-9
+
+
+def test_a_holder_whose_database_stopped_answering_looks_again_at_once() -> None:
+    world = World(Role.PRIMARY)
+    n1 = world.nodes[0]
+    world.run(3.0)
+    n1.probe.role = Role.UNKNOWN  # restarting
+    world.run(0.1)
+    n1.probe.role = Role.REPLICA  # back, as a replica
+    back_s = world.clock.now_s
+    world.run(0.5)
+    (removed_s,) = (t for op, t in n1.vip.ops if op == "remove")
+    assert removed_s - back_s <= T.eager_probe_interval_s + 1e-9
+    assert world.etcd.get(WRITER) is None
+
+
+def test_eager_probing_ends_with_its_window_and_never_touches_etcd() -> None:
+    world = World(Role.REPLICA, Role.REPLICA)  # no primary: the key stays free
+    n1 = world.nodes[0]
+    world.run(T.renew_interval_s + 0.5)
+    reads, probes = n1.store.calls.count("read"), n1.probe.probes
+    world.run(5.0)
+    # The database is probed at the eager pace; etcd only every renew interval.
+    assert n1.probe.probes - probes >= 0.9 * 5.0 / T.eager_probe_interval_s
+    assert n1.store.calls.count("read") - reads <= 5.0 / T.renew_interval_s + 1
+    world.run(T.eager_window_s)
+    probes = n1.probe.probes
+    world.run(5.0)
+    assert n1.probe.probes - probes <= 5.0 / T.probe_interval_s + 2
+
+
 def test_etcd_hangs_vip_comes_down_before_the_lease_can_expire() -> None:
     world = World(Role.PRIMARY)
     n1 = world.nodes[0]
