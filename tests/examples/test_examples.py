@@ -1,0 +1,662 @@
+"""The deployment examples under examples/, each checked by running something:
+a linter or a schema validator on the file, and dbvip itself on the settings
+the file gives it. No Docker engine, Kubernetes or systemd runs here; where
+they would mount a file (a secret), the test puts a temporary file instead.
+
+Tests marked ``tools`` run a validator from the dev extras (hadolint,
+check-jsonschema, kubernetes-validate, patroni, shellcheck) or
+systemd-analyze; the one marked ``real`` needs root and network namespaces.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import ipaddress
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import tomllib
+import uuid
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from dbvip.cli import EXIT_CONFIG
+from dbvip.config import BY_NAME, Listen, load
+from dbvip.health import HealthServer
+from dbvip.model import Timing
+from tests.examples.deploy import (
+    BIN,
+    COMPOSE,
+    COMPOSE_NODE,
+    DOCKERFILE,
+    EXAMPLES,
+    HEALTHCHECK,
+    IMAGE,
+    KUBERNETES,
+    PATRONI,
+    PATRONI_DBVIP,
+    POSTGRES_SCRIPTS,
+    ROOT,
+    TOML,
+    UNIT,
+    Run,
+    compose,
+    compose_env,
+    compose_sidecars,
+    container,
+    dbvip,
+    dockerfile_stages,
+    exec_form,
+    final_stage,
+    healthcheck_command,
+    image_env,
+    instructions,
+    k8s,
+    k8s_env,
+    listen_host,
+    listen_port,
+    pod_spec,
+    release_bound_s,
+    seconds,
+    source_of,
+    tool,
+    unit_directives,
+    unit_value,
+    unit_values,
+    value_of,
+)
+from tests.observed import ObservedNode
+
+CAPABILITIES = {"NET_ADMIN", "NET_RAW"}
+DEFAULT_TIMING = Timing()
+
+
+def with_secret_files(env: dict[str, str], where: Path) -> dict[str, str]:
+    """``*_FILE`` settings point at files the runtime would mount: put
+    temporary ones there instead."""
+    out = dict(env)
+    for key in env:
+        if key.startswith("DBVIP_") and key.endswith("_FILE"):
+            path = where / key.lower()
+            path.write_text("example-secret\n")
+            out[key] = str(path)
+    return out
+
+
+def assert_check_config_accepts(env: dict[str, str], where: Path, *args: str) -> Run:
+    run = dbvip("check-config", *args, env=with_secret_files(env, where))
+    assert run.code == 0, run.text
+    for key in env:
+        if key.startswith("DBVIP_") and key != "DBVIP_CONFIG":
+            assert source_of(run.out, key[len("DBVIP_") :].lower()) == f"environment {key}"
+    return run
+
+
+# -- the image ---------------------------------------------------------------
+
+
+@pytest.mark.tools
+def test_the_dockerfile_passes_hadolint() -> None:
+    run = tool("hadolint", "--no-color", "--failure-threshold", "style", DOCKERFILE)
+    assert run.code == 0, run.text
+
+
+def test_the_image_runs_dbvip_unprivileged_with_file_capabilities() -> None:
+    build, final = dockerfile_stages()[0], final_stage()
+    assert instructions(final, "FROM") == ["python:3.11-slim"]
+    for args in instructions(build, "COPY"):
+        for source in args.split()[:-1]:
+            assert (ROOT / source).exists(), f"COPY {source}: not in the repository"
+    assert any("pip install --no-cache-dir ." in run for run in instructions(build, "RUN"))
+
+    (user,) = instructions(final, "USER")
+    uid = user.split(":")[0]
+    # Numeric, so that Kubernetes can check runAsNonRoot without /etc/passwd.
+    assert uid.isdigit() and int(uid) != 0
+    assert exec_form(instructions(final, "ENTRYPOINT")[0]) == ["dbvip"]
+    assert exec_form(instructions(final, "CMD")[0]) == ["run"]
+    assert instructions(final, "STOPSIGNAL") == ["SIGTERM"]
+
+    # The capabilities sit on the interpreter of the directory first in PATH,
+    # where the dbvip console script is; the health check uses another one.
+    words = [w for run in instructions(final, "RUN") for w in shlex.split(run)]
+    at = words.index("setcap")
+    assert words[at + 1] == "cap_net_admin,cap_net_raw+ep"
+    interpreter = PurePosixPath(words[at + 2])
+    first_in_path = image_env()["PATH"].split(":")[0]
+    assert str(interpreter.parent) == first_in_path
+    assert not healthcheck_command()[0].startswith(first_in_path)
+
+
+@pytest.mark.tools
+def test_the_entrypoint_answers_help() -> None:
+    entrypoint = exec_form(instructions(final_stage(), "ENTRYPOINT")[0])
+    run = dbvip(*entrypoint[1:], "--help", env={})
+    assert run.code == 0, run.text
+    assert "check-config" in run.out
+    command = exec_form(instructions(final_stage(), "CMD")[0])
+    run = dbvip(*entrypoint[1:], *command, "--help", env={})
+    assert run.code == 0, run.text
+    assert "--http-listen" in run.out
+
+
+def test_the_image_healthcheck_follows_dbvip_healthz() -> None:
+    command = healthcheck_command()
+    copied = {args.split()[-1]: args.split()[0] for args in instructions(final_stage(), "COPY")}
+    assert copied[command[-1]] == str(HEALTHCHECK.relative_to(ROOT))
+    # The image's listen address with the port of a server on loopback.
+    host = listen_host(image_env()["DBVIP_HTTP_LISTEN"])
+    node = ObservedNode()
+    server = HealthServer(Listen("127.0.0.1", 0), node.board, node.metrics)
+    server.start()
+
+    def healthy() -> int:
+        env = {"DBVIP_HTTP_LISTEN": f"{host}:{server.port}"}
+        done = subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, timeout=30, check=False)
+        return done.returncode
+
+    try:
+        assert healthy() == 1  # no decision yet: 503
+        node.runner.tick()
+        assert healthy() == 0
+        node.clock.advance(60)  # the loop stalled past the liveness window
+        assert healthy() == 1
+    finally:
+        server.close()
+    assert healthy() == 1  # nothing listens
+
+
+def test_the_healthcheck_asks_loopback_for_a_wildcard_listen_address() -> None:
+    spec = importlib.util.spec_from_file_location("healthcheck", HEALTHCHECK)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.healthz_url("0.0.0.0:8008") == "http://127.0.0.1:8008/healthz"
+    assert module.healthz_url("[::]:8008") == "http://[::1]:8008/healthz"
+    assert module.healthz_url("[2001:db8::1]:9") == "http://[2001:db8::1]:9/healthz"
+    assert module.healthz_url("198.51.100.7:8008") == "http://198.51.100.7:8008/healthz"
+
+
+# -- compose -----------------------------------------------------------------
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_NODE], ids=lambda p: p.name)
+def test_the_compose_file_matches_the_compose_specification(path: Path) -> None:
+    run = tool("check-jsonschema", "--builtin-schema", "vendor.compose-spec", path)
+    assert run.code == 0, run.text
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_NODE], ids=lambda p: p.name)
+def test_what_the_compose_file_refers_to_exists(path: Path) -> None:
+    doc = compose(path)
+    services = doc["services"]
+    for name, svc in services.items():
+        mode = svc.get("network_mode", "")
+        if mode.startswith("service:"):
+            assert mode.removeprefix("service:") in services, name
+            assert "ports" not in svc and "networks" not in svc, name
+        for dependency in svc.get("depends_on", []):
+            assert dependency in services, name
+        for secret in svc.get("secrets", []):
+            assert secret in doc["secrets"], name
+        targets = []
+        for volume in svc.get("volumes", []):
+            source, target = volume.split(":")[:2]
+            targets.append(target)
+            if source.startswith("."):
+                assert (path.parent / source).is_file(), f"{name}: {source}"
+            else:
+                assert source in doc["volumes"], f"{name}: {source}"
+        if "entrypoint" in svc:
+            assert svc["entrypoint"][0] in targets, f"{name}: its entrypoint is not mounted"
+        if "build" in svc:
+            build = svc["build"]
+            dockerfile = (path.parent / build["context"] / build["dockerfile"]).resolve()
+            assert dockerfile == DOCKERFILE
+    for secret in doc["secrets"].values():
+        # Created by hand (see the file's head), never committed.
+        assert PurePosixPath(secret["file"]).parent.name == "secrets"
+
+
+@pytest.mark.parametrize("path", [COMPOSE, COMPOSE_NODE], ids=lambda p: p.name)
+def test_the_compose_sidecars_have_two_capabilities_and_time_to_release(path: Path) -> None:
+    sidecars = compose_sidecars(path)
+    assert sidecars
+    nodes = set()
+    for name, svc in sidecars.items():
+        assert svc["cap_drop"] == ["ALL"], name
+        assert set(svc["cap_add"]) == CAPABILITIES, name
+        # no_new_privs would void the image's file capabilities.
+        assert not any("no-new-privileges" in o for o in svc.get("security_opt", [])), name
+        mode = svc["network_mode"]
+        assert mode == "host" or compose(path)["services"][mode.removeprefix("service:")]
+        assert seconds(svc["stop_grace_period"]) > release_bound_s(DEFAULT_TIMING), name
+        assert svc.get("stop_signal", "SIGTERM") == "SIGTERM", name
+        nodes.add(compose_env(path, name)["DBVIP_NODE"])
+        secrets = {f"/run/secrets/{s}" for s in svc.get("secrets", [])}
+        for key, value in compose_env(path, name).items():
+            if key.endswith("_FILE"):
+                assert value in secrets, f"{name}: {key}={value} is not mounted"
+    assert len(nodes) == len(sidecars), "every sidecar needs its own node name"
+
+
+def test_the_demo_vip_is_on_the_network_but_never_handed_out() -> None:
+    doc = compose(COMPOSE)
+    (ipam,) = doc["networks"]["db"]["ipam"]["config"]
+    vips = {compose_env(COMPOSE, name)["DBVIP_VIP"] for name in compose_sidecars(COMPOSE)}
+    (vip,) = vips
+    address = ipaddress.ip_address(vip)
+    assert address in ipaddress.ip_network(ipam["subnet"])
+    assert address not in ipaddress.ip_network(ipam["ip_range"])
+    replicas = [
+        s for s in doc["services"].values() if s.get("environment", {}).get("PG_PRIMARY_HOST")
+    ]
+    assert replicas
+    assert all(s["environment"]["PG_PRIMARY_HOST"] == vip for s in replicas)
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize(
+    ("path", "service"),
+    [(COMPOSE, "dbvip1"), (COMPOSE, "dbvip2"), (COMPOSE_NODE, "dbvip")],
+    ids=lambda v: v.name if isinstance(v, Path) else v,
+)
+def test_the_compose_sidecar_environment_passes_check_config(
+    path: Path, service: str, tmp_path: Path
+) -> None:
+    env = compose_env(path, service)
+    command = exec_form(instructions(final_stage(), "CMD")[0])
+    assert compose(path)["services"][service].get("command", command) == command
+    run = assert_check_config_accepts(env, tmp_path)
+    assert value_of(run.out, "node") == env["DBVIP_NODE"]
+
+
+# -- Kubernetes --------------------------------------------------------------
+
+
+@pytest.mark.tools
+@pytest.mark.parametrize("version", ["1.30.0", "1.37.0"])
+def test_the_kubernetes_manifest_matches_the_schemas(version: str) -> None:
+    run = tool("kubernetes-validate", "--strict", "--kubernetes-version", version, KUBERNETES)
+    assert run.code == 0, run.text
+    assert "passed for resource statefulset/pg" in run.text
+
+
+def test_the_statefulset_runs_dbvip_beside_postgres() -> None:
+    sts = k8s("StatefulSet")
+    assert sts["spec"]["replicas"] == 3
+    service = k8s("Service")
+    assert service["spec"]["clusterIP"] == "None"
+    assert service["metadata"]["name"] == sts["spec"]["serviceName"]
+    labels = sts["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= labels.items()
+    pod = pod_spec()
+    # The VIP goes on the node's interface (see the manifest's head).
+    assert pod["hostNetwork"] is True
+    assert pod["terminationGracePeriodSeconds"] > release_bound_s(DEFAULT_TIMING)
+    assert {c["name"] for c in pod["containers"]} == {"postgres", "dbvip"}
+    env = k8s_env()
+    assert k8s_env("postgres")["PG_PRIMARY_HOST"] == env["DBVIP_VIP"]
+
+
+def test_the_dbvip_container_has_two_capabilities_and_probes() -> None:
+    c = container("dbvip")
+    assert c["image"] == IMAGE
+    context = c["securityContext"]
+    assert context["runAsNonRoot"] is True
+    (user,) = instructions(final_stage(), "USER")
+    assert str(context["runAsUser"]) == user.split(":")[0]
+    assert context["capabilities"]["drop"] == ["ALL"]
+    assert set(context["capabilities"]["add"]) == CAPABILITIES
+    # Under no_new_privs the image's file capabilities may not be granted.
+    assert context["allowPrivilegeEscalation"] is True
+
+    port = listen_port(k8s_env()["DBVIP_HTTP_LISTEN"])
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        get = c[probe]["httpGet"]
+        assert get["path"] == path
+        assert ports.get(get["port"], get["port"]) == port
+
+
+def test_the_secret_files_are_mounted_where_the_settings_point() -> None:
+    pod = pod_spec()
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    for name in ("dbvip", "postgres"):
+        mounts = {m["mountPath"]: m["name"] for m in container(name)["volumeMounts"]}
+        for key, value in k8s_env(name).items():
+            if not key.endswith("_FILE"):
+                continue
+            path = PurePosixPath(value)
+            volume = volumes[mounts[str(path.parent)]]
+            secret = k8s("Secret", volume["secret"]["secretName"])
+            assert path.name in secret["stringData"], f"{name}: {key}={value}"
+    # Group-readable by fsGroup, which the dbvip user gets as a supplementary group.
+    assert pod["securityContext"]["fsGroup"]
+    assert all(v["secret"]["defaultMode"] == 0o440 for v in volumes.values() if "secret" in v)
+
+
+@pytest.mark.tools
+def test_the_kubernetes_sidecar_environment_passes_check_config(tmp_path: Path) -> None:
+    env = k8s_env()
+    run = assert_check_config_accepts(env, tmp_path)
+    assert value_of(run.out, "node") == "pg-0"
+
+
+def test_the_configmap_carries_the_postgres_scripts_unchanged() -> None:
+    scripts = k8s("ConfigMap", "pg-scripts")["data"]
+    assert set(scripts) == {p.name for p in POSTGRES_SCRIPTS.glob("*.sh")}
+    for name, text in scripts.items():
+        assert text == (POSTGRES_SCRIPTS / name).read_text(), name
+
+
+@pytest.mark.tools
+def test_the_postgres_scripts_pass_shellcheck() -> None:
+    scripts = sorted(POSTGRES_SCRIPTS.glob("*.sh"))
+    assert scripts
+    run = tool("shellcheck", "--shell=sh", "--severity=style", *scripts)
+    assert run.code == 0, run.text
+    assert all(os.access(s, os.X_OK) for s in scripts)  # the image runs them directly
+
+
+# -- systemd and the TOML file ----------------------------------------------
+
+
+@pytest.mark.tools
+@pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None,
+    reason="systemd-analyze (Debian package systemd) is not installed",
+)
+def test_the_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
+    binary = shlex.split(unit_value("ExecStart"))[0]
+    assert binary == "/opt/dbvip/bin/dbvip"  # where the unit's head installs it
+    # verify checks that ExecStart exists: point it at this venv's dbvip.
+    copy = tmp_path / UNIT.name
+    copy.write_text(UNIT.read_text().replace(binary, str(BIN / "dbvip")))
+    run = Run.of(["systemd-analyze", "verify", "--man=no", str(copy)])
+    # Unknown keys and bad values are only warnings: any output fails.
+    assert run.code == 0 and not run.text.strip(), run.text
+
+
+def test_the_unit_gives_dbvip_two_capabilities_and_time_to_release() -> None:
+    user = unit_value("User")
+    assert user and user != "root"
+    wanted = {f"CAP_{c}" for c in CAPABILITIES}
+    assert set(unit_value("AmbientCapabilities").split()) == wanted
+    assert set(unit_value("CapabilityBoundingSet").split()) == wanted
+    assert unit_value("NoNewPrivileges") == "yes"
+    assert unit_value("KillSignal") == "SIGTERM"
+    timing = load({}, {}, config_file=str(TOML)).timing
+    assert seconds(unit_value("TimeoutStopSec")) > release_bound_s(timing)
+    assert unit_value("Restart") == "on-failure"
+    assert str(EXIT_CONFIG) in unit_value("RestartPreventExitStatus").split()
+    families = set(unit_value("RestrictAddressFamilies").split())
+    assert {"AF_NETLINK", "AF_PACKET", "AF_INET", "AF_INET6", "AF_UNIX"} <= families
+    keys = {k for _, k, _ in unit_directives()}
+    assert not keys & {"PrivateNetwork", "PrivateUsers", "NetworkNamespacePath"}
+
+
+@pytest.mark.tools
+def test_the_unit_s_command_and_environment_pass_check_config(tmp_path: Path) -> None:
+    argv = shlex.split(unit_value("ExecStart"))
+    assert argv[1] == "run"
+    config_at = argv.index("--config") + 1
+    assert argv[config_at] == f"/etc/dbvip/{TOML.name}"
+    argv[config_at] = str(TOML)
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    for spec in unit_values("LoadCredential"):
+        (credentials / spec.split(":")[0]).write_text("example-secret\n")
+    env = {}
+    for assignment in unit_values("Environment"):
+        key, _, value = assignment.partition("=")
+        env[key] = value.replace("%d", str(credentials))
+    run = dbvip("check-config", *argv[2:], env=env)
+    assert run.code == 0, run.text
+    for key in env:
+        assert source_of(run.out, key.removeprefix("DBVIP_").lower()) == f"environment {key}"
+    for name in tomllib.loads(TOML.read_text()):
+        assert source_of(run.out, name) == f"file {TOML}"
+
+
+@pytest.mark.tools
+def test_every_key_of_the_example_toml_is_a_setting_shown_as_given() -> None:
+    settings = tomllib.loads(TOML.read_text())
+    assert set(settings) <= set(BY_NAME)
+    run = dbvip("check-config", "--config", TOML, env={})
+    assert run.code == 0, run.text
+    for name, given in settings.items():
+        shown = value_of(run.out, name)
+        assert source_of(run.out, name) == f"file {TOML}"
+        if isinstance(given, list):
+            assert shown == ",".join(given), name
+        elif isinstance(given, int | float):
+            assert float(shown) == float(given), name
+        else:
+            assert shown.startswith(given), name  # a VIP gains its /32
+
+
+# -- Patroni -------------------------------------------------------------------
+
+
+@pytest.mark.tools
+def test_patroni_accepts_its_configuration() -> None:
+    # Ports in use on this machine are not the file's business.
+    run = tool("patroni", "--validate-config", "--ignore-listen-port", PATRONI)
+    assert run.code == 0, run.text
+
+
+@pytest.mark.tools
+def test_patroni_and_dbvip_describe_the_same_node() -> None:
+    patroni: dict[str, Any] = yaml.safe_load(PATRONI.read_text())
+    settings = tomllib.loads(PATRONI_DBVIP.read_text())
+    assert settings["node"] == patroni["name"]
+    assert settings["cluster"] == patroni["scope"]
+    assert {urlsplit(u).netloc for u in settings["etcd_endpoints"]} == set(
+        patroni["etcd3"]["hosts"]
+    )
+    assert not settings["etcd_prefix"].startswith(patroni["namespace"].rstrip("/"))
+    dbvip_port = listen_port(settings["http_listen"])
+    assert dbvip_port != listen_port(patroni["restapi"]["listen"])
+    assert dbvip_port != listen_port(patroni["postgresql"]["listen"])
+    vip = ipaddress.ip_interface(f"{settings['vip']}").ip
+    for section in ("restapi", "postgresql"):
+        host = patroni[section]["connect_address"].rpartition(":")[0]
+        assert ipaddress.ip_address(host) != vip, section
+    run = dbvip("check-config", "--config", PATRONI_DBVIP, env={})
+    assert run.code == 0, run.text
+
+
+# -- the README --------------------------------------------------------------
+
+
+def test_the_readme_lists_every_example_in_its_deploying_section() -> None:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("\n## Deploying\n")
+    end = text.index("\n## ", start + 1)
+    assert text[end:].startswith("\n## What is in etcd\n")
+    section = text[start:end]
+    for path in sorted(EXAMPLES.rglob("*")):
+        if path.is_file():
+            assert str(path.relative_to(ROOT)) in section, path
+
+
+# -- capabilities, for real --------------------------------------------------
+
+CAP_NUMBER = {"NET_ADMIN": 12, "NET_RAW": 13}
+NOBODY = 65534
+
+# Runs as root: leaves only ``keep`` in the bounding set (what cap_add
+# grants), optionally sets no_new_privs, becomes nobody without keeping
+# capabilities (as Docker starts a non-root user), and execs.
+AS_CONTAINER_USER = """
+import ctypes, json, os, sys
+keep = {int(c) for c in sys.argv[1].split(",") if c}
+libc = ctypes.CDLL(None, use_errno=True)
+last = int(open("/proc/sys/kernel/cap_last_cap").read())
+for cap in range(last + 1):
+    if cap not in keep and libc.prctl(24, cap, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+        raise OSError(ctypes.get_errno(), "PR_CAPBSET_DROP")
+if sys.argv[2] == "nnp" and libc.prctl(38, 1, 0, 0, 0) != 0:  # PR_SET_NO_NEW_PRIVS
+    raise OSError(ctypes.get_errno(), "PR_SET_NO_NEW_PRIVS")
+os.setgroups([])
+os.setresgid(65534, 65534, 65534)
+os.setresuid(65534, 65534, 65534)
+try:
+    os.execv(sys.argv[3], sys.argv[3:])
+except OSError as e:
+    print(json.dumps({"exec_errno": e.errno}))
+"""
+
+# Runs as nobody: dbvip's own netlink driver and announcer on interface d0.
+PROBE = """
+import ipaddress, json, sys
+sys.path[:0] = sys.argv[1:]
+from dbvip.adapters.arp import PacketAnnouncer
+from dbvip.adapters.netlink import NetlinkVipDriver
+vip = ipaddress.ip_interface("198.51.100.77/32")
+driver = NetlinkVipDriver("d0", vip)
+status = dict(l.split(":\\t") for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
+steps = [("add", lambda: driver.add(30)), ("announce", PacketAnnouncer("d0", vip.ip).announce),
+         ("remove", driver.remove)]
+out = {"uid": status["Uid"].split()[0], "cap_eff": status["CapEff"]}
+for name, step in steps:
+    result = step()
+    out[name] = [type(result).__name__, getattr(result, "cause", "")]
+print(json.dumps(out))
+"""
+
+
+def run_json(argv: list[str]) -> dict[str, Any]:
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return answer
+
+
+@pytest.fixture(scope="module")
+def caps_lab() -> Iterator[dict[str, Any]]:
+    """A namespace with a veth pair, a world-readable copy of the system's
+    Python carrying the Dockerfile's file capabilities, and the probe."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (network namespaces, setcap)")
+    for needed in ("ip", "setcap", "setpriv"):
+        if shutil.which(needed) is None:
+            pytest.fail(f"{needed} is needed (Debian iproute2, libcap2-bin, util-linux)")
+    system_python = Path(f"/usr/bin/python3.{sys.version_info.minor}")
+    if not system_python.exists():
+        pytest.fail(f"{system_python} is needed: a Python readable by an unprivileged user")
+    setcap_spec = next(
+        w
+        for run in instructions(final_stage(), "RUN")
+        for w in shlex.split(run)
+        if w.startswith("cap_") and "+" in w
+    )
+    netns = f"dbvt{os.getpid()}{uuid.uuid4().hex[:4]}-caps"
+    work = Path(tempfile.mkdtemp(prefix="dbvt-caps-"))
+    try:
+        work.chmod(0o755)
+        capable = work / system_python.name
+        shutil.copy2(system_python, capable)
+        subprocess.run(["setcap", setcap_spec, str(capable)], check=True)
+        probe = work / "probe.py"
+        probe.write_text(PROBE)
+        probe.chmod(0o644)
+        subprocess.run(["ip", "netns", "add", netns], check=True)
+        ipr = ["ip", "-n", netns, "link"]
+        subprocess.run([*ipr, "add", "d0", "type", "veth", "peer", "name", "d1"], check=True)
+        for link in ("d0", "d1"):
+            subprocess.run([*ipr, "set", link, "up"], check=True)
+        paths = [str(ROOT), *{sysconfig.get_paths()[k] for k in ("purelib", "platlib")}]
+        yield {
+            "netns": netns,
+            "plain": str(system_python),
+            "capable": str(capable),
+            "probe": [str(probe), *paths],
+        }
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def as_container_user(lab: dict[str, Any], keep: set[str], nnp: bool) -> dict[str, Any]:
+    numbers = ",".join(str(CAP_NUMBER[c]) for c in sorted(keep))
+    wrapper = [sys.executable, "-c", AS_CONTAINER_USER, numbers, "nnp" if nnp else "-"]
+    return run_json(["ip", "netns", "exec", lab["netns"], *wrapper, lab["capable"], *lab["probe"]])
+
+
+def assert_vip_handled(answer: dict[str, Any]) -> None:
+    assert answer["uid"] == str(NOBODY)
+    assert answer["add"] == ["VipChanged", ""], answer
+    assert answer["announce"] == ["Done", ""], answer
+    assert answer["remove"] == ["VipChanged", ""], answer
+
+
+@pytest.mark.real
+def test_the_image_s_file_capabilities_let_a_non_root_dbvip_move_the_vip(
+    caps_lab: dict[str, Any],
+) -> None:
+    svc = compose_sidecars(COMPOSE)["dbvip1"]
+    answer = as_container_user(caps_lab, set(svc["cap_add"]), nnp=False)
+    assert_vip_handled(answer)
+    assert int(answer["cap_eff"], 16) == sum(1 << CAP_NUMBER[c] for c in CAPABILITIES)
+
+
+@pytest.mark.real
+def test_without_cap_add_the_image_s_interpreter_does_not_start(caps_lab: dict[str, Any]) -> None:
+    answer = as_container_user(caps_lab, {"NET_RAW"}, nnp=False)  # NET_ADMIN forgotten
+    assert answer == {"exec_errno": 1}  # EPERM: refused at start, not at the first failover
+
+
+@pytest.mark.real
+def test_no_new_privileges_voids_the_image_s_file_capabilities(caps_lab: dict[str, Any]) -> None:
+    answer = as_container_user(caps_lab, CAPABILITIES, nnp=True)
+    assert int(answer["cap_eff"], 16) == 0
+    assert answer["add"][0] == "Unknown" and "CAP_NET_ADMIN" in answer["add"][1]
+    assert answer["announce"][0] == "Unknown" and "CAP_NET_RAW" in answer["announce"][1]
+
+
+@pytest.mark.real
+def test_the_unit_s_ambient_capabilities_let_dbvip_move_the_vip(caps_lab: dict[str, Any]) -> None:
+    caps = ",".join(
+        "+" + c.removeprefix("CAP_").lower() for c in unit_value("AmbientCapabilities").split()
+    )
+    bounding = ",".join(
+        "+" + c.removeprefix("CAP_").lower() for c in unit_value("CapabilityBoundingSet").split()
+    )
+    nnp = ["--no-new-privs"] if unit_value("NoNewPrivileges") == "yes" else []
+    setpriv = [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        f"--bounding-set=-all,{bounding}",
+        f"--inh-caps={caps}",
+        f"--ambient-caps={caps}",
+        *nnp,
+    ]
+    answer = run_json(
+        ["ip", "netns", "exec", caps_lab["netns"], *setpriv, caps_lab["plain"], *caps_lab["probe"]]
+    )
+    assert_vip_handled(answer)
+
+
+@pytest.mark.real
+def test_without_capabilities_dbvip_cannot_move_the_vip(caps_lab: dict[str, Any]) -> None:
+    setpriv = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups"]
+    answer = run_json(
+        ["ip", "netns", "exec", caps_lab["netns"], *setpriv, caps_lab["plain"], *caps_lab["probe"]]
+    )
+    assert answer["add"][0] == "Unknown" and "CAP_NET_ADMIN" in answer["add"][1]
+    assert answer["announce"][0] == "Unknown"
