@@ -6,7 +6,10 @@
 #   PG_BOOTSTRAP    primary | replica; unset: primary for the StatefulSet pod
 #                   whose name (POD_NAME) ends in -0, replica for the others
 #   PG_PRIMARY_HOST where a replica copies and streams from (the writer VIP)
-# Promotion is not done here, nor by dbvip: promote by hand or pair with Patroni.
+# Promotion is not done here, nor by dbvip: promote by hand or pair with
+# Patroni. Nor is an old primary turned into a replica: after a failover,
+# re-make it (empty its data) before it starts again, or it starts as a second
+# primary (dbvip keeps the VIP on the newer timeline, but writes diverge).
 set -eu
 
 bootstrap="${PG_BOOTSTRAP:-}"

@@ -14,6 +14,7 @@ import importlib.util
 import ipaddress
 import json
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -27,13 +28,18 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
+import psycopg
 import pytest
 import yaml
+from psycopg.conninfo import conninfo_to_dict
 
+from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.cli import EXIT_CONFIG
 from dbvip.config import BY_NAME, Listen, load
 from dbvip.health import HealthServer
-from dbvip.model import Timing
+from dbvip.model import Role, RoleReading, Timing
+from integration.lab.eventually import eventually
+from integration.lab.postgres import PG_BIN, SUPERUSER, PgServer
 from tests.examples.deploy import (
     BIN,
     COMPOSE,
@@ -359,6 +365,64 @@ def test_the_configmap_carries_the_postgres_scripts_unchanged() -> None:
     assert set(scripts) == {p.name for p in POSTGRES_SCRIPTS.glob("*.sh")}
     for name, text in scripts.items():
         assert text == (POSTGRES_SCRIPTS / name).read_text(), name
+
+
+def test_dbvip_logs_in_with_the_role_and_password_the_init_script_creates() -> None:
+    script = (POSTGRES_SCRIPTS / "initdb-dbvip.sh").read_text()
+    created = re.search(r"CREATE ROLE (\w+) LOGIN", script)
+    assert created
+    envs: dict[str, list[dict[str, str]]] = {
+        "compose.yaml": [s.get("environment", {}) for s in compose(COMPOSE)["services"].values()],
+        "compose.node.yaml": [
+            s.get("environment", {}) for s in compose(COMPOSE_NODE)["services"].values()
+        ],
+        "dbvip.yaml": [k8s_env("postgres"), k8s_env("dbvip")],
+    }
+    for where, environments in envs.items():
+        merged = {k: str(v) for env in environments for k, v in env.items()}
+        assert conninfo_to_dict(merged["DBVIP_PG_DSN"])["user"] == created[1], where
+        role_secret = PurePosixPath(merged["DBVIP_ROLE_PASSWORD_FILE"]).name
+        assert PurePosixPath(merged["DBVIP_PG_PASSWORD_FILE"]).name == role_secret, where
+
+
+@pytest.mark.real
+def test_the_initdb_script_gives_dbvip_a_login_its_probe_can_use(
+    pg_primary: PgServer, pg_standby: PgServer, tmp_path: Path
+) -> None:
+    # What the official image gives scripts in /docker-entrypoint-initdb.d/,
+    # pointed at a real primary; a password psql must quote.
+    password = tmp_path / "dbvip-password"
+    password.write_text("it's a s3cret\n")
+    env = {
+        "PATH": f"{PG_BIN}:/usr/bin:/bin",
+        "POSTGRES_USER": SUPERUSER,
+        "PGDATA": str(pg_primary.datadir),
+        "PGHOST": str(pg_primary.socket_dir),
+        "PGPORT": str(pg_primary.port),
+        "DBVIP_ROLE_PASSWORD_FILE": str(password),
+    }
+    run = Run.of(["sh", str(POSTGRES_SCRIPTS / "initdb-dbvip.sh")], env)
+    assert run.code == 0, run.text
+    hba = (pg_primary.datadir / "pg_hba.conf").read_text().splitlines()
+    assert hba[-1].split() == ["host", "replication", "postgres", "all", "scram-sha-256"]
+
+    def probe(server: PgServer) -> RoleReading:
+        # The image reads the file with cat: the trailing newline is not part of it.
+        prober = PostgresRoleProbe(server.tcp_conninfo(user="dbvip"), "it's a s3cret")
+        try:
+            return prober.probe(timeout_s=10)
+        finally:
+            prober.close()
+
+    assert probe(pg_primary) == RoleReading(Role.PRIMARY, 1, probe(pg_primary).lsn)
+    # On a replica the probe reads the WAL receiver's timeline, which only
+    # pg_monitor (through pg_read_all_stats) may see.
+    replica = eventually(lambda: (r := probe(pg_standby)).cause is None and r, timeout_s=30)
+    assert replica.role is Role.REPLICA
+    dsn = pg_standby.tcp_conninfo(user="dbvip")
+    with psycopg.connect(dsn, password="it's a s3cret", connect_timeout=10) as conn:
+        row = conn.execute("SELECT received_tli FROM pg_stat_wal_receiver").fetchone()
+    assert row == (1,)
 
 
 @pytest.mark.tools
