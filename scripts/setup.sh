@@ -31,4 +31,28 @@ if [ ! -x .venv/bin/python ] || ! sha256sum --status -c "$stamp" 2>/dev/null; th
   .venv/bin/pip install -q -e '.[dev]'
   sha256sum pyproject.toml > "$stamp"
 fi
-echo "setup.sh: ready ($(.venv/bin/python --version), etcd $(etcd --version | head -1 | awk '{print $3}'), $(/usr/lib/postgresql/15/bin/postgres --version))"
+# Patroni for the lab's Patroni mode, in a virtual environment of its own made
+# from the system Python: the postgres OS user runs it (PostgreSQL refuses root).
+patroni_reqs=integration/lab/patroni-requirements.txt
+patroni_stamp=.venv-patroni/.dbvip-requirements.sha256
+if [ ! -x .venv-patroni/bin/patroni ] || ! sha256sum --status -c "$patroni_stamp" 2>/dev/null; then
+  echo "setup.sh: installing Patroni in .venv-patroni"
+  rm -rf .venv-patroni
+  /usr/bin/python3 -m venv .venv-patroni
+  .venv-patroni/bin/pip install -q --disable-pip-version-check -r "$patroni_reqs"
+  sha256sum "$patroni_reqs" > "$patroni_stamp"
+  chmod -R a+rX .venv-patroni
+fi
+# postgres must be able to reach it: grant search (x, not read) on any parent
+# directory that denies it to others.
+dir=$(pwd)
+while [ "$dir" != / ]; do
+  if [ "$(( 0$(stat -c %a "$dir") & 01 ))" -eq 0 ]; then
+    echo "setup.sh: chmod o+x $dir (the postgres user runs .venv-patroni/bin/patroni)"
+    chmod o+x "$dir"
+  fi
+  dir=$(dirname "$dir")
+done
+runuser -u postgres -- .venv-patroni/bin/patroni --version >/dev/null
+
+echo "setup.sh: ready ($(.venv/bin/python --version), etcd $(etcd --version | head -1 | awk '{print $3}'), $(/usr/lib/postgresql/15/bin/postgres --version), $(.venv-patroni/bin/patroni --version))"

@@ -1,7 +1,7 @@
 """``dbvip-lab``: bring a lab up, look at it, break it, take it down.
 
     dbvip-lab demo                  the README's demo (up, switchover, crash failover, down)
-    dbvip-lab up [--name lab]       bring a lab up and leave it running
+    dbvip-lab up [--name lab]       bring a lab up and leave it running (--patroni: Patroni runs it)
     dbvip-lab status                roles, VIP holders, the writer key
     dbvip-lab switchover [--to n2]  demote the primary cleanly, promote a replica
     dbvip-lab failover [--to n2]    crash the primary's database, promote a replica
@@ -26,6 +26,7 @@ from dbvip.model import Role
 from integration.lab import cleanup
 from integration.lab.demo import run_demo
 from integration.lab.lab import FAST_TIMING, Lab, LabSpec
+from integration.lab.patroni import PATRONICTL
 
 START_S = time.monotonic()
 
@@ -42,6 +43,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=3, help="database nodes (default 3)")
     up.add_argument("--etcd", type=int, choices=(1, 3), default=1, help="etcd members")
     up.add_argument("--fast", action="store_true", help="short lease timing (ttl 5 s)")
+    up.add_argument("--patroni", action="store_true", help="Patroni runs the databases")
     for name in ("status", "down", "write"):
         sub.add_parser(name)
     for name in ("switchover", "failover"):
@@ -80,7 +82,7 @@ def cmd_demo(_: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     settings = tuple(FAST_TIMING.items()) if args.fast else ()
     spec = LabSpec(args.name, db_nodes=args.nodes, etcd_members=args.etcd,
-                   sidecar_settings=settings)  # fmt: skip
+                   sidecar_settings=settings, patroni=args.patroni)  # fmt: skip
     lab = Lab.create(spec)
     # The processes outlive this command on purpose; `down` removes them.
     lab.wait_holder("n1")
@@ -88,6 +90,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     say(f"  look:   ip netns exec {lab.netns('etcd')} etcdctl "
         f"--endpoints={','.join(spec.etcd_endpoints)} get --prefix /dbvip/")  # fmt: skip
     say(f"  logs:   {lab.dir / 'logs'}")
+    if lab.patroni is not None:
+        say(f"  Patroni: ip netns exec {lab.netns('n1')} runuser -u postgres -- {PATRONICTL} "
+            f"-c {lab.patroni.config_path('n1')} list")  # fmt: skip
     say(f"  remove: dbvip-lab down --name {lab.name}")
     return 0
 
@@ -103,6 +108,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _pick(lab: Lab, to: str | None) -> tuple[str, str]:
+    if lab.spec.patroni:
+        raise RuntimeError("Patroni runs this lab's databases: ask patronictl (see `up`)")
     primaries = lab.primaries()
     if len(primaries) != 1:
         raise RuntimeError(f"need exactly one primary, found {primaries or 'none'}")

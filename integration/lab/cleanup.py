@@ -78,6 +78,20 @@ def _stop_postgres(directory: Path) -> None:
             )  # fmt: skip
 
 
+def _kill_patroni(directory: Path, pids: list[int]) -> None:
+    """A Patroni of the lab (its configuration lives in the lab's directory)
+    would start PostgreSQL again behind pg_ctl's back: it goes first."""
+    marker = str(directory / "patroni").encode() + b"/"
+    for pid in pids:
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if any(arg.startswith(marker) for arg in argv):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -90,6 +104,7 @@ def down(name: str) -> Leftovers:
     """Remove everything of lab ``name``; returns what was found."""
     found = find(name)
     if found.directory is not None:
+        _kill_patroni(found.directory, found.pids)
         _stop_postgres(found.directory)
     for namespace in found.namespaces:
         for pid in pids_in(namespace):

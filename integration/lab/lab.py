@@ -37,6 +37,7 @@ from integration.lab.eventually import eventually
 from integration.lab.monitor import Host, InvariantMonitor
 from integration.lab.names import check_name, lab_dir, netns_name, netns_prefix
 from integration.lab.netns import LAB_V4, LAB_V6, NetLab, Node
+from integration.lab.patroni import PatroniCluster, PatroniMember
 from integration.lab.postgres import SUPERUSER, SUPERUSER_PASSWORD, PgLab, PgServer
 from integration.lab.sidecar import SidecarProcess, dbvip, unprivileged
 from integration.lab.writer import Attempt, ClientWriter, write_once
@@ -47,6 +48,7 @@ CLIENT_V6 = ipaddress.IPv6Interface("2001:db8::21/64")
 DEFAULT_VIP = "198.51.100.100/32"
 SIDECAR_USER = "dbvip"
 HBA_REFUSE = f"local all {SIDECAR_USER} reject  # dbvip-lab: refuse the sidecar\n"
+SIDECAR_GRANTS = (f"CREATE ROLE {SIDECAR_USER} LOGIN", f"GRANT pg_monitor TO {SIDECAR_USER}")
 WRITES_TABLE = """CREATE TABLE dbvip_lab_writes (
   id bigserial PRIMARY KEY, writer text NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp()
 )"""
@@ -79,6 +81,7 @@ class LabSpec:
     sidecar_settings: tuple[tuple[str, str], ...] = ()  # DBVIP_* overrides
     sidecars: bool = True
     pg_template: str | None = None  # a data dir made by initdb, copied instead of initdb
+    patroni: bool = False  # Patroni (integration/lab/patroni.py) runs the databases
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -107,6 +110,7 @@ class Lab:
         self.servers: dict[str, PgServer] = {}
         self.sidecars: dict[str, SidecarProcess] = {}
         self.writer: ClientWriter | None = None
+        self.patroni: PatroniCluster | None = None
         self._drivers: dict[str, NetlinkVipDriver] = {}
         self._probes: dict[str, PostgresRoleProbe] = {}
         self._owned = False
@@ -161,6 +165,16 @@ class Lab:
         )
         self.password_file.write_text(SUPERUSER_PASSWORD + "\n")
         self.password_file.chmod(0o600)
+        if self.spec.patroni:
+            self._start_patroni()
+        else:
+            self._start_postgres()
+        self._save()
+        if self.spec.sidecars:
+            for node in self.spec.nodes:
+                self.start_sidecar(node)
+
+    def _start_postgres(self) -> None:
         template = Path(self.spec.pg_template) if self.spec.pg_template else None
         pg = PgLab(template=template, base=self.dir / "pg")  # stopped by cleanup.down
         first, *others = self.spec.nodes
@@ -170,15 +184,23 @@ class Lab:
         self.servers[first] = primary
         primary.sql(WRITES_TABLE)
         # The sidecar's own login: the role probe needs no more than pg_monitor.
-        primary.sql(f"CREATE ROLE {SIDECAR_USER} LOGIN; GRANT pg_monitor TO {SIDECAR_USER}")
+        primary.sql("; ".join(SIDECAR_GRANTS))
         for node in others:
             self.servers[node] = pg.standby(
                 primary, node, self.netns(node), self._pg_settings(node), self._prepare
             )
-        self._save()
-        if self.spec.sidecars:
-            for node in self.spec.nodes:
-                self.start_sidecar(node)
+
+    def _start_patroni(self) -> None:
+        """Patroni runs the databases: n1 is bootstrapped, the others cloned from it."""
+        self.servers = {n: self._server(n) for n in self.spec.nodes}
+        members = {n: PatroniMember(self.servers[n], str(node_v4(i).ip))
+                   for i, n in enumerate(self.spec.nodes, start=1)}  # fmt: skip
+        self.patroni = PatroniCluster(
+            self.name, self.dir / "patroni", self.dir / "logs", members,
+            [u.removeprefix("http://") for u in self.spec.etcd_endpoints],
+            [str(LAB_V4), str(LAB_V6)], [WRITES_TABLE, *SIDECAR_GRANTS], self.etcdctl,
+        )  # fmt: skip
+        self.patroni.bootstrap()
 
     def close(self) -> None:
         """Stop and remove everything this lab created (idempotent)."""
@@ -188,6 +210,8 @@ class Lab:
                     self.writer.stop()
             for sidecar in self.sidecars.values():
                 sidecar.kill()
+            if self.patroni is not None:
+                self.patroni.close()
             for driver in self._drivers.values():
                 with contextlib.suppress(Exception):
                     driver.close()
