@@ -4,29 +4,15 @@ held, the release hook at SIGTERM sees the VIP down and the key gone."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from integration.lab.etcd import EtcdCluster
 from integration.lab.eventually import eventually
-from integration.lab.netns import NetLab
-from integration.lab.postgres import PgServer
-from integration.test_sidecar_process import NODE_ADDRESS, VIP, Cluster
+from integration.test_sidecar_process import VIP, Cluster, cluster_fixture
 
+__all__ = ["cluster_fixture"]  # the fixture, shared with test_sidecar_process
 pytestmark = pytest.mark.real
-
-
-@pytest.fixture
-def cluster(netlab: NetLab, pg_primary: PgServer, tmp_path: Path) -> Iterator[Cluster]:
-    node = netlab.add_node("n1", v4=NODE_ADDRESS)
-    with EtcdCluster(size=1, netns=node.netns) as etcd:
-        c = Cluster(netlab, node, etcd, pg_primary, tmp_path)
-        try:
-            yield c
-        finally:
-            c.close()
 
 
 def recording_hook(cluster: Cluster, tmp_path: Path) -> Path:

@@ -84,8 +84,9 @@ class Cluster:
         self.vip.close()
 
 
-@pytest.fixture
-def cluster(netlab: NetLab, pg_primary: PgServer, tmp_path: Path) -> Iterator[Cluster]:
+@pytest.fixture(name="cluster")
+def cluster_fixture(netlab: NetLab, pg_primary: PgServer, tmp_path: Path) -> Iterator[Cluster]:
+    """n1 with its own etcd, beside a PostgreSQL primary (test_hooks_process uses it too)."""
     node = netlab.add_node("n1", v4=NODE_ADDRESS)
     with EtcdCluster(size=1, netns=node.netns) as etcd:
         c = Cluster(netlab, node, etcd, pg_primary, tmp_path)

@@ -119,23 +119,23 @@ def _pick(lab: Lab, to: str | None) -> tuple[str, str]:
 
 
 def cmd_switchover(args: argparse.Namespace) -> int:
-    lab = Lab.attach(args.name)
-    old, new = _pick(lab, args.to)
-    say(f"switchover {old} -> {new}: {old} demoted cleanly")
-    lab.demote(old)
-    promote_s = lab.promote(new)
-    primary_s = lab.wait_primary(new)
-    held_s = lab.wait_holder(new)
-    say(f"{new} primary {primary_s - promote_s:.3f} s after pg_ctl promote; "
-        f"VIP on {new} {held_s - primary_s:.3f} s after that")  # fmt: skip
-    return 0
+    return _hand_over(args, crash=False)
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
+    return _hand_over(args, crash=True)
+
+
+def _hand_over(args: argparse.Namespace, crash: bool) -> int:
+    """Take the primary out (cleanly or not), promote ``--to``, time the VIP."""
     lab = Lab.attach(args.name)
     old, new = _pick(lab, args.to)
-    say(f"crash failover {old} -> {new}: {old}'s database stopped immediately")
-    lab.crash_db(old)
+    if crash:
+        say(f"crash failover {old} -> {new}: {old}'s database stopped immediately")
+        lab.crash_db(old)
+    else:
+        say(f"switchover {old} -> {new}: {old} demoted cleanly")
+        lab.demote(old)
     promote_s = lab.promote(new)
     primary_s = lab.wait_primary(new)
     held_s = lab.wait_holder(new)
