@@ -31,7 +31,8 @@ from dbvip.runner import Snapshot
 
 
 def liveness_window_s(t: Timing) -> float:
-    return 3 * t.probe_interval_s + t.probe_timeout_s + t.request_timeout_s + t.vip_op_timeout_s
+    # One look may block on a probe, the writer key read and the members read.
+    return 3 * t.probe_interval_s + t.probe_timeout_s + 2 * t.request_timeout_s + t.vip_op_timeout_s
 
 
 def etcd_window_s(t: Timing) -> float:

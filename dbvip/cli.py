@@ -126,8 +126,11 @@ def _maintenance(config: Config, on: bool, wait_s: float) -> int:
         try:
             members = {m["node"]: m for m in read_cluster(config)["members"]}
         except Exception as e:
-            print(f"dbvip: cannot read the cluster from etcd: {e}", file=sys.stderr)
-            return EXIT_UNAVAILABLE
+            if time.monotonic() >= deadline:
+                print(f"dbvip: cannot read the cluster from etcd: {e}", file=sys.stderr)
+                return EXIT_UNAVAILABLE
+            time.sleep(0.2)  # a passing etcd hiccup: the flag is set, keep waiting
+            continue
         report = members.get(node)
         if report is None:
             print(f"{node}: no sidecar reports; the flag applies when it starts")

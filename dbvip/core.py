@@ -42,7 +42,6 @@ from dbvip.model import (
     NodeState,
     Observation,
     Outcome,
-    PeerView,
     Reason,
     ReleaseLease,
     RemoveVip,
@@ -138,13 +137,14 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
     # Two primaries: a replica was promoted while this database still thinks
     # it is primary. The one on the newer timeline is the one that was chosen
     # last; this one steps down (and stays away) while that report lives.
-    newer = _newer_primary(obs, me)
-    if newer is not None:
+    state = _remember_newer_primary(state, obs, me)
+    newer = state.newer_primary
+    if newer is not None and obs.role.role is Role.PRIMARY:
         return done(
             take_down(_release_chain(state, obs, me)),
             Reason.SUPERSEDED,
-            f"{newer.node} is primary on timeline {newer.timeline}, "
-            f"this database on {obs.role.timeline}",
+            f"{newer.node} was seen primary on timeline {newer.timeline}, "
+            f"this database is on {obs.role.timeline}",
             replace(state, lease=None),
         )
 
@@ -153,6 +153,9 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
 
     # Not holding; the database is primary or was primary within the grace.
     view = obs.writer
+    if obs.maintenance is None and role is Role.PRIMARY:
+        # Just started and the flag could not be read: it may be set.
+        return done(take_down(), Reason.ETCD_UNREACHABLE, "maintenance flag not read yet", state)
     if (
         role is Role.PRIMARY
         and isinstance(view, KeyHeld)
@@ -342,16 +345,31 @@ def _effective_role(state: NodeState, obs: Observation, timing: Timing) -> Role:
     return Role.UNKNOWN if within and state.last_primary_s is not None else Role.REPLICA
 
 
-def _newer_primary(obs: Observation, me: str) -> PeerView | None:
+def _remember_newer_primary(state: NodeState, obs: Observation, me: str) -> NodeState:
+    """The newest primary on a newer timeline than this database's, from this
+    look or remembered from an earlier one. A report that went away or turned
+    unknown is no evidence that the newer primary is gone (it may restart, or
+    live on unseen), so it is forgotten only when that node reports itself a
+    replica, or this database reaches that timeline (promoted again)."""
     own = obs.role.timeline
     if obs.role.role is not Role.PRIMARY or own is None:
-        return None
-    newer = [
+        return state  # no comparison possible: keep what we know
+    remembered = state.newer_primary
+    if remembered is not None and any(
+        p.node == remembered.node and p.role is Role.REPLICA for p in obs.peers
+    ):
+        remembered = None  # that node says it was demoted (rewound, rebuilt)
+    candidates = [
         p
-        for p in obs.peers
-        if p.node != me and p.role is Role.PRIMARY and p.timeline is not None and p.timeline > own
+        for p in (*obs.peers, remembered)
+        if p is not None
+        and p.node != me
+        and p.role is Role.PRIMARY
+        and p.timeline is not None
+        and p.timeline > own
     ]
-    return max(newer, key=lambda p: (p.timeline or 0, p.node), default=None)
+    newest = max(candidates, key=lambda p: (p.timeline or 0, p.node), default=None)
+    return state if newest == state.newer_primary else replace(state, newer_primary=newest)
 
 
 def _key_lost(lease: Lease, view: WriterView, me: str) -> tuple[Reason, str] | None:
@@ -393,8 +411,10 @@ def _wake(state: NodeState, obs: Observation, timing: Timing) -> float:
     now = obs.now_s
     due = [now + timing.probe_interval_s]
     free_since = state.key_free_since_s
+    eager = timing.eager_window_s > 0
     if (
-        obs.role.role is Role.REPLICA
+        eager
+        and obs.role.role is Role.REPLICA
         and state.lease is None
         and free_since is not None
         and now - free_since < timing.eager_window_s
@@ -405,7 +425,8 @@ def _wake(state: NodeState, obs: Observation, timing: Timing) -> float:
         due.append(now + timing.eager_probe_interval_s)
     unknown_since = state.role_unknown_since_s
     if (
-        state.lease is not None
+        eager
+        and state.lease is not None
         and unknown_since is not None
         and now - unknown_since < timing.role_grace_s
     ):

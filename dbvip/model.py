@@ -108,7 +108,9 @@ class Observation:
     stopping: bool = False  # SIGTERM/SIGINT received: release everything
     vip_cause: str | None = None  # why vip is UNKNOWN
     peers: tuple[PeerView, ...] = ()  # read only while the local role is primary
-    maintenance: bool = False  # an operator asked this node to stay away from the VIP
+    # An operator asked this node to stay away from the VIP; None: not read
+    # yet since start (the flag may be set: do not take the VIP on a guess).
+    maintenance: bool | None = False
 
 
 # --------------------------------------------------------------------------
@@ -260,9 +262,9 @@ class Reason(enum.Enum):
     STOPPING = "stopping"
     LEASE_EXPIRED = "lease_expired"
     KEY_LOST = "key_lost"
+    MAINTENANCE = "maintenance"
     DEMOTED = "demoted"
     ROLE_UNKNOWN_PAST_GRACE = "role_unknown_past_grace"
-    MAINTENANCE = "maintenance"
     SUPERSEDED = "superseded"
     LEASE_EXPIRING = "lease_expiring"
     VIP_WITHOUT_LEASE = "vip_without_lease"
@@ -304,6 +306,10 @@ class NodeState:
     last_announce_s: float | None = None
     adopt_failed_lease: int | None = None  # do not retry adopting this lease
     key_free_since_s: float | None = None  # the writer key was seen free from then on
+    # The newest primary seen on another node on a newer timeline than ours:
+    # remembered, so that a report that goes away (that node restarting,
+    # dying) does not hand the VIP back to a database on an outdated timeline.
+    newer_primary: PeerView | None = None
     # Kind of action ("acquire", "renew", "vip", ...) -> instant before which a
     # failed action is not retried, so one tick makes one attempt of each.
     backoff: dict[str, float] = field(default_factory=dict)

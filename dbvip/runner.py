@@ -182,7 +182,7 @@ class Runner:
         self._last_view: WriterView = KeyUnknown("not read yet")
         self._peers: tuple[PeerView, ...] = ()
         self._peers_read_s = float("-inf")
-        self._maintenance = False
+        self._maintenance: bool | None = None  # not read yet
         self._last_reason: tuple[str, str] | None = None
         self._last_failure = ""
         self._etcd_answered_s: float | None = None
@@ -266,7 +266,7 @@ class Runner:
                 self._key_read_s = now
             self._last_view = view
             now = clock.monotonic_s()
-        if now - self._peers_read_s >= self.timing.renew_interval_s:
+        if not stopping and now - self._peers_read_s >= self.timing.renew_interval_s:
             self._read_peers(now, vip.presence)
             now = clock.monotonic_s()
         return Observation(
@@ -292,17 +292,27 @@ class Runner:
             "read_members",
             lambda: _guarded(lambda: self.ports.store.read_members(timeout), Unknown),
         )
-        self._peers_read_s = now
         if isinstance(reading, Unknown):
             # Keep the last known reports: no news is not evidence either way.
+            # Until the first answer (the maintenance flag unknown), ask again
+            # next tick rather than a renew interval later.
             log.debug("members not read cause=%r", reading.cause)
+            if self._maintenance is not None:
+                self._peers_read_s = now
             return
+        self._peers_read_s = now
         self._peers, self._maintenance = reading.peers, reading.maintenance
 
     def _needs_key(self, role: Role, vip: VipPresence, stopping: bool, now: float) -> bool:
         """A settled replica only re-reads the key now and then; anything that
         may act on the key reads it every tick."""
-        if self._key_dirty or stopping or role is not Role.REPLICA:
+        if self._key_dirty or stopping:
+            return True
+        if role is Role.UNKNOWN and now - self._key_read_s < self.timing.probe_interval_s / 2:
+            # A holder looking again and again at a database that stopped
+            # answering: the key was just read, the watch reports changes.
+            return False
+        if role is not Role.REPLICA:
             return True
         if self.state.lease is not None or vip is not VipPresence.ABSENT:
             return True

@@ -133,7 +133,7 @@ def test_liveness_follows_the_last_decision_and_its_window() -> None:
     n1.clock.advance(liveness_window_s(T))  # the loop stopped deciding
     verdict = n1.board.liveness()
     assert not verdict.ok
-    assert "past the 2.6 s window" in verdict.why
+    assert "past the 3.6 s window" in verdict.why
 
 
 def test_readiness_needs_a_known_role_and_a_recent_etcd_answer() -> None:
