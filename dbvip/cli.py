@@ -185,6 +185,7 @@ def _run(config: Config) -> int:
     listener = logs.setup(config["log_level"], config["log_format"])
     try:
         privileges.check()
+        privileges.keep_from_children()
         sidecar = Sidecar(config, SystemClock())
     except Exception as e:
         print(f"dbvip: cannot start: {e}", file=sys.stderr)

@@ -9,6 +9,8 @@ Nothing else: dbvip runs fine as an unprivileged user given exactly these two
 
 from __future__ import annotations
 
+import ctypes
+import os
 from pathlib import Path
 
 CAP_NET_ADMIN = 12
@@ -45,3 +47,17 @@ def check(proc_status: str | None = None) -> None:
             + "; grant them (e.g. systemd AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW, "
             "or a container's capabilities.add: [NET_ADMIN, NET_RAW])"
         )
+
+
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+
+
+def keep_from_children() -> None:
+    """Clear the ambient capability set: this process keeps what it has, but
+    hooks it runs no longer inherit CAP_NET_ADMIN and CAP_NET_RAW (ambient
+    capabilities survive exec; that is how systemd hands them to dbvip)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"prctl(PR_CAP_AMBIENT_CLEAR_ALL): {os.strerror(code)}")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from integration.conftest import MakeLab
+from integration.lab.eventually import eventually
 
 pytestmark = pytest.mark.real
 
@@ -32,7 +33,14 @@ def test_maintenance_steps_down_and_stays_away_until_told(make_lab: MakeLab) -> 
 
 
 def test_runs_as_an_unprivileged_user_with_exactly_two_capabilities(make_lab: MakeLab) -> None:
+    # The acquire hook records its own capabilities: it must not inherit the two.
     lab = make_lab(sidecars=False)
+    hook = lab.dir / "hook-acquire"
+    hook.write_text('#!/bin/sh\ngrep CapEff /proc/self/status > "$0.out"\n')
+    hook.chmod(0o755)
+    hook_out = lab.dir / "hook-acquire.out"
+    lab.dir.chmod(0o777)  # the hook runs as nobody and writes beside itself
+    lab.settings_for_sidecars(DBVIP_HOOK_ACQUIRE=str(hook))
     for node in lab.spec.nodes:
         lab.start_sidecar(node, user="nobody", capabilities=("net_admin", "net_raw"))
     with lab.watched():
@@ -42,6 +50,9 @@ def test_runs_as_an_unprivileged_user_with_exactly_two_capabilities(make_lab: Ma
         status = Path(f"/proc/{lab.sidecars['n1'].proc.pid}/status").read_text()
         assert "Uid:\t65534" in status
         assert "CapEff:\t0000000000003000" in status  # CAP_NET_ADMIN and CAP_NET_RAW only
+        assert eventually(lambda: hook_out.exists() and hook_out.read_text()) == (
+            "CapEff:\t0000000000000000\n"
+        )
         lab.kill_sidecar("n1", signal.SIGTERM)  # releases cleanly as nobody too
         assert lab.sidecars["n1"].proc.returncode == 0
         assert lab.holders() == set()

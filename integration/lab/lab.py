@@ -114,6 +114,7 @@ class Lab:
         self._drivers: dict[str, NetlinkVipDriver] = {}
         self._probes: dict[str, PostgresRoleProbe] = {}
         self._owned = False
+        self._extra_settings: dict[str, str] = {}
 
     # -- life cycle -----------------------------------------------------------
 
@@ -294,7 +295,12 @@ class Lab:
             "DBVIP_PG_DSN": self.servers[node].conninfo(user=SIDECAR_USER),
         }
         env.update(dict(self.spec.sidecar_settings))
+        env.update(self._extra_settings)
         return env
+
+    def settings_for_sidecars(self, **settings: str) -> None:
+        """More DBVIP_* settings for sidecars started from now on."""
+        self._extra_settings.update(settings)
 
     def _node(self, host: str) -> Node:
         if self.net is None:
