@@ -21,6 +21,8 @@ from pathlib import Path
 
 import httpx
 
+from integration.lab import procs
+
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
 ETCDCTL = shutil.which("etcdctl") or "/usr/bin/etcdctl"
 ROOT_PASSWORD = "root-secret"
@@ -239,10 +241,10 @@ class EtcdCluster:
         return [m.proc.pid for m in self.members if m.proc is not None]
 
     def freeze(self, index: int) -> None:
-        os.kill(self.members[index].pid, signal.SIGSTOP)
+        procs.freeze(self.members[index].pid)
 
     def thaw(self, index: int) -> None:
-        os.kill(self.members[index].pid, signal.SIGCONT)
+        procs.thaw(self.members[index].pid)
 
     # -- etcdctl ------------------------------------------------------------
 

@@ -31,7 +31,7 @@ from types import TracebackType
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.model import Role, VipPresence
-from integration.lab import cleanup
+from integration.lab import cleanup, procs
 from integration.lab.etcd import ETCDCTL, EtcdCluster
 from integration.lab.eventually import eventually
 from integration.lab.monitor import Host, InvariantMonitor
@@ -328,7 +328,7 @@ class Lab:
             sidecar.wait(30)
 
     def freeze_sidecar(self, node: str) -> None:
-        self.sidecars[node].signal(signal.SIGSTOP)
+        procs.freeze(self.sidecars[node].proc.pid)
 
     def thaw_sidecar(self, node: str) -> None:
         self.sidecars[node].signal(signal.SIGCONT)

@@ -19,6 +19,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from integration.lab import procs
+
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 SUPERUSER = "postgres"
 # Password of SUPERUSER over TCP (scram); the socket is trusted.
@@ -188,10 +190,10 @@ class PgServer:
         postmaster = self.postmaster_pid()
         if postmaster is None:
             raise RuntimeError(f"{self.name} is not running")
-        os.kill(postmaster, signal.SIGSTOP)
+        procs.freeze(postmaster)
         self.frozen_pids.append(postmaster)
         for pid in self.children():
-            os.kill(pid, signal.SIGSTOP)
+            procs.freeze(pid)
             self.frozen_pids.append(pid)
 
     def thaw(self) -> None:
