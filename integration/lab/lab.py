@@ -590,6 +590,10 @@ class Lab:
         monitor.start()
         try:
             yield monitor
+            # The block may end the instant it saw a change itself; let the
+            # monitor's samples catch up, so its events include that change.
+            with contextlib.suppress(AssertionError):
+                eventually(lambda: monitor.holders() == frozenset(self.holders()), timeout_s=2)
         finally:
             report = monitor.stop()
         report.assert_one_writer()
