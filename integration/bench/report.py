@@ -210,28 +210,31 @@ METHOD = """\
 How it was measured: every system runs in its own lab (three PostgreSQL 15
 nodes in network namespaces, one etcd, a client host); the primary moves round
 the nodes. *Promotion seen*: the first `pg_is_in_recovery()` = false from a
-poller that asks the promoted node every 2 ms over its Unix socket (the
-resolution, the gap to its previous answer, is in results.json). *VIP on the
-new primary*: the invariant monitor's first netlink sample showing it there
+poller that asks the promoted node every 2 ms over its Unix socket (the gap to
+its previous answer, the resolution, is in results.json). *VIP on the new
+primary*: the invariant monitor's first netlink sample showing it there
 (samples every few ms); negative when the VIP arrived before the promotion
 completed (vip-manager follows a key written just before the promotion).
-*First write acknowledged*: a client writes through the VIP on a new
-connection every 20 ms (250 ms timeout); the instant the new primary's
-acknowledgement arrived. Switchover: the primary stopped cleanly and restarted
-as a standby, then the next node promoted. Crash: the primary stopped
-immediately, the next node promoted one second later. Dead holder: the
-holder's switch port down (a veth: its link loses carrier), the next node
-promoted one second later; after the first write the port comes back up with
-the old primary still running, for two more seconds. *Double-holder
-intervals*: the monitor saw the VIP configured on two nodes at once (while one
-is cut off, only one of them can answer). *By a node not primary*: writes
-acknowledged by a node that was not the primary at any instant of the attempt
-(the primary being the node the orchestrator last promoted, from its
-promotion until its demotion, crash or isolation). Percentiles interpolate
-linearly between ranks. Footprint: the sum of VmRSS and of CPU time (user +
-system, with reaped children such as keepalived's check scripts) over each
-sidecar's process tree during a window at steady state with no client and no
-monitor; the database-side cost of the sidecars' queries is not included."""
+*First write acknowledged*: the instant the new primary's acknowledgement
+reached a client that writes through the VIP on a new connection every 20 ms
+with a {timeout_ms:.0f} ms timeout (an attempt sent while no node held the VIP
+delays the first success by up to that). Each fault comes after a random pause
+of up to a second, so it falls at a random phase of the sidecars' timers.
+Switchover: the primary stopped cleanly and restarted as a standby, then the
+next node promoted. Crash: the primary stopped immediately, the next node
+promoted one second later. Dead holder: the holder's switch port down (a veth:
+its link loses carrier), the next node promoted one second later; after the
+first write the port comes back up with the old primary still running, for one
+more second. *Double-holder intervals*: the monitor saw the VIP configured on
+two nodes at once (while one is cut off, only one of them can answer). *By a
+node not primary*: writes acknowledged by a node that was not the primary at
+any instant of the attempt (the primary being the node the orchestrator last
+promoted, from its promotion until its demotion, crash or isolation).
+Percentiles interpolate linearly between ranks. Footprint: the sum of VmRSS and
+of CPU time (user + system, with reaped children such as keepalived's check
+scripts) over each sidecar's process tree during a window at steady state with
+no client and no monitor; the database-side cost of the sidecars' queries is
+not included."""
 
 
 def markdown(results: dict[str, Any], plot_name: str | None = "results.png") -> str:
@@ -252,7 +255,7 @@ def markdown(results: dict[str, Any], plot_name: str | None = "results.png") -> 
         footprint_table(results),
         "#### Settings",
         settings_list(results),
-        METHOD,
+        METHOD.format(timeout_ms=1000 * results["options"].get("client_timeout_s", 0.1)),
     ]
     return "\n\n".join(parts) + "\n"
 

@@ -140,8 +140,14 @@ class Bench:
                     except Exception as exc:
                         failures += 1
                         old = orchestrator.primary
-                        failed = Sample(setup.key, scenario, rep, old, orchestrator.next_node(old),
-                                        error=f"{type(exc).__name__}: {exc}")  # fmt: skip
+                        failed = Sample(
+                            setup.key,
+                            scenario,
+                            rep,
+                            old,
+                            orchestrator.next_node(old),
+                            error=f"{type(exc).__name__}: {exc}",
+                        )
                         self.samples.append(failed)
                         say(f"  {scenario} {rep}: FAILED {failed.error}")
                         self.print_logs(rig.lab, f"{setup.key} {scenario} {rep}")
@@ -181,9 +187,13 @@ class Bench:
 
     def print_logs(self, lab: Lab, what: str) -> None:
         """A failed repetition's logs, printed: the lab and its files go next."""
-        for path in sorted((lab.dir / "logs").glob("*.log")) + sorted(
-            (lab.dir / "keepalived").glob("*.log")
-        ):
+        logs = [
+            *(lab.dir / "logs").glob("*.log"),
+            *(lab.dir / "keepalived").glob("*.log"),
+            *(lab.dir / "pg").glob("*.log"),
+            *(lab.dir / "etcd").glob("*.log"),
+        ]
+        for path in sorted(logs):
             tail = path.read_text(errors="replace")[-1500:]
             self.say(f"--- {what}: {path.name} (tail) ---\n{tail}")
 
@@ -226,6 +236,8 @@ def describe(sample: Sample) -> str:
     text += f"; recovered in {(sample.recovery_ms or 0) / 1000:.1f} s"
     if sample.rebuilt:
         text += f" (rebuilt {', '.join(sample.rebuilt)})"
+    for note in sample.notes:
+        text += f"\n      {note}"
     return f"{sample.old}->{sample.new}: {text}"
 
 

@@ -11,8 +11,8 @@ the whole life of the lab.
   node is promoted one second later.
 - dead-holder: the primary's switch port goes down (cut off from everything,
   database still running), the next node is promoted one second later; once
-  the client writes again, the port comes back up and the lab watches two
-  more seconds with the old primary still running (does it answer for the
+  the client writes again, the port comes back up and the lab watches one
+  more second with the old primary still running (does it answer for the
   VIP again?), then stops it.
 
 After a crash or a dead holder, every node but the new primary is rebuilt as a
@@ -31,7 +31,9 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 from dbvip.model import Role
@@ -54,8 +56,8 @@ from integration.lab.writer import Attempt
 T = TypeVar("T")
 
 PROMOTE_DELAY_S = 1.0  # crash and dead-holder: what an HA manager takes to decide, at least
-TALLY_TAIL_S = 0.3  # writes kept after the first acknowledgement, for the safety tally
-AFTER_HEAL_S = 2.0
+TALLY_TAIL_S = 0.2  # writes kept after the first acknowledgement, for the safety tally
+AFTER_HEAL_S = 1.0  # a healed old holder would answer for the VIP again at once
 PHASE_JITTER_S = 1.0  # the longest period among the sidecars' timers at their defaults
 
 
@@ -98,6 +100,7 @@ class Sample:
     acked: int = 0
     recovery_ms: float | None = None  # back to a known state, after the measurement
     rebuilt: list[str] = field(default_factory=list)  # nodes made again by pg_basebackup
+    notes: list[str] = field(default_factory=list)
     double_holders: list[dict[str, Any]] = field(default_factory=list)
     misdirected: list[dict[str, Any]] = field(default_factory=list)
 
@@ -124,6 +127,7 @@ class Orchestrator:
         self.primary = primary
         self.reigns = [Reign(primary, -math.inf)]
         self.rng = random.Random(seed)
+        self.notes: list[str] = []  # what recovery found, for the current sample
         self.writer = start_writer(lab, client_timeout_s)
         self.tail = AttemptTail(self.writer.out_path)
         self.tallied = 0  # attempts already in a sample's tally
@@ -218,7 +222,9 @@ class Orchestrator:
         ]
         sample.misdirected = [_attempt_json(a, fault_s) for a in misdirected(window, self.reigns)]
         began_s = time.monotonic()
+        self.notes = []
         sample.rebuilt = self._recover(scenario, old, new)
+        sample.notes = self.notes
         sample.recovery_ms = ms(time.monotonic(), began_s)
         return sample
 
@@ -253,8 +259,7 @@ class Orchestrator:
             # primary for a segment it does not have, forever). Rebuilding both
             # takes about a second and leaves every repetition the same start.
             rebuilt = [node for node in self.lab.spec.nodes if node != new]
-            for node in rebuilt:
-                self.rebuild(node, new)
+            self.rebuild_all(rebuilt, new)
         rebuilt += self.ensure_streaming(new)
         wait_for(
             f"the VIP on {new} alone",
@@ -263,6 +268,12 @@ class Orchestrator:
             interval_s=0.05,
         )
         return rebuilt
+
+    def rebuild_all(self, nodes: list[str], source: str) -> None:
+        """``rebuild`` of each node, side by side."""
+        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
+            for done in [pool.submit(self.rebuild, node, source) for node in nodes]:
+                done.result()
 
     def rebuild(self, node: str, source: str) -> None:
         """``node``'s data directory made again from ``source`` (its database
@@ -306,37 +317,52 @@ class Orchestrator:
         """Every other node streams from ``primary``; returns those rebuilt.
 
         A demoted primary restarts as a standby while the VIP may still be its
-        own: its WAL receiver then streams from itself until
-        ``wal_receiver_timeout`` (5 s). One not streaming after a second gets
-        its WAL receiver ended (the startup process starts another at once);
-        one still not streaming after ``timeout_s`` is rebuilt.
+        own: its WAL receiver then connects to itself, and that connection
+        hangs once the VIP has moved (until keepalives or
+        ``wal_receiver_timeout`` end it, 5 s or more). So a node not streaming
+        gets its WAL receiver ended every second (the startup process starts
+        another at once); one still not streaming after ``timeout_s`` is rebuilt.
         """
         others = set(self.lab.spec.nodes) - {primary}
-
-        def all_streaming() -> bool:
-            return self._streaming(primary) >= others
-
-        with contextlib.suppress(RepetitionError):
-            wait_for("replicas streaming", all_streaming, 1.0, interval_s=0.1)
+        deadline_s = time.monotonic() + timeout_s
+        kicked_s = time.monotonic() - 0.7  # the first kick 0.3 s from now
+        while lagging := sorted(others - self._streaming(primary)):
+            now_s = time.monotonic()
+            if now_s > deadline_s:
+                break
+            if now_s - kicked_s >= 1.0:
+                kicked_s = now_s
+                for node in lagging:
+                    self._restart_wal_receiver(node)
+            time.sleep(0.1)
+        else:
             return []
-        for node in sorted(others - self._streaming(primary)):
-            self._restart_wal_receiver(node)
-        with contextlib.suppress(RepetitionError):
-            wait_for("replicas streaming", all_streaming, timeout_s, interval_s=0.1)
-            return []
-        lagging = sorted(others - self._streaming(primary))
         for node in lagging:
-            self.rebuild(node, primary)
-        wait_for("rebuilt replicas streaming", all_streaming, 30, interval_s=0.1)
+            self.notes.append(f"{node} not streaming from {primary}: {self._log_tail(node)}")
+        self.rebuild_all(lagging, primary)
+        wait_for(
+            "rebuilt replicas streaming",
+            lambda: self._streaming(primary) >= others,
+            30,
+            interval_s=0.1,
+        )
         return lagging
 
+    def _log_tail(self, node: str) -> str:
+        log = self.lab.servers[node].logfile
+        lines = log.read_text(errors="replace").splitlines() if log.exists() else []
+        return " | ".join(lines[-4:]) if lines else "empty log"
+
     def _restart_wal_receiver(self, node: str) -> None:
-        server = self.lab.servers[node]
-        out = server.sql("SELECT pid FROM pg_stat_wal_receiver")
-        # Only a child of this node's own postmaster: a process the lab started.
-        if out.isdigit() and int(out) in server.children():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(out), signal.SIGTERM)
+        # By process title: pg_stat_wal_receiver shows nothing until connected.
+        for pid in self.lab.servers[node].children():  # processes the lab started
+            try:
+                title = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"walreceiver" in title:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
 
     def _streaming(self, primary: str) -> set[str]:
         out = self.lab.servers[primary].sql(
