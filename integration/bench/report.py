@@ -181,7 +181,12 @@ def settings_list(results: dict[str, Any]) -> str:
     lines = []
     for setup in results["setups"]:
         params = ", ".join(f"`{k}={v}`" for k, v in setup["params"]) or "no setting changed"
-        lines.append(f"- **{setup['key']}**: {params}; {setup['note']}.")
+        pause = (
+            f"; each fault after a random pause of 0-{setup['phase_s']:g} s"
+            if "phase_s" in setup
+            else ""
+        )
+        lines.append(f"- **{setup['key']}**: {params}; {setup['note']}{pause}.")
     return "\n".join(lines)
 
 
@@ -219,7 +224,8 @@ completed (vip-manager follows a key written just before the promotion).
 reached a client that writes through the VIP on a new connection every 20 ms
 with a {timeout_ms:.0f} ms timeout (an attempt sent while no node held the VIP
 delays the first success by up to that). Each fault comes after a random pause
-of up to a second, so it falls at a random phase of the sidecars' timers.
+(up to the longest period of the system's timers), so it falls at a random
+phase of them.
 Switchover: the primary stopped cleanly and restarted as a standby, then the
 next node promoted. Crash: the primary stopped immediately, the next node
 promoted one second later. Dead holder: the holder's switch port down (a veth:

@@ -33,7 +33,7 @@ from integration.lab.monitor import InvariantMonitor
 from integration.lab.postgres import PG_BIN, make_template
 
 REPO = Path(__file__).resolve().parents[2]
-SETTLE_S = 5.0  # after the first holder appears, before the footprint window
+SETTLE_S = 3.0  # after the first holder appears, before the footprint window
 MAX_FAILURES = 3  # per setup; a lab is rebuilt after each failed repetition
 
 Say = Callable[[str], None]
@@ -60,11 +60,11 @@ class Rig:
         self.monitor: InvariantMonitor | None = None
         self.orchestrator: Orchestrator | None = None
 
-    def measure(self, client_timeout_s: float, seed: int) -> Orchestrator:
+    def measure(self, client_timeout_s: float, seed: int, phase_s: float) -> Orchestrator:
         self.monitor = self.lab.monitor()
         self.monitor.start()
         self.orchestrator = Orchestrator(
-            self.lab, self.sidecars, self.monitor, client_timeout_s, seed
+            self.lab, self.sidecars, self.monitor, client_timeout_s, seed, phase_s
         )
         return self.orchestrator
 
@@ -132,7 +132,7 @@ class Bench:
         failures = 0
         try:
             self.measure_footprint(setup, rig.sidecars)
-            orchestrator = rig.measure(self.options.client_timeout_s, self.options.seed + index)
+            orchestrator = self.start_measuring(rig, index, setup)
             for rep in range(1, self.options.repetitions + 1):
                 for scenario in self.options.scenarios:
                     try:
@@ -156,14 +156,16 @@ class Bench:
                             say(f"{setup.key}: {failures} failures, giving up on this setup")
                             return
                         rig = self.rig_up(name, setup)  # a fresh lab, n1 primary again
-                        orchestrator = rig.measure(
-                            self.options.client_timeout_s, self.options.seed + index
-                        )
+                        orchestrator = self.start_measuring(rig, index, setup)
                         continue
                     self.samples.append(sample)
                     say(f"  {scenario} {rep}/{self.options.repetitions}: {describe(sample)}")
         finally:
             rig.close()
+
+    def start_measuring(self, rig: Rig, index: int, setup: Setup) -> Orchestrator:
+        seed = self.options.seed + index
+        return rig.measure(self.options.client_timeout_s, seed, setup.phase_s)
 
     def rig_up(self, name: str, setup: Setup) -> Rig:
         spec = LabSpec(

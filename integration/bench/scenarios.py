@@ -31,7 +31,6 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,7 +57,6 @@ T = TypeVar("T")
 PROMOTE_DELAY_S = 1.0  # crash and dead-holder: what an HA manager takes to decide, at least
 TALLY_TAIL_S = 0.2  # writes kept after the first acknowledgement, for the safety tally
 AFTER_HEAL_S = 1.0  # a healed old holder would answer for the VIP again at once
-PHASE_JITTER_S = 1.0  # the longest period among the sidecars' timers at their defaults
 
 
 class RepetitionError(Exception):
@@ -118,6 +116,7 @@ class Orchestrator:
         monitor: InvariantMonitor,
         client_timeout_s: float = WRITER_TIMEOUT_S,
         seed: int = 0,
+        phase_s: float = 1.0,
         primary: str = "n1",
     ) -> None:
         self.lab = lab
@@ -127,6 +126,7 @@ class Orchestrator:
         self.primary = primary
         self.reigns = [Reign(primary, -math.inf)]
         self.rng = random.Random(seed)
+        self.phase_s = phase_s
         self.notes: list[str] = []  # what recovery found, for the current sample
         self.writer = start_writer(lab, client_timeout_s)
         self.tail = AttemptTail(self.writer.out_path)
@@ -152,7 +152,7 @@ class Orchestrator:
         # Every sidecar acts on timers (keepalived's script every second,
         # vip-manager's interval, dbvip's probe); recovery ends at a moment tied
         # to them, so a random pause puts each fault at a random phase.
-        time.sleep(self.rng.uniform(0.0, PHASE_JITTER_S))
+        time.sleep(self.rng.uniform(0.0, self.phase_s))
         fault_s = time.monotonic()
         self._fault(scenario, old)
         # The old primary's reign ends when the fault is complete: a crash
@@ -270,10 +270,10 @@ class Orchestrator:
         return rebuilt
 
     def rebuild_all(self, nodes: list[str], source: str) -> None:
-        """``rebuild`` of each node, side by side."""
-        with ThreadPoolExecutor(max_workers=max(1, len(nodes))) as pool:
-            for done in [pool.submit(self.rebuild, node, source) for node in nodes]:
-                done.result()
+        # One after the other: two base backups at once each force a
+        # checkpoint, and one recycles WAL the other has yet to stream.
+        for node in nodes:
+            self.rebuild(node, source)
 
     def rebuild(self, node: str, source: str) -> None:
         """``node``'s data directory made again from ``source`` (its database

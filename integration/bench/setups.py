@@ -26,6 +26,10 @@ class Setup:
     setting: str
     params: tuple[tuple[str, str], ...]  # what the system is given, as its own names
     note: str
+    # The longest period among the system's timers at these settings: each
+    # fault waits a random pause up to this long, so that it falls at a random
+    # phase of them (a repetition's start is otherwise tied to them).
+    phase_s: float
 
     @property
     def key(self) -> str:
@@ -37,17 +41,13 @@ class Setup:
 
 def _dbvip(setting: str) -> Setup:
     if setting == "default":
-        return Setup(
-            "dbvip",
-            setting,
-            (),
-            "every setting at its default (ttl_s 10, "
-            "probe_interval_s 0.2, renew_interval_s 2, margin_s 2)",
-        )
+        note = "every setting at its default (ttl_s 10, probe_interval_s 0.2, renew_interval_s 2)"
+        return Setup("dbvip", setting, (), note, phase_s=2.0)  # the renew interval
     # The lab's short lease timing (what its fault scenarios use), probing the
     # database every 50 ms.
     params = (*FAST_TIMING.items(), ("DBVIP_PROBE_INTERVAL_S", "0.05"))
-    return Setup("dbvip", setting, tuple(params), "the lab's fast lease timing, probe every 50 ms")
+    note = "the lab's fast lease timing, probe every 50 ms"
+    return Setup("dbvip", setting, tuple(params), note, phase_s=1.0)  # the renew interval
 
 
 def _vip_manager(setting: str) -> Setup:
@@ -63,7 +63,7 @@ def _vip_manager(setting: str) -> Setup:
         "etcd v2 trigger key /service/<lab>/leader written by the orchestrator right before "
         "it signals the promotion and deleted after a clean demotion (as Patroni does)"
     )
-    return Setup("vip-manager", setting, params, note)
+    return Setup("vip-manager", setting, params, note, phase_s=int(interval_ms) / 1000)
 
 
 def _keepalived(setting: str) -> Setup:
@@ -83,7 +83,7 @@ def _keepalived(setting: str) -> Setup:
         "track_script: psql over the node's Unix socket as postgres, passes only when "
         "pg_is_in_recovery() is false; VIP /32 on eth0"
     )
-    return Setup("keepalived", setting, params, note)
+    return Setup("keepalived", setting, params, note, phase_s=1.0)  # the script interval
 
 
 _MAKERS = {"dbvip": _dbvip, "vip-manager": _vip_manager, "keepalived": _keepalived}
