@@ -2,7 +2,7 @@
 
     python -m integration.bench [--quick] [--repetitions 20] [--systems dbvip,keepalived]
         [--settings default,fast] [--scenarios switchover,crash,dead-holder]
-        [--out integration/bench/results] [--footprint-s 30] [--readme README.md]
+        [--out integration/bench/results] [--footprint-s 20] [--readme README.md]
 
 Runs as root (network namespaces); ``scripts/bench.sh`` installs what it needs.
 """
@@ -62,7 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--scenarios", type=_choices(SCENARIOS), default=SCENARIOS)
     p.add_argument("--out", type=Path, default=REPO / "integration" / "bench" / "results")
     p.add_argument(
-        "--footprint-s", type=float, default=30.0, help="steady-state window per setup (30)"
+        "--footprint-s", type=float, default=30.0, help="steady-state window per setup (20)"
     )
     p.add_argument(
         "--client-timeout-s",
