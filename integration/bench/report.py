@@ -215,8 +215,9 @@ METHOD = """\
 How it was measured: every system runs in its own lab (three PostgreSQL 15
 nodes in network namespaces, one etcd, a client host); the primary moves round
 the nodes. *Promotion seen*: the first `pg_is_in_recovery()` = false from a
-poller that asks the promoted node every 2 ms over its Unix socket (the gap to
-its previous answer, the resolution, is in results.json). *VIP on the new
+poller that asks the promoted node every 2 ms over its Unix socket, or from the
+monitor's own poll (about every 10 ms) when that answered first (a poll can
+stall on a busy machine; the poller's gaps are in results.json). *VIP on the new
 primary*: the invariant monitor's first netlink sample showing it there
 (samples every few ms); negative when the VIP arrived before the promotion
 completed (vip-manager follows a key written just before the promotion).

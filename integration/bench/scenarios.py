@@ -85,9 +85,11 @@ class Sample:
     new: str
     error: str = ""
     promote_ms: float | None = None  # promotion signalled, after the fault
-    flip_ms: float | None = None  # pg_is_in_recovery() false (fast poller), after the fault
+    # pg_is_in_recovery() first seen false, after the fault: by the fast poller
+    # or by the monitor's own role poll, whichever answer came first.
+    flip_ms: float | None = None
     flip_resolution_ms: float | None = None  # since the poller's previous answer
-    monitor_flip_lag_ms: float | None = None  # the monitor's own role poll saw it this much later
+    monitor_flip_lag_ms: float | None = None  # the monitor saw it this much after the poller
     vip_ms: float | None = None  # VIP configured on the new primary, after the flip
     write_ms: float | None = None  # first write acknowledged by the new primary, after the flip
     write_after_fault_ms: float | None = None
@@ -201,11 +203,17 @@ class Orchestrator:
         attempts = self.tail.since(first)
         sample.fault_done_ms = ms(faulted_s, fault_s)
         sample.promote_ms = ms(promote_s, fault_s)
-        sample.flip_ms = ms(flip.at_s, fault_s)
+        # A poll can stall on a busy machine (the poller's gaps reach 20 ms
+        # here): the monitor's poll, every ~10 ms, sometimes answers first.
+        seen_s = _role_seen(report, new, promote_s)
+        flip_s = flip.at_s if seen_s is None else min(flip.at_s, seen_s)
+        self.reigns[-1] = Reign(new, flip_s)
+        ack_s = first_ack(attempts, new, flip_s) or ack_s
+        sample.flip_ms = ms(flip_s, fault_s)
         sample.flip_resolution_ms = ms(flip.at_s, flip.previous_s)
-        sample.monitor_flip_lag_ms = ms(_role_seen(report, new, fault_s), flip.at_s)
-        sample.vip_ms = ms(vip_s, flip.at_s)
-        sample.write_ms = ms(ack_s, flip.at_s)
+        sample.monitor_flip_lag_ms = ms(seen_s, flip.at_s)
+        sample.vip_ms = ms(vip_s, flip_s)
+        sample.write_ms = ms(ack_s, flip_s)
         sample.write_after_fault_ms = ms(ack_s, fault_s)
         sample.outage_ms = ms(ack_s, last_ack(attempts, old, faulted_s))
         sample.heal_ms = ms(heal_s, fault_s)
