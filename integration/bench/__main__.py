@@ -57,10 +57,19 @@ def _parser() -> argparse.ArgumentParser:
         help=f"{QUICK_REPETITIONS} repetitions and a {QUICK_FOOTPRINT_S:g} s "
         "footprint window: to try the harness, not to publish",
     )
-    p.add_argument("--systems", type=_choices(SYSTEMS), default=SYSTEMS)
-    p.add_argument("--settings", type=_choices(SETTINGS), default=SETTINGS)
-    p.add_argument("--scenarios", type=_choices(SCENARIOS), default=SCENARIOS)
-    p.add_argument("--out", type=Path, default=REPO / "integration" / "bench" / "results")
+    p.add_argument("--systems", type=_choices(SYSTEMS), default=SYSTEMS, help=", ".join(SYSTEMS))
+    p.add_argument(
+        "--settings", type=_choices(SETTINGS), default=SETTINGS, help=", ".join(SETTINGS)
+    )
+    p.add_argument(
+        "--scenarios", type=_choices(SCENARIOS), default=SCENARIOS, help=", ".join(SCENARIOS)
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=REPO / "integration" / "bench" / "results",
+        help="where results.json, .md, .png go (integration/bench/results)",
+    )
     p.add_argument(
         "--footprint-s", type=float, default=30.0, help="steady-state window per setup (20)"
     )
