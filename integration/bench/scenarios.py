@@ -46,7 +46,7 @@ from integration.bench.measure import (
     vip_added,
 )
 from integration.bench.peers import Sidecars
-from integration.bench.promotion import PromotionWatch
+from integration.bench.promotion import Flip, PromotionWatch
 from integration.lab.lab import Lab
 from integration.lab.monitor import InvariantMonitor, MonitorReport
 from integration.lab.postgres import PG_BIN, SUPERUSER
@@ -108,6 +108,18 @@ class Sample:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Events:
+    """What happened in one repetition, as monotonic instants."""
+
+    fault_s: float  # the fault began
+    faulted_s: float  # the fault action completed
+    promote_s: float  # the promotion was signalled
+    flip: Flip  # the fast poller's view of the promotion
+    vip_s: float  # the monitor first saw the VIP on the new primary
+    heal_s: float | None  # dead-holder: the old holder's port came back up
+
+
 class Orchestrator:
     """Runs repetitions on one lab with its sidecars and its monitor."""
 
@@ -144,8 +156,22 @@ class Orchestrator:
     def run(self, setup: str, scenario: str, repetition: int) -> Sample:
         old, new = self.primary, self.next_node(self.primary)
         sample = Sample(setup, scenario, repetition, old, new)
+        first = len(self.tail.read())  # this repetition's first attempt
+        events = self._handoff(scenario, old, new, first)
+        report = self.monitor.report()
+        end_s = time.monotonic()
+        self._measure(sample, events, report, self.tail.since(first))
+        self._tally(sample, events, report, end_s)
+        began_s = time.monotonic()
+        self.notes = []
+        sample.rebuilt = self._recover(scenario, old, new)
+        sample.notes = self.notes
+        sample.recovery_ms = ms(time.monotonic(), began_s)
+        return sample
+
+    def _handoff(self, scenario: str, old: str, new: str, first: int) -> Events:
+        """Fault, promotion, and waiting until the client writes to ``new``."""
         started_s = time.monotonic()
-        first = len(self.tail.read())
         wait_for(
             f"a write acknowledged by {old} before the fault",
             lambda: first_ack(self.tail.since(first), old, started_s),
@@ -173,11 +199,10 @@ class Orchestrator:
         self.reigns.append(Reign(new, flip.at_s))
         self.primary = new
         # A dead holder's lease (dbvip) or VRRP timers must run out first.
-        timeout_s = 90.0 if scenario == "dead-holder" else 30.0
-        ack_s = wait_for(
+        wait_for(
             f"a write acknowledged by {new}",
             lambda: first_ack(self.tail.since(first), new, flip.at_s),
-            timeout_s,
+            90.0 if scenario == "dead-holder" else 30.0,
             interval_s=0.01,
         )
         vip_s = wait_for(
@@ -192,49 +217,50 @@ class Orchestrator:
             heal_s = time.monotonic()
             self.lab.heal(old)
             time.sleep(AFTER_HEAL_S)
-        report = self.monitor.report()
-        end_s = time.monotonic()
-        # The tally's window: from the end of the previous one (so attempts
-        # and intervals during the previous recovery count too) to now.
+        return Events(fault_s, faulted_s, promote_s, flip, vip_s, heal_s)
+
+    def _measure(
+        self, sample: Sample, events: Events, report: MonitorReport, attempts: list[Attempt]
+    ) -> None:
+        old, new, fault_s = sample.old, sample.new, events.fault_s
+        # A poll can stall on a busy machine (the poller's gaps reach 20 ms
+        # here): the monitor's poll, every ~10 ms, sometimes answers first.
+        seen_s = _role_seen(report, new, events.promote_s)
+        flip_s = events.flip.at_s if seen_s is None else min(events.flip.at_s, seen_s)
+        self.reigns[-1] = Reign(new, flip_s)
+        ack_s = first_ack(attempts, new, flip_s)
+        sample.fault_done_ms = ms(events.faulted_s, fault_s)
+        sample.promote_ms = ms(events.promote_s, fault_s)
+        sample.flip_ms = ms(flip_s, fault_s)
+        sample.flip_resolution_ms = ms(events.flip.at_s, events.flip.previous_s)
+        sample.monitor_flip_lag_ms = ms(seen_s, events.flip.at_s)
+        sample.vip_ms = ms(events.vip_s, flip_s)
+        sample.write_ms = ms(ack_s, flip_s)
+        sample.write_after_fault_ms = ms(ack_s, fault_s)
+        sample.outage_ms = ms(ack_s, last_ack(attempts, old, events.faulted_s))
+        sample.heal_ms = ms(events.heal_s, fault_s)
+
+    def _tally(self, sample: Sample, events: Events, report: MonitorReport, end_s: float) -> None:
+        """Attempts and double holders from the end of the previous tally (so
+        those during the previous recovery count too) to ``end_s``."""
         window = [a for a in self.tail.since(self.tallied) if a.started_s <= end_s]
         self.tallied += len(window)
         doubles = [i for i in report.double_holders if self.window_s < i.start_s <= end_s]
         self.window_s = end_s
-        attempts = self.tail.since(first)
-        sample.fault_done_ms = ms(faulted_s, fault_s)
-        sample.promote_ms = ms(promote_s, fault_s)
-        # A poll can stall on a busy machine (the poller's gaps reach 20 ms
-        # here): the monitor's poll, every ~10 ms, sometimes answers first.
-        seen_s = _role_seen(report, new, promote_s)
-        flip_s = flip.at_s if seen_s is None else min(flip.at_s, seen_s)
-        self.reigns[-1] = Reign(new, flip_s)
-        ack_s = first_ack(attempts, new, flip_s) or ack_s
-        sample.flip_ms = ms(flip_s, fault_s)
-        sample.flip_resolution_ms = ms(flip.at_s, flip.previous_s)
-        sample.monitor_flip_lag_ms = ms(seen_s, flip.at_s)
-        sample.vip_ms = ms(vip_s, flip_s)
-        sample.write_ms = ms(ack_s, flip_s)
-        sample.write_after_fault_ms = ms(ack_s, fault_s)
-        sample.outage_ms = ms(ack_s, last_ack(attempts, old, faulted_s))
-        sample.heal_ms = ms(heal_s, fault_s)
+        heal_s = events.heal_s
         sample.attempts = len(window)
         sample.acked = sum(a.ok for a in window)
         sample.double_holders = [
             {
-                "start_ms": ms(i.start_s, fault_s),
-                "end_ms": ms(i.end_s, fault_s),
+                "start_ms": ms(i.start_s, events.fault_s),
+                "end_ms": ms(i.end_s, events.fault_s),
                 "hosts": sorted(i.hosts),
                 "after_heal": heal_s is not None and i.end_s >= heal_s,
             }
             for i in doubles
         ]
-        sample.misdirected = [_attempt_json(a, fault_s) for a in misdirected(window, self.reigns)]
-        began_s = time.monotonic()
-        self.notes = []
-        sample.rebuilt = self._recover(scenario, old, new)
-        sample.notes = self.notes
-        sample.recovery_ms = ms(time.monotonic(), began_s)
-        return sample
+        wrong = misdirected(window, self.reigns)
+        sample.misdirected = [_attempt_json(a, events.fault_s) for a in wrong]
 
     def close(self) -> None:
         if self.writer.returncode is None:
