@@ -82,6 +82,7 @@ class LabSpec:
     sidecars: bool = True
     pg_template: str | None = None  # a data dir made by initdb, copied instead of initdb
     patroni: bool = False  # Patroni (integration/lab/patroni.py) runs the databases
+    etcd_args: tuple[str, ...] = ()  # extra etcd flags, e.g. --enable-v2=true for a peer
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -140,7 +141,9 @@ class Lab:
             raise RuntimeError(f"no lab named {name} (no {state})") from None
         # JSON made the pairs lists: back to tuples, so the spec stays hashable.
         settings = tuple((str(k), str(v)) for k, v in spec.sidecar_settings)
-        spec = dataclasses.replace(spec, sidecar_settings=settings)
+        spec = dataclasses.replace(
+            spec, sidecar_settings=settings, etcd_args=tuple(map(str, spec.etcd_args))
+        )
         lab = cls(spec)
         lab.servers = {n: lab._server(n) for n in spec.nodes}
         return lab
@@ -163,6 +166,7 @@ class Lab:
             workdir=self.dir / "etcd",
             netns=etcd_host.netns,
             member_hosts=ETCD_ADDRESSES[: self.spec.etcd_members],
+            extra_args=self.spec.etcd_args,
         )
         self.password_file.write_text(SUPERUSER_PASSWORD + "\n")
         self.password_file.chmod(0o600)
