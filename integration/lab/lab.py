@@ -347,8 +347,7 @@ class Lab:
 
     def status(self, node: str) -> dict[str, object]:
         """``dbvip status --json`` run in ``node``'s namespace."""
-        env = self.sidecar_env(node)
-        done = dbvip(self.netns(node), env, "status", "--json")
+        done = self.dbvip(node, "status", "--json")
         if done.returncode != 0:
             raise RuntimeError(f"dbvip status on {node} failed: {done.stderr.strip()}")
         view: dict[str, object] = json.loads(done.stdout)
