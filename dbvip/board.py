@@ -58,8 +58,9 @@ def readiness(snapshot: Snapshot | None, now_s: float, timing: Timing) -> Verdic
     if snapshot is None:
         return Verdict(False, "no decision yet")
     problems = []
-    if snapshot.role is Role.UNKNOWN:
-        problems.append(f"role unknown: {snapshot.facts.get('role_cause') or 'no answer'}")
+    if snapshot.role is Role.UNKNOWN or snapshot.role is Role.DOWN:
+        cause = snapshot.facts.get("role_cause") or "no answer"
+        problems.append(f"role {snapshot.role.value}: {cause}")
     window_s = etcd_window_s(timing)
     if snapshot.etcd_error:
         problems.append(f"etcd unreachable: {snapshot.etcd_error}")

@@ -229,7 +229,8 @@ SETTINGS: tuple[Setting, ...] = (
         "role_grace_s",
         _seconds(0, False),
         "1",
-        "how long a primary's database may be unreachable before the VIP goes",
+        "how long a primary's database may fail to answer before the VIP goes "
+        "(none when it is definitely down: nothing listens, or it is starting or stopping)",
     ),
     Setting("announce_count", _int(0), "3", "gratuitous ARP/NA rounds after adding the VIP"),
     Setting("announce_interval_s", _seconds(0, False), "0.05", "spacing of those rounds"),

@@ -126,7 +126,13 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
     if role is Role.REPLICA:
         release = _release_chain(state, obs, me)
         busy = vip_maybe or bool(release)
-        if obs.role.role is Role.UNKNOWN:
+        if obs.role.role is Role.DOWN:
+            # No grace: a database that is not running takes no writes, and
+            # the sooner the key is free the sooner a promoted replica (made
+            # eager by the free key) takes over.
+            reason = Reason.DATABASE_DOWN
+            detail = obs.role.cause or "database not running"
+        elif obs.role.role is Role.UNKNOWN:
             reason = Reason.ROLE_UNKNOWN_PAST_GRACE if busy else Reason.ROLE_UNKNOWN
             detail = obs.role.cause or "role unknown"
         else:
@@ -316,7 +322,7 @@ def _track_role(state: NodeState, obs: Observation) -> NodeState:
     role = obs.role.role
     if role is Role.PRIMARY:
         return replace(state, last_primary_s=obs.now_s, role_unknown_since_s=None)
-    if role is Role.REPLICA:
+    if role is Role.REPLICA or role is Role.DOWN:
         return replace(state, last_primary_s=None, role_unknown_since_s=None)
     if state.role_unknown_since_s is None:
         return replace(state, role_unknown_since_s=obs.now_s)
@@ -336,8 +342,10 @@ def _track_key(state: NodeState, obs: Observation) -> NodeState:
 
 def _effective_role(state: NodeState, obs: Observation, timing: Timing) -> Role:
     """PRIMARY; UNKNOWN while a primary's probe fails within the grace; else
-    REPLICA (demoted, or unknown too long: treated as not primary)."""
+    REPLICA (demoted, down, or unknown too long: treated as not primary)."""
     role = obs.role.role
+    if role is Role.DOWN:
+        return Role.REPLICA
     if role is not Role.UNKNOWN:
         return role
     since = state.role_unknown_since_s

@@ -27,6 +27,11 @@ KERNEL_EXPIRY_SLACK_S = 1.25
 class Role(enum.Enum):
     PRIMARY = "primary"
     REPLICA = "replica"
+    # Definitely not serving writes: nothing listens where the database
+    # should, or it says it is starting up, shutting down or recovering.
+    # Unlike UNKNOWN (a timeout, an auth error: maybe still a primary) this
+    # needs no grace before the VIP comes down.
+    DOWN = "down"
     UNKNOWN = "unknown"
 
 
@@ -42,7 +47,7 @@ class RoleReading:
     role: Role
     timeline: int | None = None
     lsn: str | None = None
-    cause: str | None = None  # why the role is unknown; None when known
+    cause: str | None = None  # why the role is unknown or down; None when known
 
 
 @dataclass(frozen=True)
@@ -264,6 +269,7 @@ class Reason(enum.Enum):
     KEY_LOST = "key_lost"
     MAINTENANCE = "maintenance"
     DEMOTED = "demoted"
+    DATABASE_DOWN = "database_down"
     ROLE_UNKNOWN_PAST_GRACE = "role_unknown_past_grace"
     SUPERSEDED = "superseded"
     LEASE_EXPIRING = "lease_expiring"

@@ -312,7 +312,7 @@ class Runner:
             # A holder looking again and again at a database that stopped
             # answering: the key was just read, the watch reports changes.
             return False
-        if role is not Role.REPLICA:
+        if role is not Role.REPLICA and role is not Role.DOWN:
             return True
         if self.state.lease is not None or vip is not VipPresence.ABSENT:
             return True

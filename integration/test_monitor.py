@@ -430,8 +430,8 @@ def test_role_sources_must_be_picklable() -> None:
 
 def test_the_labs_role_source_travels_without_its_connection(tmp_path: Path) -> None:
     source = RoleSource(f"host={tmp_path} port=5432 user=nobody dbname=postgres")
-    assert source() is Role.UNKNOWN  # no server there; the probe now exists
+    assert source() is Role.DOWN  # no server there; the probe now exists
     copy = pickle.loads(pickle.dumps(source))
 
     assert copy.conninfo == source.conninfo
-    assert copy() is Role.UNKNOWN  # makes a probe of its own
+    assert copy() is Role.DOWN  # makes a probe of its own

@@ -89,7 +89,7 @@ def test_patroni_promotes_a_replica_and_the_vip_follows(make_lab: MakeLab, fault
     assert lab.holders() == {new}
     assert added_s >= promoted_s
     if fault == "node-dies":
-        assert "role_unknown_past_grace" in lab.sidecar_log(old)
+        assert "database_down" in lab.sidecar_log(old)
     else:
         # Nobody demoted the old primary: dbvip's timeline rule took the VIP off it.
         assert lab.role(old) is Role.PRIMARY

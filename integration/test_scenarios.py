@@ -108,13 +108,14 @@ def test_crash_failover_old_holder_lets_go_then_the_vip_follows(make_lab: MakeLa
     with lab.watched():
         lab.crash_db("n1")
         # Before anyone is promoted, the crashed primary's sidecar drops the
-        # VIP and deletes the writer key (after its role grace), not at ttl.
+        # VIP and deletes the writer key (nothing listens: no role grace), not
+        # at ttl.
         lab.wait_holder(None, timeout_s=10)
         eventually(lambda: lab.writer_value() is None, timeout_s=10)
         lab.promote("n2")
         lab.wait_holder("n2")
         written_by(lab, "n2")
-    assert "role_unknown_past_grace" in lab.sidecar_log("n1")
+    assert "database_down" in lab.sidecar_log("n1")
 
 
 # -- 4. SIGTERM / SIGINT on the holder ---------------------------------------------

@@ -127,7 +127,7 @@ def test_demotion_drops_the_vip_and_frees_the_key_at_once(cluster: Cluster) -> N
     eventually(lambda: not cluster.vip_present(), timeout_s=10)
     eventually(lambda: cluster.writer() is None, timeout_s=5)
     assert sidecar.proc.poll() is None, "a lost database must not stop the sidecar"
-    assert "reason=role_unknown_past_grace" in sidecar.log()
+    assert "reason=database_down" in sidecar.log()
     cluster.pg.start()
     eventually(cluster.vip_present, timeout_s=15)
 

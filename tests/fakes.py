@@ -342,6 +342,8 @@ class FakeProbe:
             return RoleReading(Role.UNKNOWN, cause=f"probe timed out after {timeout_s} s")
         if self.role is Role.UNKNOWN:
             return RoleReading(Role.UNKNOWN, cause="connection refused")
+        if self.role is Role.DOWN:
+            return RoleReading(Role.DOWN, cause="No such file or directory")
         return RoleReading(self.role, timeline=self.timeline, lsn="0/3000000")
 
     def close(self) -> None:

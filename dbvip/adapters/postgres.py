@@ -10,8 +10,10 @@ deadline, and throws the connection away on any failure.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import select
+import socket
 import time
 
 import psycopg
@@ -35,6 +37,15 @@ SELECT in_recovery,
   CASE WHEN in_recovery THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS s"""
 
+# PostgreSQL's messages for SQLSTATE 57P03 (postmaster.c, canAcceptConnections).
+_CANNOT_CONNECT_NOW = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+)
+
 # A peer that vanished never sends FIN or RST: let the kernel give up on it
 # instead of keeping a discarded socket around (TCP only; ignored on a socket).
 _TCP_DEFAULTS = {
@@ -52,6 +63,11 @@ class _ProbeError(Exception):
 
 class _StaleConnectionError(_ProbeError):
     """A connection kept from an earlier probe turned out to be dead."""
+
+
+class _ServerDownError(_ProbeError):
+    """Definitely not serving: nothing listens, or the server turned us away
+    because it is starting up, shutting down or recovering."""
 
 
 class _DeadlineError(Exception):
@@ -91,6 +107,9 @@ class PostgresRoleProbe:
             self.close()
             cause = f"probe timed out after {timeout_s:g} s ({e.args[0]})"
             return RoleReading(Role.UNKNOWN, cause=cause)
+        except _ServerDownError as e:
+            self.close()
+            return RoleReading(Role.DOWN, cause=_scrub(_first_lines(e.args[0]), self._secrets))
         except (_ProbeError, psycopg.Error, OSError, ValueError) as e:
             self.close()
             return RoleReading(Role.UNKNOWN, cause=_scrub(_first_lines(str(e)), self._secrets))
@@ -131,7 +150,10 @@ class PostgresRoleProbe:
         try:
             while (status := pgconn.connect_poll()) != pq.PollingStatus.OK:
                 if status == pq.PollingStatus.FAILED:
-                    raise _ProbeError(pgconn.get_error_message())
+                    message = pgconn.get_error_message()
+                    if _turned_away(message) or _nothing_listens(pgconn, deadline_s):
+                        raise _ServerDownError(message)
+                    raise _ProbeError(message)
                 # The socket may change between polls (next host or address).
                 write = status == pq.PollingStatus.WRITING
                 events = select.POLLOUT if write else select.POLLIN
@@ -177,6 +199,52 @@ def _reading(row: list[bytes | None]) -> RoleReading:
         timeline=None if timeline is None else int(timeline),
         lsn=None if lsn is None else lsn.decode(),
     )
+
+
+def _turned_away(message: str) -> bool:
+    """The server's own "cannot connect now" (SQLSTATE 57P03). libpq gives no
+    SQLSTATE for a failed connection, so this reads the English text; with
+    translated server messages the answer is "don't know" (the role grace)."""
+    return any(phrase in message for phrase in _CANNOT_CONNECT_NOW)
+
+
+def _nothing_listens(pgconn: pq.abc.PGconn, deadline_s: float) -> bool:
+    """Is the single server we tried definitely not there?
+
+    libpq's error text is translated and carries no errno, so ask the kernel
+    directly: a socket file that does not exist, or a connection refused by a
+    socket file or by an IP address, is "no server". Host names (a lookup no
+    deadline can bound) and multi-host connection strings are "don't know".
+    """
+    try:
+        given = {o.keyword.decode(): (o.val or b"").decode() for o in pgconn.info}
+        # What was asked for, not what libpq resolved a name to: a name may
+        # stand for several addresses and libpq reports only the last one.
+        host = given.get("hostaddr") or given.get("host") or pgconn.host.decode()
+        port = given.get("port") or pgconn.port.decode()
+    except (psycopg.Error, UnicodeDecodeError):
+        return False
+    if "," in host or "," in port or not port.isdigit():
+        return False  # several servers: "none there" would need each one checked
+    address: str | tuple[str, int]
+    if host.startswith("/"):
+        family, address = socket.AF_UNIX, f"{host}/.s.PGSQL.{port}"
+    else:
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
+        address = (host, int(port))
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(max(0.0, deadline_s - time.monotonic()))
+            sock.connect(address)
+    except (FileNotFoundError, ConnectionRefusedError):
+        return True
+    except OSError:
+        return False  # a timeout, no route, a full backlog: something may be there
+    return False  # it listens now (a restart raced us): let the next probe tell
 
 
 def _wait(fd: int, events: int, deadline_s: float, doing: str) -> None:

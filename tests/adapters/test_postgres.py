@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from dbvip.adapters.postgres import PostgresRoleProbe
@@ -103,21 +108,70 @@ def test_promoted_standby_reads_primary_on_the_new_timeline_at_once(
     assert checkpoint_timeline == "1", "the checkpoint caught up: this test no longer discriminates"
 
 
-def test_stopped_server_reads_unknown_in_time_and_the_probe_reconnects(
-    pg_primary: PgServer, make_probe: ProbeFactory
+def assert_down_in_time(probe: PostgresRoleProbe, cause_pattern: str) -> RoleReading:
+    reading, elapsed_s = timed_probe(probe)
+    assert reading.role is Role.DOWN, reading
+    assert reading.timeline is None and reading.lsn is None
+    assert reading.cause and re.search(cause_pattern, reading.cause), reading.cause
+    assert elapsed_s < BOUND_S, f"probe took {elapsed_s:.3f} s"
+    return reading
+
+
+@pytest.mark.parametrize("mode", ["fast", "immediate"])
+def test_stopped_server_reads_down_and_the_probe_reconnects(
+    pg_primary: PgServer, make_probe: ProbeFactory, mode: str
 ) -> None:
     over_socket = make_probe(pg_primary.conninfo())
     over_tcp = make_probe(pg_primary.tcp_conninfo(), SUPERUSER_PASSWORD)
     assert over_socket.probe(TIMEOUT_S).role is Role.PRIMARY
     assert over_tcp.probe(TIMEOUT_S).role is Role.PRIMARY
 
-    pg_primary.stop("fast")
-    assert_unknown_in_time(over_socket, "No such file or directory")
-    assert_unknown_in_time(over_tcp, "Connection refused")
+    # Both probes hold a connection the stop breaks: the probe notices, tries
+    # a new one, and finds nothing listening.
+    pg_primary.stop(mode)
+    assert_down_in_time(over_socket, "No such file or directory")
+    assert_down_in_time(over_tcp, "Connection refused")
 
     pg_primary.start()
     eventually(lambda: role_is(over_socket, Role.PRIMARY))
     eventually(lambda: role_is(over_tcp, Role.PRIMARY))
+
+
+def test_socket_file_left_without_a_server_reads_down(
+    tmp_path: Path, make_probe: ProbeFactory
+) -> None:
+    # What a killed postmaster leaves: the file, and nobody accepting on it.
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as orphan:
+        orphan.bind(str(tmp_path / ".s.PGSQL.5432"))
+        probe = make_probe(f"host={tmp_path} port=5432 user=postgres dbname=postgres")
+        assert_down_in_time(probe, "Connection refused")
+
+
+def test_server_shutting_down_reads_down(pg_primary: PgServer, make_probe: ProbeFactory) -> None:
+    probe = make_probe(pg_primary.conninfo())
+    pid = pg_primary.postmaster_pid()
+    assert pid is not None
+    # A smart shutdown waits for this session, turning new ones away meanwhile.
+    with psycopg.connect(pg_primary.conninfo(), autocommit=True):
+        os.kill(pid, signal.SIGTERM)
+        eventually(lambda: role_is(probe, Role.DOWN))
+        assert_down_in_time(probe, "the database system is shutting down")
+
+
+def test_several_servers_or_a_host_name_read_unknown_not_down(
+    tmp_path: Path, make_probe: ProbeFactory
+) -> None:
+    # Checking only the last server libpq tried, or resolving a name, could
+    # call "not there" what is only unreachable: those stay "don't know".
+    several = make_probe(f"host={tmp_path}/a,{tmp_path}/b port=5432 user=x dbname=x")
+    assert_unknown_in_time(several, "No such file or directory")
+    over_tcp = make_probe("host=127.0.0.1,127.0.0.1 port=1,2 user=x dbname=x")
+    assert_unknown_in_time(over_tcp, "Connection refused")
+    by_name = make_probe("host=localhost port=1 user=x dbname=x")
+    assert_unknown_in_time(by_name, "Connection refused")
+    # The same refusal at an address given as such is definite.
+    by_address = make_probe("host=localhost hostaddr=127.0.0.1 port=1 user=x dbname=x")
+    assert_down_in_time(by_address, "Connection refused")
 
 
 def test_frozen_server_reads_unknown_timed_out_and_the_probe_recovers_on_thaw(

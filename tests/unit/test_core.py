@@ -49,6 +49,7 @@ OTHER = KeyHeld("n2", 0xB, revision=6, mod_revision=6)
 PRIMARY = RoleReading(Role.PRIMARY, timeline=1, lsn="0/1")
 REPLICA = RoleReading(Role.REPLICA, timeline=1, lsn="0/1")
 UNKNOWN = RoleReading(Role.UNKNOWN, cause="connection refused")
+DOWN = RoleReading(Role.DOWN, cause="No such file or directory")
 P, A, U = VipPresence.PRESENT, VipPresence.ABSENT, VipPresence.UNKNOWN
 HOLDING = NodeState(lease=LEASE, vip_valid_until_s=NOW + 5.0, last_primary_s=NOW - 0.2)
 
@@ -349,6 +350,34 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         obs(role=UNKNOWN),
         (RemoveVip(), ReleaseLease(0xA)),
         Reason.ROLE_UNKNOWN_PAST_GRACE,
+    ),
+    (
+        "database down while holding: no grace, remove, then release",
+        HOLDING,
+        obs(role=DOWN),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.DATABASE_DOWN,
+    ),
+    (
+        "database down within an unknown spell: the grace ends at once",
+        replace(HOLDING, role_unknown_since_s=NOW - 0.1),
+        obs(role=DOWN),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.DATABASE_DOWN,
+    ),
+    (
+        "database down, key free, nothing held: nothing to do",
+        NodeState(),
+        obs(role=DOWN, writer=KeyAbsent(7), vip=A),
+        (),
+        Reason.DATABASE_DOWN,
+    ),
+    (
+        "database down, our key left over from before: release it",
+        NodeState(),
+        obs(role=DOWN, vip=A),
+        (ReleaseLease(0xA),),
+        Reason.DATABASE_DOWN,
     ),
     (
         "a failed removal blocks the release until it is retried",

@@ -123,11 +123,11 @@ def test_no_password_shows_with_etcd_and_postgres_unreachable(
         env, capture, lambda: "member report not published" in capture.stream.getvalue()
     )
     status = json.loads(said[1])
-    assert status["role"] == "unknown"
+    assert status["role"] == "down"
     assert "role_cause" in status["loop"]["facts"]  # the probe's error text got here
     assert "etcd unreachable" in said[3]
     log = said[-1]
-    assert "reason=role_unknown" in log
+    assert "reason=database_down" in log
     assert "GET /status" in log  # the access log too (debug)
     said.append(check_config_output(env, capsys))
     assert_no_secret(said)
@@ -148,9 +148,9 @@ def test_no_password_shows_with_etcd_auth_in_use(
             env, capture, lambda: bool(etcd.etcdctl("get", members, "--print-value-only"))
         )
         report = etcd.etcdctl("get", members, "--print-value-only")
-        assert json.loads(report)["role"] == "unknown"
+        assert json.loads(report)["role"] == "down"
     status = json.loads(said[1])
-    assert status["role"] == "unknown"
+    assert status["role"] == "down"
     assert "etcd" not in json.loads(said[3])["why"]  # etcd answered: only the role is missing
     for line in said[-1].splitlines():
         json.loads(line)

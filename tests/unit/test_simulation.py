@@ -85,7 +85,7 @@ MIN_SLEEP_S = 0.01
 STALL_TICKS = 2000  # that many ticks without the clock moving: the scheduler is stuck
 MAX_LATENESS_S = 1.0  # the kernel's expiry lateness measured in LAB.md
 NicFault = Literal["ok", "missing", "refuse"]
-RoleName = Literal["primary", "replica", "unknown"]
+RoleName = Literal["primary", "replica", "down", "unknown"]
 StoreFault = Literal["ok", "refuse", "hang", "lose_reply", "late"]
 
 
@@ -715,7 +715,7 @@ def _seconds(high: float) -> st.SearchStrategy[float]:
 
 
 node_names = st.one_of(st.just("n1"), st.sampled_from(NODES))  # n1 starts as the holder
-role_names: st.SearchStrategy[RoleName] = st.sampled_from(("primary", "replica", "unknown"))
+role_names: st.SearchStrategy[RoleName] = st.sampled_from(("primary", "replica", "down", "unknown"))
 # ``late``: a request that times out but lands later (found the adoption
 # defect, fixed by adopting onto a fresh lease; its tests are below).
 faults: st.SearchStrategy[StoreFault] = st.sampled_from(
@@ -977,7 +977,7 @@ OPERATOR_DELETE = pytest.mark.xfail(
 @settings(SIM_SETTINGS, max_examples=100)
 @given(
     setup=setups,
-    drop=st.sampled_from(("replica", "unknown", "sigterm")),
+    drop=st.sampled_from(("replica", "down", "unknown", "sigterm")),
     back_after_s=_seconds(3.0),
     late_by_s=_seconds(8.0),
     rival=st.booleans(),
@@ -995,7 +995,7 @@ def test_a_release_in_doubt_never_leaves_a_vip_without_its_lease(
     if drop == "sigterm":
         steps += [Sigterm("n1"), EtcdFault("n1", "ok"), Advance(back_after_s), Restart("n1")]
     else:
-        steps += [SetRole("n1", "unknown" if drop == "unknown" else "replica"), Advance(2.5)]
+        steps += [SetRole("n1", drop if drop in ("down", "unknown") else "replica"), Advance(2.5)]
         steps += [EtcdFault("n1", "ok"), Advance(back_after_s), SetRole("n1", "primary")]
     steps += [Advance(late_by_s), DeliverLate(), Advance(1.0)]
     simulate(steps, setup)
