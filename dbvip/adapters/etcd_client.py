@@ -248,6 +248,10 @@ class EtcdClient:
     def release(self, conn: Connection) -> None:
         self._http.release(conn)
 
+    def drop_idle(self) -> None:
+        """Close the calling thread's kept-alive connections, before it ends."""
+        self._http.drop_idle()
+
     def endpoint_order(self) -> list[str]:
         """Every endpoint, the one that answered last first."""
         return [*self.endpoints[self._preferred :], *self.endpoints[: self._preferred]]
@@ -456,6 +460,12 @@ class Watch:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        try:
+            self._follow_until_stopped()
+        finally:
+            self._client.drop_idle()  # the token requests' connection dies with the thread
+
+    def _follow_until_stopped(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             endpoint = self._client.endpoint_order()[failures % len(self._client.endpoints)]

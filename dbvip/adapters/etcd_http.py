@@ -370,6 +370,12 @@ class Transport:
             self.release(conn)
         return response
 
+    def drop_idle(self) -> None:
+        """Close the calling thread's idle connections (the thread is about to end)."""
+        idle, self._idle.connections = self._idle.connections, {}
+        for conn in idle.values():
+            self.release(conn)
+
     def close(self) -> None:
         """Close every connection, also those in use: their users get an error."""
         with self._lock:

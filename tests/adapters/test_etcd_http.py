@@ -517,3 +517,25 @@ def test_tls_to_a_server_that_closes_during_the_handshake_is_unknown(
 
 def _deadline(budget_s: float = BUDGET_S) -> float:
     return time.monotonic() + budget_s
+
+
+def test_a_stopped_watch_leaves_no_connection_open(
+    servers: Callable[[Callable[[Peer], None]], TinyServer], clients: Callable[..., EtcdClient]
+) -> None:
+    """Its stream's and its token requests' (kept alive in its thread) alike."""
+
+    def serve(peer: Peer) -> None:
+        while (request := peer.request()) is not None:
+            if request[0].startswith("POST /v3/auth/authenticate"):
+                peer.reply(json.dumps({"header": {}, "token": "t"}).encode())
+            else:
+                peer.sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+
+    server = servers(serve)
+    client = clients([server.url()], username="u", password="p")
+    watch = Watch(client, "/k", lambda: None)
+    watch.start()
+    eventually(lambda: len(server.peers) == 2)  # authenticate, then the stream
+    watch.stop()
+    assert not watch.running
+    eventually(lambda: all(peer.gone.is_set() for peer in server.peers))
