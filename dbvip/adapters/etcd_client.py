@@ -1,4 +1,4 @@
-"""A small synchronous client of etcd's v3 JSON gateway, on httpx.
+"""A small synchronous client of etcd's v3 JSON gateway, on the standard library.
 
 Why not a gRPC client: the maintained ones talk to one endpoint or give no
 control over timeouts (see LAB.md). The gateway is served on etcd's client
@@ -8,8 +8,8 @@ strings and zero values are left out.
 Two promises:
 - A logical request never runs past its ``timeout_s``. Each attempt runs in a
   worker thread that the caller stops waiting for at the attempt's deadline:
-  httpx timeouts bound each phase of an exchange, not their sum, and name
-  resolution has no timeout at all.
+  name resolution has no timeout at all. The transport (``etcd_http``) bounds
+  every other step by that deadline, so an abandoned attempt ends by itself.
 - ``EtcdUnavailableError`` means "don't know" and nothing else. Definite
   answers (key absent, comparison failed, lease not found) are values.
 """
@@ -17,20 +17,19 @@ Two promises:
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
-import socket
 import ssl
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import httpx
 from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_fixed
+
+from dbvip.adapters.etcd_http import Connection, Endpoint, ProtocolError, Transport
 
 log = logging.getLogger(__name__)
 
@@ -174,25 +173,36 @@ def _txn_result(reply: Json) -> TxnResult:
     return TxnResult(bool(reply.get("succeeded", False)), _revision(reply), kvs)
 
 
-def _parse(resp: httpx.Response) -> Json:
-    """The reply's payload; its error raised as transient or definite."""
+def _hide(text: str, secrets: Iterable[str | None]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "<hidden>")
+    return text
+
+
+def _parse(status: int, body: bytes, secrets: Iterable[str | None] = ()) -> Json:
+    """The reply's payload; its error raised as transient or definite.
+
+    ``secrets`` are cut out of the error message, should the server echo them.
+    """
     try:
-        data: Json = resp.json()
+        data: Json = json.loads(body)
         # Streaming RPCs (keepalive, watch) wrap each message in "result" or "error".
         data = data.get("result", data)
     except (ValueError, AttributeError):
-        raise _TransientError(f"HTTP {resp.status_code}, not a JSON object") from None
+        raise _TransientError(f"HTTP {status}, not a JSON object") from None
     error = data.get("error")
-    if error is not None or resp.status_code != 200:
+    if error is not None or status != 200:
         detail = error if isinstance(error, dict) else data
         code = int(detail.get("grpc_code") or detail.get("code") or 0)
-        message = str(detail.get("message", error))
-        transient = resp.status_code >= 500 or resp.status_code == 429
+        message = _hide(str(detail.get("message", error)), secrets)
+        transient = status >= 500 or status == 429
         if transient or code in _TRANSIENT_CODES or any(w in message for w in _TRANSIENT_WORDS):
-            raise _TransientError(f"HTTP {resp.status_code}, code {code}: {message}")
-        raise _ReplyError(resp.status_code, code, message)
+            raise _TransientError(f"HTTP {status}, code {code}: {message}")
+        raise _ReplyError(status, code, message)
     if not isinstance(data.get("header"), dict):
-        raise _TransientError(f"reply without header: {resp.text[:80]!r}")
+        # Not quoted: a server that echoes the request would show the token or password.
+        raise _TransientError(f"HTTP {status}, a reply without header ({len(body)} bytes)")
     return data
 
 
@@ -210,30 +220,37 @@ class EtcdClient:
         password: str | None = None,
         retry_wait_s: float = 0.05,
     ) -> None:
-        for url in endpoints:
-            parsed = httpx.URL(url)
-            if parsed.scheme not in ("http", "https") or not parsed.host or parsed.path != "/":
-                raise ValueError(f"etcd endpoint {url!r} must look like http(s)://host:port")
         if not endpoints or (username is None) != (password is None):
             raise ValueError("etcd needs endpoints, and a username goes with a password")
         self.endpoints = tuple(url.rstrip("/") for url in endpoints)
+        self._parsed = {url: Endpoint.parse(url) for url in self.endpoints}
         self._tls: ssl.SSLContext | None = None
         if ca_file or cert_file:
             self._tls = ssl.create_default_context(cafile=ca_file)
             if cert_file:
                 self._tls.load_cert_chain(cert_file, key_file)
         self._login = None if username is None else {"name": username, "password": password}
+        self._password = password
         self._token: str | None = None
         self._retry_wait_s = retry_wait_s
         self._preferred = 0  # index of the endpoint that answered last
-        self._http = self.new_http()
+        # No proxy support on purpose: an HTTP(S)_PROXY in the environment must
+        # not reroute etcd traffic.
+        self._http = Transport(self._tls)
         # An attempt that overruns its share is abandoned, not waited for; its
-        # thread ends by itself when its httpx timeouts fire.
+        # thread ends by itself at the attempt's deadline (socket timeouts).
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="etcd-request")
 
-    def new_http(self) -> httpx.Client:
-        # trust_env=False: an HTTP(S)_PROXY in the environment must not reroute etcd traffic.
-        return httpx.Client(verify=self._tls or True, trust_env=False)
+    def connect(self, endpoint: str, deadline: float) -> Connection:
+        """A connection of the caller's own (for a stream); ``release`` it."""
+        return self._http.connect(self._parsed[endpoint], deadline)
+
+    def release(self, conn: Connection) -> None:
+        self._http.release(conn)
+
+    def drop_idle(self) -> None:
+        """Close the calling thread's kept-alive connections, before it ends."""
+        self._http.drop_idle()
 
     def endpoint_order(self) -> list[str]:
         """Every endpoint, the one that answered last first."""
@@ -367,7 +384,7 @@ class EtcdClient:
         except (_TransientError, _ReplyError):
             raise
         except Exception as exc:  # a malformed reply, a closed client: still "don't know"
-            raise _TransientError(f"{type(exc).__name__}: {exc}") from None
+            raise _TransientError(self.hide(f"{type(exc).__name__}: {exc}")) from None
 
     def token(self, endpoint: str, deadline: float) -> str | None:
         """The auth token to send, authenticating first when there is none."""
@@ -381,6 +398,10 @@ class EtcdClient:
     def forget_token(self) -> None:
         self._token = None
 
+    def hide(self, text: str, token: str | None = None) -> str:
+        """``text`` without the password or a token, for an error cause or a log."""
+        return _hide(text, (self._password, token, self._token))
+
     def _post(
         self, endpoint: str, path: str, body: Json, deadline: float, token: str | None
     ) -> Json:
@@ -388,11 +409,12 @@ class EtcdClient:
         if timeout_s <= 0:
             raise _TransientError("no time left")
         headers = {"Authorization": token} if token else {}
+        payload = json.dumps(body).encode()
         try:
-            resp = self._http.post(endpoint + path, json=body, headers=headers, timeout=timeout_s)
-        except httpx.HTTPError as exc:
+            resp = self._http.post(self._parsed[endpoint], path, payload, headers, deadline)
+        except (OSError, ProtocolError) as exc:  # OSError: refused, timed out, TLS
             raise _TransientError(f"{type(exc).__name__}: {exc}") from None
-        return _parse(resp)
+        return _parse(resp.status, resp.body, (self._password, token))
 
 
 class Watch:
@@ -416,10 +438,9 @@ class Watch:
         self._client = client
         self._body = {"create_request": _key_range(key, prefix)}
         self._on_wake = on_wake
-        self._timeout = httpx.Timeout(idle_s, connect=_WATCH_CONNECT_S)
+        self._idle_s = idle_s
         self._stopping = threading.Event()
-        self._http = client.new_http()
-        self._resp: httpx.Response | None = None
+        self._conn: Connection | None = None
         self._confirmed = False
         self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
 
@@ -432,18 +453,19 @@ class Watch:
 
     def stop(self, timeout_s: float = 2.0) -> None:
         self._stopping.set()
-        resp = self._resp
-        stream = resp.extensions.get("network_stream") if resp is not None else None
-        sock = stream.get_extra_info("socket") if stream is not None else None
-        if isinstance(sock, socket.socket):
-            # Closing a socket does not wake a thread blocked reading it; shutdown does.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        self._http.close()
+        conn = self._conn  # set before _stream checks _stopping: one of the two sees the other
+        if conn is not None:
+            conn.shutdown()  # wakes the thread blocked reading it
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join(timeout_s)
 
     def _run(self) -> None:
+        try:
+            self._follow_until_stopped()
+        finally:
+            self._client.drop_idle()  # the token requests' connection dies with the thread
+
+    def _follow_until_stopped(self) -> None:
         failures = 0
         while not self._stopping.is_set():
             endpoint = self._client.endpoint_order()[failures % len(self._client.endpoints)]
@@ -452,9 +474,7 @@ class Watch:
                 self._stream(endpoint)
                 cause = "stream ended"
             except Exception as exc:  # whatever went wrong, reconnect
-                cause = f"{type(exc).__name__}: {exc}"
-            finally:
-                self._resp = None
+                cause = self._client.hide(f"{type(exc).__name__}: {exc}")
             if self._stopping.is_set():
                 break
             # A stream that worked starts over at the preferred endpoint, at once.
@@ -464,31 +484,40 @@ class Watch:
 
     def _stream(self, endpoint: str) -> None:
         token = self._client.token(endpoint, time.monotonic() + _WATCH_CONNECT_S)
-        headers = {"Authorization": token} if token else {}
-        url = endpoint + "/v3/watch"
-        with self._http.stream(
-            "POST", url, json=self._body, headers=headers, timeout=self._timeout
-        ) as r:
-            self._resp = r
+        conn = self._client.connect(endpoint, time.monotonic() + _WATCH_CONNECT_S)
+        self._conn = conn
+        try:
             if self._stopping.is_set():
                 return
-            if r.status_code != 200:
-                raise _TransientError(f"HTTP {r.status_code}")
-            for line in r.iter_lines():
-                if self._stopping.is_set():
-                    return
-                if not line.strip():
-                    continue
-                msg = json.loads(line)
-                result, error = msg.get("result", {}), msg.get("error")
-                reason = str(error or result.get("cancel_reason", ""))
-                if error is not None or result.get("canceled"):
-                    if _INVALID_TOKEN in reason:
-                        self._client.forget_token()
-                    raise _TransientError(f"watch canceled: {reason}")
-                if result.get("created") or result.get("events"):
-                    self._confirmed = True
-                    self._wake()
+            self._follow(conn, token)
+        finally:
+            self._conn = None
+            self._client.release(conn)
+
+    def _follow(self, conn: Connection, token: str | None) -> None:
+        """Read the stream's messages (newline-delimited JSON) until it fails."""
+        headers = {"Authorization": token} if token else {}
+        body = json.dumps(self._body).encode()
+        conn.send("/v3/watch", body, headers, time.monotonic() + self._idle_s)
+        conn.deadline = time.monotonic() + self._idle_s
+        head = conn.read_head()
+        if head.status != 200:
+            raise _TransientError(f"HTTP {head.status}")
+        for line in conn.lines(head, self._idle_s):
+            if self._stopping.is_set():
+                return
+            if not line.strip():
+                continue
+            msg = json.loads(line)
+            result, error = msg.get("result", {}), msg.get("error")
+            reason = str(error or result.get("cancel_reason", ""))
+            if error is not None or result.get("canceled"):
+                if _INVALID_TOKEN in reason:
+                    self._client.forget_token()
+                raise _TransientError(f"watch canceled: {self._client.hide(reason, token)}")
+            if result.get("created") or result.get("events"):
+                self._confirmed = True
+                self._wake()
 
     def _wake(self) -> None:
         try:

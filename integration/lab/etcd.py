@@ -8,6 +8,9 @@ module started are ever signalled. Optional TLS (certificates made with the
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -16,10 +19,10 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import httpx
+from urllib.parse import urlsplit
 
 from integration.lab import procs
 
@@ -33,6 +36,18 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+@contextlib.contextmanager
+def refusing_url() -> Iterator[str]:
+    """An http URL on loopback that refuses connections for as long as it is open.
+
+    The port is bound but not listening: unlike a ``free_port()`` left unused,
+    no other process can start listening on it meanwhile.
+    """
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
 
 
 def _openssl(*args: str) -> None:
@@ -180,13 +195,33 @@ class EtcdCluster:
 
     # -- readiness --------------------------------------------------------
 
-    def http(self) -> httpx.Client:
-        """An httpx client that can talk to the members (client certificate if TLS)."""
+    def request(
+        self,
+        member: EtcdMember,
+        method: str,
+        path: str,
+        body: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        """One HTTP request to a member (client certificate if TLS): status and body.
+
+        http.client, not urllib: no proxy from the environment gets in the way.
+        """
+        url = urlsplit(member.client_url)
+        host, port = url.hostname or "", url.port
+        conn: http.client.HTTPConnection
         if self.tls_files is None:
-            return httpx.Client(trust_env=False, timeout=1.0)
-        ctx = ssl.create_default_context(cafile=str(self.tls_files.ca))
-        ctx.load_cert_chain(str(self.tls_files.client_cert), str(self.tls_files.client_key))
-        return httpx.Client(verify=ctx, trust_env=False, timeout=1.0)
+            conn = http.client.HTTPConnection(host, port, timeout=1.0)
+        else:
+            ctx = ssl.create_default_context(cafile=str(self.tls_files.ca))
+            ctx.load_cert_chain(str(self.tls_files.client_cert), str(self.tls_files.client_key))
+            conn = http.client.HTTPSConnection(host, port, timeout=1.0, context=ctx)
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
 
     def is_healthy(self, member: EtcdMember) -> bool:
         if self.netns is not None:
@@ -195,9 +230,9 @@ class EtcdCluster:
                                   check=False)  # fmt: skip
             return done.returncode == 0
         try:
-            with self.http() as http:
-                return bool(http.get(member.client_url + "/health").json().get("health") == "true")
-        except (httpx.HTTPError, ValueError):
+            _, body = self.request(member, "GET", "/health")
+            return bool(json.loads(body).get("health") == "true")
+        except (OSError, http.client.HTTPException, ValueError, AttributeError):
             return False
 
     def wait_healthy(self, members: list[EtcdMember] | None = None, timeout_s: float = 30) -> None:

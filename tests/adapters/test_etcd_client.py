@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-import httpx
 import pytest
 
 from dbvip.adapters.etcd_client import (
@@ -20,7 +20,7 @@ from dbvip.adapters.etcd_client import (
     put_op,
     range_op,
 )
-from integration.lab.etcd import EtcdCluster, free_port
+from integration.lab.etcd import EtcdCluster, refusing_url
 from integration.lab.eventually import eventually
 from tests.adapters.conftest import ETCD_USER
 
@@ -136,21 +136,33 @@ def test_gateway_errors_that_are_not_lease_not_found_are_unknown(
 def test_every_endpoint_down_is_unknown_in_time(
     etcd_private: EtcdCluster, clients: Callable[..., EtcdClient]
 ) -> None:
-    closed = f"http://127.0.0.1:{free_port()}"
     etcd_private.freeze(0)  # accepts connections (kernel backlog), never answers
     try:
-        client = clients([etcd_private.endpoints[0], closed])
-        for call in (
-            lambda: client.range("/dbvip/x", TIMEOUT_S),
-            lambda: client.grant(10, TIMEOUT_S),
-            lambda: client.keepalive(1, TIMEOUT_S),
-            lambda: client.revoke(1, TIMEOUT_S),
-        ):
-            with pytest.raises(EtcdUnavailableError) as caught:
-                within(TIMEOUT_S, call)
-            assert "Connection refused" in caught.value.cause
+        # A bound port that does not listen refuses; no other process can take it meanwhile.
+        with refusing_url() as closed:
+            client = clients([etcd_private.endpoints[0], closed])
+            for call in (
+                lambda: client.range("/dbvip/x", TIMEOUT_S),
+                lambda: client.grant(10, TIMEOUT_S),
+                lambda: client.keepalive(1, TIMEOUT_S),
+                lambda: client.revoke(1, TIMEOUT_S),
+            ):
+                with pytest.raises(EtcdUnavailableError) as caught:
+                    within(TIMEOUT_S, call)
+                assert "Connection refused" in caught.value.cause
     finally:
         etcd_private.thaw(0)
+
+
+def test_a_refused_endpoint_then_a_good_one_answers(
+    etcd_single: EtcdCluster, clients: Callable[..., EtcdClient], key: str
+) -> None:
+    with refusing_url() as closed:
+        client = clients([closed, etcd_single.endpoints[0]])
+        assert within(TIMEOUT_S, lambda: client.put(key, b"v", TIMEOUT_S)) is not None
+        # Refused costs no time, and the member that answered goes first from now on.
+        assert client.endpoint_order()[0] == etcd_single.endpoints[0]
+        assert [kv.value for kv in client.range(key, TIMEOUT_S).kvs] == [b"v"]
 
 
 @pytest.mark.parametrize("fault", ["stopped", "frozen"])
@@ -204,13 +216,16 @@ def test_tls_with_a_client_certificate(
         within(TIMEOUT_S, lambda: untrusting.range(key, TIMEOUT_S))
 
 
-def _raw_range(cluster: EtcdCluster, token: str) -> httpx.Response:
-    with cluster.http() as http:
-        return http.post(
-            cluster.endpoints[0] + "/v3/kv/range",
-            json={"key": "L2RidmlwL3g="},
-            headers={"Authorization": token},
-        )
+def _raw_range(cluster: EtcdCluster, token: str) -> tuple[int, str]:
+    """A range request with ``token``, past the client: HTTP status and body."""
+    status, body = cluster.request(
+        cluster.members[0],
+        "POST",
+        "/v3/kv/range",
+        json.dumps({"key": "L2RidmlwL3g="}).encode(),
+        {"Authorization": token},
+    )
+    return status, body.decode()
 
 
 @pytest.mark.parametrize("invalidate", ["restart", "auth disable and enable"])
@@ -221,7 +236,7 @@ def test_auth_token_that_became_invalid_is_refreshed(
     client = clients(etcd_auth.endpoints, username=user, password=password)
     assert client.put(key, b"v1", TIMEOUT_S) is not None
     old_token = client.token(etcd_auth.endpoints[0], time.monotonic() + TIMEOUT_S)
-    assert old_token is not None and _raw_range(etcd_auth, old_token).status_code == 200
+    assert old_token is not None and _raw_range(etcd_auth, old_token)[0] == 200
 
     if invalidate == "restart":
         # Simple tokens live in memory; the put above keeps etcd from replaying
@@ -230,7 +245,7 @@ def test_auth_token_that_became_invalid_is_refreshed(
     else:
         etcd_auth.etcdctl("auth", "disable")
         etcd_auth.etcdctl("auth", "enable")
-    assert "invalid auth token" in _raw_range(etcd_auth, old_token).text
+    assert "invalid auth token" in _raw_range(etcd_auth, old_token)[1]
 
     assert client.put(key, b"v2", TIMEOUT_S) is not None
     assert [kv.value for kv in client.range(key, TIMEOUT_S).kvs] == [b"v2"]
@@ -315,7 +330,7 @@ def test_watch_with_auth_survives_a_token_that_became_invalid(
         assert client.put(key + "-other", b"x", TIMEOUT_S) is not None
         seen = wakes.count
         etcd_auth.restart(0)
-        assert "invalid auth token" in _raw_range(etcd_auth, old_token).text
+        assert "invalid auth token" in _raw_range(etcd_auth, old_token)[1]
         eventually(wakes.after(seen), timeout_s=15)  # reconnected, with a fresh token
         seen = wakes.count
         etcd_auth.etcdctl("put", key, "x")
