@@ -227,7 +227,7 @@ class NetlinkVipDriver:
 
     def _find(self, addresses: list[AddressEntry]) -> AddressEntry | None:
         for address in addresses:
-            if address.interface == self._vip:
+            if address.same(self._vip):
                 return address
         return None
 

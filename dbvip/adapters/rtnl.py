@@ -59,8 +59,23 @@ class RtnlError(OSError):
 
 @dataclass(frozen=True)
 class AddressEntry:
-    interface: IPInterface  # the address (IFA_LOCAL, else IFA_ADDRESS) and prefix length
+    packed: bytes  # the address (IFA_LOCAL, else IFA_ADDRESS), 4 or 16 bytes
+    prefixlen: int
     flags: int  # IFA_FLAGS when present (it holds all 32 bits), else ifa_flags
+
+    @property
+    def interface(self) -> IPInterface:
+        # Built on demand: parsing into ipaddress objects on every look costs
+        # more than the rest of the look.
+        return ipaddress.ip_interface((ipaddress.ip_address(self.packed), self.prefixlen))
+
+    def same(self, interface: IPInterface) -> bool:
+        """The same address with the same prefix length as ``interface``."""
+        return (
+            self.packed == interface.packed
+            and self.prefixlen == interface.network.prefixlen
+            and self.interface == interface
+        )
 
 
 def _align(length: int) -> int:
@@ -88,8 +103,7 @@ def parse_address(message: bytes, body: int, end: int) -> tuple[int, AddressEntr
         return index, None
     if IFA_FLAGS in attrs and len(attrs[IFA_FLAGS]) >= _U32.size:
         (flags,) = _U32.unpack_from(attrs[IFA_FLAGS])
-    address = ipaddress.ip_address(raw)
-    return index, AddressEntry(ipaddress.ip_interface((address, prefixlen)), flags)
+    return index, AddressEntry(raw, prefixlen, flags)
 
 
 class RtnlSocket:

@@ -45,7 +45,8 @@ def test_ipv4_address_with_its_prefix_and_flags() -> None:
     )
     index, entry = parse_address(body, 0, len(body))
     assert index == 7
-    assert entry == AddressEntry(ipaddress.ip_interface("198.51.100.11/24"), IFA_F_PERMANENT)
+    assert entry == AddressEntry(bytes([198, 51, 100, 11]), 24, IFA_F_PERMANENT)
+    assert entry.interface == ipaddress.ip_interface("198.51.100.11/24")
 
 
 def test_local_address_wins_over_the_peer_address() -> None:
@@ -66,9 +67,16 @@ def test_ipv6_address_and_the_32_bit_flags_attribute() -> None:
         attr(IFA_FLAGS, struct.pack("=I", IFA_F_PERMANENT | IFA_F_MANAGETEMPADDR)),
     )
     _, entry = parse_address(body, 0, len(body))
-    assert entry == AddressEntry(
-        ipaddress.ip_interface("2001:db8::11/64"), IFA_F_PERMANENT | IFA_F_MANAGETEMPADDR
-    )
+    assert entry == AddressEntry(v6.packed, 64, IFA_F_PERMANENT | IFA_F_MANAGETEMPADDR)
+    assert entry.interface == ipaddress.ip_interface("2001:db8::11/64")
+
+
+def test_same_means_same_address_and_same_prefix_length() -> None:
+    entry = AddressEntry(bytes([198, 51, 100, 100]), 32, 0)
+    assert entry.same(ipaddress.ip_interface("198.51.100.100/32"))
+    assert not entry.same(ipaddress.ip_interface("198.51.100.100/24"))
+    assert not entry.same(ipaddress.ip_interface("198.51.100.101/32"))
+    assert not entry.same(ipaddress.ip_interface("::ffff:198.51.100.100/32"))
 
 
 def test_a_message_without_an_address_gives_no_entry() -> None:
