@@ -1,11 +1,8 @@
-"""The VIP on one interface, over rtnetlink (never the ``ip`` tool).
-
-Changes go through pyroute2 ``IPRoute``; looking (every tick) goes through
-``dbvip.adapters.rtnl``, a few times cheaper in CPU.
+"""The VIP on one interface, over rtnetlink (``dbvip.adapters.rtnl``; never the ``ip`` tool).
 
 The VIP is added with ``valid_lft = preferred_lft = lifetime_s`` so that the
 kernel removes it by itself when this process stops refreshing it. Addresses
-are compared as parsed ``ipaddress`` values, address and prefix length both.
+are compared as values, address and prefix length both.
 
 What this driver refuses to do, because it would harm the node's own address:
 
@@ -29,14 +26,10 @@ import os
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, TypeVar
-
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
+from typing import TypeVar
 
 from dbvip.adapters.arp import call_in_netns
-from dbvip.adapters.rtnl import AddressEntry, RtnlError, RtnlSocket
+from dbvip.adapters.rtnl import AddressEntry, LinkEntry, RtnlError, RtnlSocket
 from dbvip.model import IPInterface, VipPresence
 from dbvip.ports import Unknown, VipChanged, VipReading
 
@@ -56,24 +49,12 @@ class _RefusedError(Exception):
         self.cause = cause
 
 
-@dataclass(frozen=True)
-class _Link:
-    index: int
-    promote_secondaries: bool
-
-
 def _permanent(address: AddressEntry) -> bool:
     return bool(address.flags & IFA_F_PERMANENT)
 
 
 def _secondary(address: AddressEntry) -> bool:
     return bool(address.flags & IFA_F_SECONDARY)
-
-
-def _promote_secondaries(link: Any) -> bool:
-    af_spec = link.get_attr("IFLA_AF_SPEC")
-    inet = af_spec.get_attr("AF_INET") if af_spec is not None else None
-    return bool(inet is not None and inet["promote_secondaries"])
 
 
 class NetlinkVipDriver:
@@ -89,9 +70,8 @@ class NetlinkVipDriver:
         self._vip = vip
         self._family = socket.AF_INET if vip.version == 4 else socket.AF_INET6
         self._netns = netns
-        self._ipr: Any = None
         self._rtnl: RtnlSocket | None = None
-        self._lock = threading.Lock()  # one request at a time on the shared sockets
+        self._lock = threading.Lock()  # one request at a time on the shared socket
 
     # -- the port ---------------------------------------------------------
 
@@ -133,31 +113,27 @@ class NetlinkVipDriver:
     # -- steps ------------------------------------------------------------
 
     def _add(self, lifetime_s: int) -> VipChanged:
-        ipr = self._socket()
-        link = self._link(ipr)
+        link = self._link()
         addresses = self._addresses(link.index)
         mine = self._find(addresses)
         self._check_not_foreign(mine, "refresh")
         self._check_no_alias(addresses)
         self._check_subnet_safe(link, addresses, "add")
-        request = {
-            "index": link.index,
-            "address": str(self._vip.ip),
-            "prefixlen": self._vip.network.prefixlen,
-            "valid_lft": lifetime_s,
-            "preferred_lft": lifetime_s,
-        }
-        if self._vip.version == 6:
-            # Usable at once: duplicate address detection would hold it ~1 s.
-            request["flags"] = IFA_F_NODAD
+        # Usable at once: duplicate address detection would hold an IPv6 VIP ~1 s.
+        flags = IFA_F_NODAD if self._vip.version == 6 else 0
         # add refuses an existing address (EEXIST), so a VIP that appeared
         # since the dump is not silently given our lifetime.
-        self._call(ipr.addr, "replace" if mine else "add", **request)
+        command = "replace" if mine else "add"
+        self._read(
+            lambda rtnl: rtnl.change_address(
+                command, link.index, self._vip, lifetime_s=lifetime_s, flags=flags
+            ),
+            command,
+        )
         return VipChanged(was_present=mine is not None)
 
     def _remove(self) -> VipChanged:
-        ipr = self._socket()
-        link = self._link(ipr)
+        link = self._link()
         addresses = self._addresses(link.index)
         mine = self._find(addresses)
         if mine is None:
@@ -166,13 +142,7 @@ class NetlinkVipDriver:
         if not _secondary(mine):
             self._check_subnet_safe(link, addresses, "delete")
         try:
-            self._call(
-                ipr.addr,
-                "del",
-                index=link.index,
-                address=str(self._vip.ip),
-                prefixlen=self._vip.network.prefixlen,
-            )
+            self._read(lambda rtnl: rtnl.change_address("del", link.index, self._vip), "del")
         except _RefusedError:
             if self._find(self._addresses(link.index)) is None:
                 return VipChanged(was_present=False)  # expired between dump and delete
@@ -181,48 +151,31 @@ class NetlinkVipDriver:
 
     # -- netlink ----------------------------------------------------------
 
-    def _socket(self) -> Any:
-        if self._ipr is None:
-            if self._netns is None:
-                self._ipr = IPRoute(groups=0)
-            else:
-                # flags=0: a mistyped name must fail, not create a namespace.
-                self._ipr = IPRoute(netns=self._netns, flags=0, groups=0)
-        return self._ipr
-
-    def _rtnl_socket(self) -> RtnlSocket:
+    def _socket(self) -> RtnlSocket:
         if self._rtnl is None:
+            # Opened inside the namespace, never creating it: a mistyped name fails.
             self._rtnl = (
                 RtnlSocket() if self._netns is None else call_in_netns(self._netns, RtnlSocket)
             )
         return self._rtnl
 
     def _drop_socket(self) -> None:
-        ipr, self._ipr = self._ipr, None
         rtnl, self._rtnl = self._rtnl, None
-        # the sockets are being discarded, perhaps after an error: closing is best effort
-        for sock in (ipr, rtnl):
-            if sock is not None:
-                with contextlib.suppress(Exception):
-                    sock.close()
+        if rtnl is not None:
+            # the socket is being discarded, perhaps after an error: closing is best effort
+            with contextlib.suppress(Exception):
+                rtnl.close()
 
-    def _link(self, ipr: Any) -> _Link:
-        (msg,) = self._call(ipr.link, "get", ifname=self._interface)
-        return _Link(int(msg["index"]), _promote_secondaries(msg))
+    def _link(self) -> LinkEntry:
+        return self._read(lambda rtnl: rtnl.link(self._interface), "get")
 
     def _addresses(self, index: int) -> list[AddressEntry]:
         return self._read(lambda rtnl: rtnl.addresses(index, self._family), "dump")
 
     def _read(self, request: Callable[[RtnlSocket], T], command: str) -> T:
         try:
-            return request(self._rtnl_socket())
+            return request(self._socket())
         except RtnlError as exc:
-            raise _RefusedError(self._netlink_cause(command, exc.code)) from exc
-
-    def _call(self, method: Any, command: str, **kwargs: Any) -> Any:
-        try:
-            return tuple(method(command, **kwargs))
-        except NetlinkError as exc:
             raise _RefusedError(self._netlink_cause(command, exc.code)) from exc
 
     def _find(self, addresses: list[AddressEntry]) -> AddressEntry | None:
@@ -250,7 +203,7 @@ class NetlinkVipDriver:
                     f"with another prefix length than {self._vip}; refusing to add the VIP"
                 )
 
-    def _check_subnet_safe(self, link: _Link, addresses: list[AddressEntry], verb: str) -> None:
+    def _check_subnet_safe(self, link: LinkEntry, addresses: list[AddressEntry], verb: str) -> None:
         if self._vip.version != 4 or link.promote_secondaries:
             return
         neighbours = [

@@ -16,11 +16,12 @@ from dbvip.adapters.rtnl import (
     IFA_FLAGS,
     IFA_LOCAL,
     AddressEntry,
+    LinkEntry,
     RtnlError,
     RtnlSocket,
     parse_address,
 )
-from integration.lab.netns import NetLab, Node
+from integration.lab.netns import NetLab, Node, write_sysctl
 from tests.support.netns_fixtures import NODE_V4, NODE_V6
 
 IFA_F_PERMANENT = 0x80
@@ -127,3 +128,30 @@ def test_missing_interface_is_the_kernels_enodev(rtnl_in: RtnlSocket) -> None:
         rtnl_in.link_index("nope0")
     assert caught.value.code == errno.ENODEV
     assert rtnl_in.link_index("lo") == 1  # the socket is still usable
+
+
+@pytest.mark.real
+def test_link_reads_promote_secondaries(lab_node: Node, rtnl_in: RtnlSocket) -> None:
+    key = f"net/ipv4/conf/{lab_node.ifname}/promote_secondaries"
+    for on in (True, False, True):
+        write_sysctl(lab_node.netns, key, str(int(on)))
+        assert rtnl_in.link(lab_node.ifname) == LinkEntry(lab_node.index, on)
+
+
+@pytest.mark.real
+def test_add_replace_delete_with_a_lifetime(
+    netlab: NetLab, lab_node: Node, rtnl_in: RtnlSocket
+) -> None:
+    vip = ipaddress.IPv4Interface("198.51.100.100/32")
+    rtnl_in.change_address("add", lab_node.index, vip, lifetime_s=30)
+    with pytest.raises(RtnlError) as caught:
+        rtnl_in.change_address("add", lab_node.index, vip, lifetime_s=30)
+    assert caught.value.code == errno.EEXIST
+    rtnl_in.change_address("replace", lab_node.index, vip, lifetime_s=100)
+    valid_s = netlab.address_info(lab_node, vip).get_attr("IFA_CACHEINFO")["ifa_valid"]
+    assert 90 < valid_s <= 100
+    rtnl_in.change_address("del", lab_node.index, vip)
+    assert vip not in netlab.addresses(lab_node)
+    with pytest.raises(RtnlError) as gone:
+        rtnl_in.change_address("del", lab_node.index, vip)
+    assert gone.value.code == errno.EADDRNOTAVAIL
