@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dbvip.adapters.arp import PacketAnnouncer
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
@@ -14,13 +14,15 @@ from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.board import Board
 from dbvip.config import Config, Listen
 from dbvip.events import EventKind
-from dbvip.health import HealthServer
 from dbvip.hooks import HookRunner
 from dbvip.members import MemberPublisher, member_row
-from dbvip.metrics import Metrics
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
 from dbvip.ports import Announcer, Clock, Unknown, VipDriver
-from dbvip.runner import EventWaiter, Ports, Runner, Snapshot
+from dbvip.runner import EventWaiter, Observer, Ports, Runner, Snapshot
+
+if TYPE_CHECKING:
+    from dbvip.health import HealthServer
+    from dbvip.metrics import Metrics
 
 log = logging.getLogger("dbvip")
 
@@ -91,9 +93,17 @@ class Sidecar:
         node, vip = config["node"], config["vip"]
         timing = config.timing
         self.board = Board(str(vip), timing, clock)
-        self.metrics = Metrics(self.board)
-        # Bound first: a port in use stops the start before anything else is made.
-        self.http = _listen(config, self.board, self.metrics)
+        # Metrics are only kept when served: nothing else reads them.
+        self.metrics: Metrics | None = None
+        self.http: HealthServer | None = None
+        if config["http_listen"]:
+            # Imported here: prometheus_client costs memory a sidecar without
+            # http_listen would carry for nothing.
+            from dbvip.metrics import Metrics  # noqa: PLC0415
+
+            self.metrics = Metrics(self.board)
+            # Bound first: a port in use stops the start before anything else is made.
+            self.http = _listen(config, self.board, self.metrics)
         self.store = lease_store(config, clock, node)
         self.ports = Ports(
             clock=clock,
@@ -110,13 +120,18 @@ class Sidecar:
             timeout_s=timing.request_timeout_s,
         )
         self.hooks = hook_runner(config)
+        sinks = [self.publisher.offer, self.board.offer]
+        observer: Observer | None = None
+        if self.metrics is not None:
+            sinks.append(self.metrics.offer)
+            observer = self.metrics
         self.runner = Runner(
             node,
             timing,
             self.ports,
             EventWaiter(),
-            _fan_out(self.publisher.offer, self.board.offer, self.metrics.offer),
-            observer=self.metrics,
+            _fan_out(*sinks),
+            observer=observer,
             on_event=self.hooks.on_event,
         )
         self.watcher = self.store.writer_watcher()
@@ -153,10 +168,10 @@ class Sidecar:
             port.close()
 
 
-def _listen(config: Config, board: Board, metrics: Metrics) -> HealthServer | None:
+def _listen(config: Config, board: Board, metrics: Metrics) -> HealthServer:
+    from dbvip.health import HealthServer  # noqa: PLC0415  (see Sidecar: only when served)
+
     listen = config["http_listen"]
-    if not listen:
-        return None
     try:
         server = HealthServer(listen, board, metrics)
     except OSError as e:

@@ -1,8 +1,8 @@
-"""The VIP on one interface, over rtnetlink (pyroute2 ``IPRoute``; never the ``ip`` tool).
+"""The VIP on one interface, over rtnetlink (``dbvip.adapters.rtnl``; never the ``ip`` tool).
 
 The VIP is added with ``valid_lft = preferred_lft = lifetime_s`` so that the
 kernel removes it by itself when this process stops refreshing it. Addresses
-are compared as parsed ``ipaddress`` values, address and prefix length both.
+are compared as values, address and prefix length both.
 
 What this driver refuses to do, because it would harm the node's own address:
 
@@ -22,17 +22,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import ipaddress
+import os
 import socket
 import threading
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import TypeVar
 
-from pyroute2 import IPRoute
-from pyroute2.netlink.exceptions import NetlinkError
-
+from dbvip.adapters.arp import call_in_netns
+from dbvip.adapters.rtnl import AddressEntry, LinkEntry, RtnlError, RtnlSocket
 from dbvip.model import IPInterface, VipPresence
 from dbvip.ports import Unknown, VipChanged, VipReading
+
+T = TypeVar("T")
 
 IFA_F_SECONDARY = 0x01
 IFA_F_NODAD = 0x02
@@ -48,39 +49,12 @@ class _RefusedError(Exception):
         self.cause = cause
 
 
-@dataclass(frozen=True)
-class _Link:
-    index: int
-    promote_secondaries: bool
+def _permanent(address: AddressEntry) -> bool:
+    return bool(address.flags & IFA_F_PERMANENT)
 
 
-@dataclass(frozen=True)
-class _Address:
-    interface: IPInterface
-    flags: int
-
-    @property
-    def permanent(self) -> bool:
-        return bool(self.flags & IFA_F_PERMANENT)
-
-    @property
-    def secondary(self) -> bool:
-        return bool(self.flags & IFA_F_SECONDARY)
-
-
-def _parse_address(msg: Any) -> _Address:
-    # IFA_LOCAL is the address itself; IFA_ADDRESS is the peer on point-to-point links.
-    text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-    flags = msg.get_attr("IFA_FLAGS")
-    if flags is None:
-        flags = msg["flags"]
-    return _Address(ipaddress.ip_interface(f"{text}/{msg['prefixlen']}"), int(flags))
-
-
-def _promote_secondaries(link: Any) -> bool:
-    af_spec = link.get_attr("IFLA_AF_SPEC")
-    inet = af_spec.get_attr("AF_INET") if af_spec is not None else None
-    return bool(inet is not None and inet["promote_secondaries"])
+def _secondary(address: AddressEntry) -> bool:
+    return bool(address.flags & IFA_F_SECONDARY)
 
 
 class NetlinkVipDriver:
@@ -96,7 +70,7 @@ class NetlinkVipDriver:
         self._vip = vip
         self._family = socket.AF_INET if vip.version == 4 else socket.AF_INET6
         self._netns = netns
-        self._ipr: Any = None
+        self._rtnl: RtnlSocket | None = None
         self._lock = threading.Lock()  # one request at a time on the shared socket
 
     # -- the port ---------------------------------------------------------
@@ -104,8 +78,8 @@ class NetlinkVipDriver:
     def observe(self) -> VipReading:
         with self._lock:
             try:
-                ipr = self._socket()
-                present = self._find(self._addresses(ipr, self._link(ipr))) is not None
+                index = self._read(lambda rtnl: rtnl.link_index(self._interface), "get")
+                present = self._find(self._addresses(index)) is not None
             except _RefusedError as exc:
                 return VipReading(VipPresence.UNKNOWN, exc.cause)
             except Exception as exc:
@@ -139,100 +113,87 @@ class NetlinkVipDriver:
     # -- steps ------------------------------------------------------------
 
     def _add(self, lifetime_s: int) -> VipChanged:
-        ipr = self._socket()
-        link = self._link(ipr)
-        addresses = self._addresses(ipr, link)
+        link = self._link()
+        addresses = self._addresses(link.index)
         mine = self._find(addresses)
         self._check_not_foreign(mine, "refresh")
         self._check_no_alias(addresses)
         self._check_subnet_safe(link, addresses, "add")
-        request = {
-            "index": link.index,
-            "address": str(self._vip.ip),
-            "prefixlen": self._vip.network.prefixlen,
-            "valid_lft": lifetime_s,
-            "preferred_lft": lifetime_s,
-        }
-        if self._vip.version == 6:
-            # Usable at once: duplicate address detection would hold it ~1 s.
-            request["flags"] = IFA_F_NODAD
+        # Usable at once: duplicate address detection would hold an IPv6 VIP ~1 s.
+        flags = IFA_F_NODAD if self._vip.version == 6 else 0
         # add refuses an existing address (EEXIST), so a VIP that appeared
         # since the dump is not silently given our lifetime.
-        self._call(ipr.addr, "replace" if mine else "add", **request)
+        command = "replace" if mine else "add"
+        self._read(
+            lambda rtnl: rtnl.change_address(
+                command, link.index, self._vip, lifetime_s=lifetime_s, flags=flags
+            ),
+            command,
+        )
         return VipChanged(was_present=mine is not None)
 
     def _remove(self) -> VipChanged:
-        ipr = self._socket()
-        link = self._link(ipr)
-        addresses = self._addresses(ipr, link)
+        link = self._link()
+        addresses = self._addresses(link.index)
         mine = self._find(addresses)
         if mine is None:
             return VipChanged(was_present=False)
         self._check_not_foreign(mine, "delete")
-        if not mine.secondary:
+        if not _secondary(mine):
             self._check_subnet_safe(link, addresses, "delete")
         try:
-            self._call(
-                ipr.addr,
-                "del",
-                index=link.index,
-                address=str(self._vip.ip),
-                prefixlen=self._vip.network.prefixlen,
-            )
+            self._read(lambda rtnl: rtnl.change_address("del", link.index, self._vip), "del")
         except _RefusedError:
-            if self._find(self._addresses(ipr, link)) is None:
+            if self._find(self._addresses(link.index)) is None:
                 return VipChanged(was_present=False)  # expired between dump and delete
             raise
         return VipChanged(was_present=True)
 
     # -- netlink ----------------------------------------------------------
 
-    def _socket(self) -> Any:
-        if self._ipr is None:
-            if self._netns is None:
-                self._ipr = IPRoute(groups=0)
-            else:
-                # flags=0: a mistyped name must fail, not create a namespace.
-                self._ipr = IPRoute(netns=self._netns, flags=0, groups=0)
-        return self._ipr
+    def _socket(self) -> RtnlSocket:
+        if self._rtnl is None:
+            # Opened inside the namespace, never creating it: a mistyped name fails.
+            self._rtnl = (
+                RtnlSocket() if self._netns is None else call_in_netns(self._netns, RtnlSocket)
+            )
+        return self._rtnl
 
     def _drop_socket(self) -> None:
-        ipr, self._ipr = self._ipr, None
-        if ipr is not None:
+        rtnl, self._rtnl = self._rtnl, None
+        if rtnl is not None:
             # the socket is being discarded, perhaps after an error: closing is best effort
             with contextlib.suppress(Exception):
-                ipr.close()
+                rtnl.close()
 
-    def _link(self, ipr: Any) -> _Link:
-        (msg,) = self._call(ipr.link, "get", ifname=self._interface)
-        return _Link(int(msg["index"]), _promote_secondaries(msg))
+    def _link(self) -> LinkEntry:
+        return self._read(lambda rtnl: rtnl.link(self._interface), "get")
 
-    def _addresses(self, ipr: Any, link: _Link) -> list[_Address]:
-        msgs = self._call(ipr.addr, "dump", index=link.index, family=self._family)
-        return [_parse_address(m) for m in msgs if m["index"] == link.index]
+    def _addresses(self, index: int) -> list[AddressEntry]:
+        return self._read(lambda rtnl: rtnl.addresses(index, self._family), "dump")
 
-    def _call(self, method: Any, command: str, **kwargs: Any) -> Any:
+    def _read(self, request: Callable[[RtnlSocket], T], command: str) -> T:
         try:
-            return tuple(method(command, **kwargs))
-        except NetlinkError as exc:
-            raise _RefusedError(self._netlink_cause(command, exc)) from exc
+            return request(self._socket())
+        except RtnlError as exc:
+            raise _RefusedError(self._netlink_cause(command, exc.code)) from exc
 
-    def _find(self, addresses: list[_Address]) -> _Address | None:
+    def _find(self, addresses: list[AddressEntry]) -> AddressEntry | None:
         for address in addresses:
-            if address.interface == self._vip:
+            if address.same(self._vip):
                 return address
         return None
 
     # -- safety -----------------------------------------------------------
 
-    def _check_not_foreign(self, mine: _Address | None, verb: str) -> None:
-        if mine is not None and mine.permanent:
+    def _check_not_foreign(self, mine: AddressEntry | None, verb: str) -> None:
+        if mine is not None and _permanent(mine):
             raise _RefusedError(
                 f"{self._vip} on {self._where()} has no lifetime, so dbvip did not add it "
                 f"(the node's own address?); refusing to {verb} it"
             )
 
-    def _check_no_alias(self, addresses: list[_Address]) -> None:
+    def _check_no_alias(self, addresses: list[AddressEntry]) -> None:
         # The VIP's address under another prefix is most likely the node's own.
         where = self._where()
         for address in addresses:
@@ -242,7 +203,7 @@ class NetlinkVipDriver:
                     f"with another prefix length than {self._vip}; refusing to add the VIP"
                 )
 
-    def _check_subnet_safe(self, link: _Link, addresses: list[_Address], verb: str) -> None:
+    def _check_subnet_safe(self, link: LinkEntry, addresses: list[AddressEntry], verb: str) -> None:
         if self._vip.version != 4 or link.promote_secondaries:
             return
         neighbours = [
@@ -266,18 +227,18 @@ class NetlinkVipDriver:
             return self._interface
         return f"{self._interface} (netns {self._netns})"
 
-    def _netlink_cause(self, command: str, exc: NetlinkError) -> str:
+    def _netlink_cause(self, command: str, code: int) -> str:
         where = self._where()
-        if exc.code == errno.ENODEV:
+        if code == errno.ENODEV:
             return f"interface {where} does not exist"
-        if exc.code in (errno.EPERM, errno.EACCES):
+        if code in (errno.EPERM, errno.EACCES):
             verb = {"del": "delete", "replace": "change"}.get(command, command)
             return f"permission denied to {verb} addresses on {where}: needs CAP_NET_ADMIN"
-        if exc.code == errno.EEXIST:
+        if code == errno.EEXIST:
             return f"{self._vip} appeared on {where} while it was being added"
-        if exc.code == errno.EADDRNOTAVAIL:
+        if code == errno.EADDRNOTAVAIL:
             return f"{self._vip} is not on {where}"
-        return f"netlink {command} on {where} failed: {exc}"
+        return f"netlink {command} on {where} failed: {os.strerror(code)} (errno {code})"
 
     def _failed(self, what: str, exc: Exception) -> str:
         # Not an answer from the kernel: the socket may be broken, so start afresh.
