@@ -39,8 +39,7 @@ METRICS: tuple[MetricDoc, ...] = (
         "dbvip_role",
         "gauge",
         ("role",),
-        "1 for the role the last probe gave, 0 for the others: "
-        + ", ".join(r.value for r in Role),
+        "1 for the role the last probe gave, 0 for the others: " + ", ".join(r.value for r in Role),
     ),
     MetricDoc("dbvip_lease_held", "gauge", (), "1 while this node holds the writer lease"),
     MetricDoc(

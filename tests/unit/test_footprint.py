@@ -1,4 +1,5 @@
-"""What a sidecar loads: the HTTP endpoints' libraries only when served, never pyroute2."""
+"""What a sidecar loads: the HTTP endpoints' libraries only when served, never
+pyroute2 or httpx."""
 
 from __future__ import annotations
 
@@ -8,12 +9,12 @@ import sys
 CHECK = """
 import sys
 import dbvip.cli, dbvip.wiring
-names = ("prometheus_client", "dbvip.metrics", "dbvip.health", "pyroute2")
+names = ("prometheus_client", "dbvip.metrics", "dbvip.health", "pyroute2", "httpx")
 print(sorted(m for m in names if m in sys.modules))
 """
 
 
-def test_wiring_loads_neither_the_metrics_library_nor_pyroute2() -> None:
+def test_wiring_loads_none_of_what_a_default_sidecar_does_not_use() -> None:
     out = subprocess.run(
         [sys.executable, "-c", CHECK], capture_output=True, text=True, timeout=60, check=True
     )
