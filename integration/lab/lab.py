@@ -265,6 +265,10 @@ class Lab:
             "wal_retrieve_retry_interval": "200ms",
             "wal_receiver_timeout": "5s",
             "tcp_user_timeout": "3000",
+            # A standby made by pg_basebackup starts streaming after the next
+            # base backup's checkpoint may have recycled the segment it needs
+            # (seen in the benchmark, which rebuilds replicas back to back).
+            "wal_keep_size": "256MB",
         }
 
     def _prepare_first(self, server: PgServer) -> None:
