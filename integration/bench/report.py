@@ -237,6 +237,9 @@ two nodes at once (while one is cut off, only one of them can answer). *By a
 node not primary*: writes acknowledged by a node that was not the primary at
 any instant of the attempt (the primary being the node the orchestrator last
 promoted, from its promotion until its demotion, crash or isolation).
+*Failed*: repetitions the harness could not finish (most often: a rebuilt
+replica not streaming within 30 s); each is logged with the lab's log tails,
+and run again on a fresh lab, so *n* counts measured repetitions only.
 Percentiles interpolate linearly between ranks. Footprint: the sum of VmRSS and
 of CPU time (user + system, with reaped children such as keepalived's check
 scripts) over each sidecar's process tree during a window at steady state with

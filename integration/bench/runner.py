@@ -34,7 +34,7 @@ from integration.lab.postgres import PG_BIN, make_template
 
 REPO = Path(__file__).resolve().parents[2]
 SETTLE_S = 3.0  # after the first holder appears, before the footprint window
-MAX_FAILURES = 3  # per setup; a lab is rebuilt after each failed repetition
+MAX_FAILURES = 5  # per setup; a lab is rebuilt after each failed repetition, which runs again
 
 Say = Callable[[str], None]
 
@@ -133,33 +133,38 @@ class Bench:
         try:
             self.measure_footprint(setup, rig.sidecars)
             orchestrator = self.start_measuring(rig, index, setup)
-            for rep in range(1, self.options.repetitions + 1):
-                for scenario in self.options.scenarios:
-                    try:
-                        sample = orchestrator.run(setup.key, scenario, rep)
-                    except Exception as exc:
-                        failures += 1
-                        old = orchestrator.primary
-                        failed = Sample(
-                            setup.key,
-                            scenario,
-                            rep,
-                            old,
-                            orchestrator.next_node(old),
-                            error=f"{type(exc).__name__}: {exc}",
-                        )
-                        self.samples.append(failed)
-                        say(f"  {scenario} {rep}: FAILED {failed.error}")
-                        self.print_logs(rig.lab, f"{setup.key} {scenario} {rep}")
-                        rig.close()
-                        if failures >= MAX_FAILURES:
-                            say(f"{setup.key}: {failures} failures, giving up on this setup")
-                            return
-                        rig = self.rig_up(name, setup)  # a fresh lab, n1 primary again
-                        orchestrator = self.start_measuring(rig, index, setup)
-                        continue
-                    self.samples.append(sample)
-                    say(f"  {scenario} {rep}/{self.options.repetitions}: {describe(sample)}")
+            # A failed repetition is reported, then run again on a fresh lab, so
+            # that every scenario still gets its count of measured repetitions.
+            plan = [(r, s) for r in range(1, self.options.repetitions + 1)
+                    for s in self.options.scenarios]  # fmt: skip
+            while plan:
+                rep, scenario = plan[0]
+                try:
+                    sample = orchestrator.run(setup.key, scenario, rep)
+                except Exception as exc:
+                    failures += 1
+                    old = orchestrator.primary
+                    failed = Sample(
+                        setup.key,
+                        scenario,
+                        rep,
+                        old,
+                        orchestrator.next_node(old),
+                        error=f"{type(exc).__name__}: {exc}",
+                    )
+                    self.samples.append(failed)
+                    say(f"  {scenario} {rep}: FAILED {failed.error}")
+                    self.print_logs(rig.lab, f"{setup.key} {scenario} {rep}")
+                    rig.close()
+                    if failures >= MAX_FAILURES:
+                        say(f"{setup.key}: {failures} failures, giving up on this setup")
+                        return
+                    rig = self.rig_up(name, setup)  # a fresh lab, n1 primary again
+                    orchestrator = self.start_measuring(rig, index, setup)
+                    continue
+                plan.pop(0)
+                self.samples.append(sample)
+                say(f"  {scenario} {rep}/{self.options.repetitions}: {describe(sample)}")
         finally:
             rig.close()
 
