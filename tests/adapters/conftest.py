@@ -5,10 +5,12 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
+from dbvip.adapters.etcd_client import EtcdClient
 from integration.lab.etcd import ETCD, EtcdCluster
 
 # -- real etcd (see integration/lab/etcd.py) ---------------------------
@@ -67,3 +69,20 @@ def etcd_auth() -> Iterator[EtcdCluster]:
 def etcd_cluster_name() -> str:
     """A dbvip cluster name no other test uses, so tests can share a member."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+# -- etcd clients closed after the test ----------------------------------
+
+
+@pytest.fixture
+def clients() -> Iterator[Callable[..., EtcdClient]]:
+    """``clients(endpoints, **kwargs)`` makes an ``EtcdClient``; all are closed after."""
+    made: list[EtcdClient] = []
+
+    def make(endpoints: list[str], **kwargs: Any) -> EtcdClient:
+        made.append(EtcdClient(endpoints, **kwargs))
+        return made[-1]
+
+    yield make
+    for client in made:
+        client.close()

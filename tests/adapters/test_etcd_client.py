@@ -6,8 +6,8 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import pytest
 
@@ -39,19 +39,6 @@ def within(timeout_s: float, call: Callable[[], T]) -> T:
     finally:
         elapsed = time.monotonic() - started
         assert elapsed < SLACK * timeout_s, f"took {elapsed:.2f} s for a {timeout_s} s timeout"
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., EtcdClient]]:
-    made: list[EtcdClient] = []
-
-    def make(endpoints: list[str], **kwargs: Any) -> EtcdClient:
-        made.append(EtcdClient(endpoints, **kwargs))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
 
 
 @pytest.fixture

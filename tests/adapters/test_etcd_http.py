@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -133,19 +132,6 @@ def servers() -> Iterator[Callable[[Callable[[Peer], None]], TinyServer]]:
     yield make
     for server in made:
         server.close()
-
-
-@pytest.fixture
-def clients() -> Iterator[Callable[..., EtcdClient]]:
-    made: list[EtcdClient] = []
-
-    def make(endpoints: list[str], **kwargs: Any) -> EtcdClient:
-        made.append(EtcdClient(endpoints, **kwargs))
-        return made[-1]
-
-    yield make
-    for client in made:
-        client.close()
 
 
 def silent(peer: Peer) -> None:

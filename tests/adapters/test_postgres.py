@@ -55,8 +55,17 @@ def role_is(probe: PostgresRoleProbe, role: Role) -> RoleReading | None:
 
 
 def assert_unknown_in_time(probe: PostgresRoleProbe, cause_pattern: str) -> RoleReading:
+    return assert_reads_in_time(probe, Role.UNKNOWN, cause_pattern)
+
+
+def assert_down_in_time(probe: PostgresRoleProbe, cause_pattern: str) -> RoleReading:
+    return assert_reads_in_time(probe, Role.DOWN, cause_pattern)
+
+
+def assert_reads_in_time(probe: PostgresRoleProbe, role: Role, cause_pattern: str) -> RoleReading:
+    """``role`` with a cause matching ``cause_pattern``, no timeline or LSN, in time."""
     reading, elapsed_s = timed_probe(probe)
-    assert reading.role is Role.UNKNOWN, reading
+    assert reading.role is role, reading
     assert reading.timeline is None and reading.lsn is None
     assert reading.cause and re.search(cause_pattern, reading.cause), reading.cause
     assert elapsed_s < BOUND_S, f"probe took {elapsed_s:.3f} s"
@@ -106,15 +115,6 @@ def test_promoted_standby_reads_primary_on_the_new_timeline_at_once(
     assert reading.lsn and LSN.match(reading.lsn)
     checkpoint_timeline = pg_standby.sql("SELECT (pg_control_checkpoint()).timeline_id")
     assert checkpoint_timeline == "1", "the checkpoint caught up: this test no longer discriminates"
-
-
-def assert_down_in_time(probe: PostgresRoleProbe, cause_pattern: str) -> RoleReading:
-    reading, elapsed_s = timed_probe(probe)
-    assert reading.role is Role.DOWN, reading
-    assert reading.timeline is None and reading.lsn is None
-    assert reading.cause and re.search(cause_pattern, reading.cause), reading.cause
-    assert elapsed_s < BOUND_S, f"probe took {elapsed_s:.3f} s"
-    return reading
 
 
 @pytest.mark.parametrize("mode", ["fast", "immediate"])
