@@ -33,17 +33,6 @@ def patroni(lab: Lab) -> PatroniCluster:
     return lab.patroni
 
 
-def written_by(lab: Lab, node: str) -> Attempt:
-    """Wait for a client write through the VIP acknowledged by ``node``."""
-
-    def attempt() -> Attempt | None:
-        result = lab.client_write()
-        return result if result.ok and result.node == node else None
-
-    found: Attempt = eventually(attempt, timeout_s=30, interval_s=0.05)
-    return found
-
-
 def first_write_by(attempts: list[Attempt], node: str, after_s: float) -> Attempt | None:
     return min((a for a in attempts if a.ok and a.node == node and a.started_s >= after_s),
                key=lambda a: a.started_s, default=None)  # fmt: skip
@@ -64,7 +53,7 @@ def test_patroni_promotes_a_replica_and_the_vip_follows(make_lab: MakeLab, fault
     old = cluster.leader()
     assert old is not None
     lab.wait_holder(old)
-    written_by(lab, old)
+    lab.written_by(old)
     with lab.watched() as monitor:
         writer = lab.start_writer(interval_s=0.05)
         killed_s = time.monotonic()

@@ -18,22 +18,11 @@ from integration.lab.arpwatch import ArpWatch
 from integration.lab.eventually import eventually
 from integration.lab.lab import FAST_TIMING, Lab
 from integration.lab.monitor import MonitorReport, VipChange
-from integration.lab.writer import Attempt, first_ok_after
+from integration.lab.writer import first_ok_after
 
 pytestmark = pytest.mark.real
 FAST = tuple(FAST_TIMING.items())
 TTL_S = float(FAST_TIMING["DBVIP_TTL_S"])
-
-
-def written_by(lab: Lab, node: str) -> Attempt:
-    """Wait for a client write through the VIP acknowledged by ``node``."""
-
-    def attempt() -> Attempt | None:
-        result = lab.client_write()
-        return result if result.ok and result.node == node else None
-
-    found: Attempt = eventually(attempt, timeout_s=30, interval_s=0.05)
-    return found
 
 
 def vip_instants(report: MonitorReport, node: str, change: VipChange) -> list[float]:
@@ -55,7 +44,7 @@ def test_startup_primary_takes_the_vip_replicas_never_do(make_lab: MakeLab) -> N
     lab = make_lab()
     with lab.watched() as monitor:
         lab.wait_holder("n1")
-        assert written_by(lab, "n1").node == "n1"
+        assert lab.written_by("n1").node == "n1"
         time.sleep(1.5)  # replicas keep deciding: give them a few probe intervals
         assert lab.holders() == {"n1"}
     report = monitor.report()
@@ -73,7 +62,7 @@ def test_startup_primary_takes_the_vip_replicas_never_do(make_lab: MakeLab) -> N
 def test_switchover_moves_the_vip_and_the_client_learns_the_new_mac(make_lab: MakeLab) -> None:
     lab = make_lab()
     lab.wait_holder("n1")
-    written_by(lab, "n1")
+    lab.written_by("n1")
     assert lab.client_neighbour_mac() == lab.mac("n1")
     arp = ArpWatch(lab.netns("client"))
     try:
@@ -114,7 +103,7 @@ def test_crash_failover_old_holder_lets_go_then_the_vip_follows(make_lab: MakeLa
         eventually(lambda: lab.writer_value() is None, timeout_s=10)
         lab.promote("n2")
         lab.wait_holder("n2")
-        written_by(lab, "n2")
+        lab.written_by("n2")
     assert "database_down" in lab.sidecar_log("n1")
 
 
@@ -214,7 +203,7 @@ def test_holder_cut_off_drops_vip_before_its_lease_expires(make_lab: MakeLab, cu
         )  # fmt: skip
         lab.heal("n1")
         lab.wait_holder("n1", timeout_s=3 * TTL_S)
-        written_by(lab, "n1")
+        lab.written_by("n1")
     report = monitor.report()
     removed = vip_instants(report, "n1", VipChange.REMOVED)
     assert removed and removed[0] < key_gone_s, report.timeline()
@@ -244,7 +233,7 @@ def test_etcd_outage_drops_vip_by_deadline_and_recovers(make_lab: MakeLab, outag
             else:
                 lab.start_etcd()
         lab.wait_holder("n1", timeout_s=6 * TTL_S)
-        written_by(lab, "n1")
+        lab.written_by("n1")
     (removed_s, *_) = vip_instants(monitor.report(), "n1", VipChange.REMOVED)
     assert removed_s - began_s < TTL_S
 
@@ -263,7 +252,7 @@ def test_two_primaries_one_vip_and_the_newer_timeline_wins(make_lab: MakeLab) ->
         lab.wait_holder("n2", timeout_s=30)
         eventually(lambda: member(lab, "n1", via="n1")["reason"] == "superseded", timeout_s=30)
         assert lab.holders() == {"n2"}
-        written_by(lab, "n2")
+        lab.written_by("n2")
     assert lab.primaries() == ["n1", "n2"]
     assert "reason=conflict" in lab.sidecar_log("n2")
     assert "reason=superseded" in lab.sidecar_log("n1")
@@ -321,7 +310,7 @@ def test_interface_down_and_up(make_lab: MakeLab) -> None:
         time.sleep(1.0)
         lab.set_link("n1", up=True)
         lab.wait_holder("n1", timeout_s=30)
-        written_by(lab, "n1")
+        lab.written_by("n1")
     assert all(s.proc.poll() is None for s in lab.sidecars.values())
 
 

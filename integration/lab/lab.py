@@ -566,6 +566,16 @@ class Lab:
         return write_once(self.netns("client"), str(self.vip.ip), 5432, SUPERUSER, "postgres",
                           self.password_file, timeout_s=timeout_s)  # fmt: skip
 
+    def written_by(self, node: str, timeout_s: float = 30.0) -> Attempt:
+        """Wait for a client write through the VIP acknowledged by ``node``."""
+
+        def attempt() -> Attempt | None:
+            result = self.client_write()
+            return result if result.ok and result.node == node else None
+
+        found: Attempt = eventually(attempt, timeout_s=timeout_s, interval_s=0.05)
+        return found
+
     def start_writer(self, interval_s: float = 0.02, timeout_s: float = 0.25) -> ClientWriter:
         """A client writing through the VIP on a new connection every ``interval_s``."""
         if self.writer is not None:
