@@ -236,6 +236,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("announce_interval_s", _seconds(0, False), "0.05", "spacing of those rounds"),
     Setting("announce_refresh_s", _seconds(0, False), "0", "re-announce period (0: never)"),
     Setting(
+        "refuse_s",
+        _seconds(0, False),
+        "5",
+        "after this node loses a VIP, connections that still reach it for the VIP are "
+        "refused (TCP reset) this long, so clients retry at once (0: never; at most ttl_s)",
+    ),
+    Setting(
         "eager_probe_interval_s",
         _seconds(0, True),
         "0.01",
@@ -427,6 +434,11 @@ def check_timing(config: Config) -> None:
                 "vip_op_timeout_s",
                 "margin_s",
             )
+        )
+    if config.values.get("refuse_s", 0) > t.ttl_s:
+        # Within a TTL the VIP has a new holder that announced it, or none.
+        raise ConfigError(
+            "timing check failed: refuse_s must be at most ttl_s; " + show("refuse_s", "ttl_s")
         )
     # The VIP's kernel lifetime, set right after a renewal, must outlast the
     # time until the next renewal and refresh, or the VIP would blink.

@@ -11,6 +11,7 @@ from dbvip.adapters.arp import PacketAnnouncer
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe
+from dbvip.adapters.refusal import NftRefusal, RefusingVipDriver, table_name
 from dbvip.board import Board
 from dbvip.config import Config, Listen
 from dbvip.events import EventKind
@@ -105,11 +106,20 @@ class Sidecar:
             # Bound first: a port in use stops the start before anything else is made.
             self.http = _listen(config, self.board, self.metrics)
         self.store = lease_store(config, clock, node)
+        self.refusing: RefusingVipDriver | None = None
+        if vip_driver is None:
+            vip_driver = NetlinkVipDriver(config["interface"], vip)
+            if config["refuse_s"] > 0:
+                table = table_name(config["cluster"], config["interface"], vip.ip)
+                refusal = NftRefusal(table, vip.ip)
+                vip_driver = self.refusing = RefusingVipDriver(
+                    vip_driver, refusal, config["refuse_s"]
+                )
         self.ports = Ports(
             clock=clock,
             probe=PostgresRoleProbe(config["pg_dsn"], config.secret("pg_password") or None),
             store=self.store,
-            vip=vip_driver or NetlinkVipDriver(config["interface"], vip),
+            vip=vip_driver,
             announcer=announcer or PacketAnnouncer(config["interface"], vip.ip),
         )
         # A second client for member reports: a slow publish never delays a renewal.
@@ -146,6 +156,12 @@ class Sidecar:
         )
 
     def run(self) -> NodeState:
+        if self.refusing is not None:
+            # Before the loop: what an earlier run left is cleared first.
+            self.refusing.prepare()
+            if not self.refusing.last_error:
+                log.info("refusing connections for a VIP just given away: nftables table "
+                         "inet %s", self.refusing.table)  # fmt: skip
         self.hooks.start()
         if self.http is not None:
             self.http.start()

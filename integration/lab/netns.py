@@ -30,6 +30,7 @@ LAB_V6 = ipaddress.IPv6Network("2001:db8::/64")
 IFA_F_NODAD = 0x02
 NUD_REACHABLE = ndmsg.NUD_REACHABLE
 NUD_STALE = ndmsg.NUD_STALE
+NUD_PERMANENT = ndmsg.NUD_PERMANENT
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -95,6 +95,8 @@ BAD_VALUES = [
     ("announce_count", "two"),
     ("announce_interval_s", "-1"),
     ("announce_refresh_s", "x"),
+    ("refuse_s", "-1"),
+    ("refuse_s", "nan"),
     ("eager_probe_interval_s", "0"),
     ("eager_probe_interval_s", "fast"),
     ("eager_window_s", "-1"),
@@ -127,6 +129,13 @@ def test_every_setting_has_a_bad_value_test() -> None:
     untestable = {"etcd_username", "etcd_password", "pg_password"}  # any text is valid
     files = {"etcd_cert_file", "etcd_key_file", "pg_password_file"}  # same parser as ca_file
     assert {s.name for s in SETTINGS} - tested - untestable - files == set()
+
+
+def test_refuse_s_past_the_ttl_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"refuse_s must be at most ttl_s; refuse_s=11 "):
+        cfg({"DBVIP_REFUSE_S": "11"})
+    assert cfg({"DBVIP_REFUSE_S": "10"})["refuse_s"] == 10
+    assert cfg({"DBVIP_REFUSE_S": "0"})["refuse_s"] == 0
 
 
 def test_bad_flag_names_the_flag() -> None:

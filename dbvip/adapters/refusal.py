@@ -1,0 +1,182 @@
+"""Refuse, for a while, the connections that still reach this node for a VIP it gave away.
+
+Between the moment a node removes a VIP and the moment the new holder's
+gratuitous ARP reaches a client, the client's neighbour entry still names
+this node's MAC. Without help, the kernel drops a SYN for an address it no
+longer has, silently, and the client tries again only after its TCP
+retransmission timeout (1 s, then 2 s, 4 s): a one-attempt-at-a-time
+application waits a second or more for a hand-off that took 20 ms. With the
+refusal, such a SYN is answered with a TCP reset (anything else with an ICMP
+host unreachable): ``connect`` fails at once and the client's retry goes out
+after it has learned the new MAC. A packet of an old connection gets the
+reset too, so a pooled connection to the old holder fails at its next use
+instead of hanging.
+
+The refusal is an element (the VIP, with a timeout) in a set of a table of
+this sidecar's own (``dbvip.adapters.nfnl``). Why it is safe to leave behind:
+
+* the rule matches only while the address is **not** local here
+  (``fib daddr type != local``): while this node holds the VIP again, the
+  refusal does nothing, whatever the set holds;
+* the kernel removes the element when its timeout runs out, even after this
+  process was killed or frozen;
+* a start recreates the table empty, so nothing of an earlier run stays.
+
+So the element is armed before the VIP is removed (no gap in which a SYN is
+dropped), and while the VIP is held it is kept armed until ``refuse_s``
+after the VIP's own kernel lifetime: a holder that is frozen or killed, whose
+VIP the kernel expires, refuses from that instant too.
+
+A refusal that cannot be set (no nf_tables in this kernel, a firewall manager
+that flushed the ruleset and a failed rebuild) never stops a VIP change: it is
+logged, and the hand-off goes on as it would without it.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import logging
+import re
+import threading
+from collections.abc import Callable
+from typing import Protocol
+
+from dbvip.adapters.arp import call_in_netns
+from dbvip.adapters.nfnl import NftSocket
+from dbvip.adapters.rtnl import RtnlError
+from dbvip.model import KERNEL_EXPIRY_SLACK_S, IPAddress
+from dbvip.ports import Done, Unknown, VipChanged, VipDriver, VipReading
+
+log = logging.getLogger("dbvip.refusal")
+
+
+def table_name(cluster: str, interface: str, vip: IPAddress) -> str:
+    """``dbvip_<interface>_<hash>``: one table per sidecar (cluster, interface and
+    VIP), readable in ``nft list tables``, never shared with another sidecar."""
+    digest = hashlib.sha256(f"{cluster}\0{interface}\0{vip}".encode()).hexdigest()[:10]
+    return f"dbvip_{re.sub(r'[^A-Za-z0-9_]', '_', interface)}_{digest}"
+
+
+class NftRefusal:
+    """The refusal of one VIP in one table; each call is one netlink batch."""
+
+    def __init__(self, table: str, vip: IPAddress, netns: str | None = None) -> None:
+        self.table = table
+        self._vip = vip
+        self._netns = netns
+        self._nft: NftSocket | None = None
+        self._prepared = False
+        self._lock = threading.Lock()
+
+    def prepare(self) -> Done | Unknown:
+        """Create the table afresh: an earlier run's refusals are gone."""
+        with self._lock:
+            return self._guarded("creating", self._create)
+
+    def refuse_for(self, seconds: float) -> Done | Unknown:
+        """Refuse the VIP here from now for ``seconds`` (only while it is not local)."""
+        timeout_ms = max(1, round(seconds * 1000))
+        with self._lock:
+            return self._guarded("arming", lambda nft: self._set(nft, timeout_ms))
+
+    def close(self) -> None:
+        with self._lock:
+            self._drop()
+
+    def _create(self, nft: NftSocket) -> None:
+        nft.create_table(self.table)
+        self._prepared = True
+
+    def _set(self, nft: NftSocket, timeout_ms: int) -> None:
+        if not self._prepared:
+            self._create(nft)
+        try:
+            nft.set_refusal(self.table, self._vip.packed, timeout_ms)
+        except RtnlError as e:
+            if e.code != errno.ENOENT:
+                raise
+            # The table is gone (`nft flush ruleset`, a firewall reload): build it again.
+            self._create(nft)
+            nft.set_refusal(self.table, self._vip.packed, timeout_ms)
+
+    def _guarded(self, doing: str, call: Callable[[NftSocket], None]) -> Done | Unknown:
+        try:
+            if self._nft is None:
+                self._nft = (
+                    NftSocket() if self._netns is None else call_in_netns(self._netns, NftSocket)
+                )
+            call(self._nft)
+        except RtnlError as e:
+            return Unknown(f"{doing} the refusal of {self._vip} in nftables table "
+                           f"{self.table}: {e.strerror or e}")  # fmt: skip
+        except OSError as e:
+            self._drop()
+            return Unknown(f"{doing} the refusal of {self._vip}: {e.strerror or e}")
+        return Done()
+
+    def _drop(self) -> None:
+        if self._nft is not None:
+            self._nft.close()
+            self._nft = None
+
+
+class Refusal(Protocol):
+    """What ``RefusingVipDriver`` needs of a refusal (``NftRefusal``, or a fake)."""
+
+    table: str
+
+    def prepare(self) -> Done | Unknown: ...
+
+    def refuse_for(self, seconds: float) -> Done | Unknown: ...
+
+    def close(self) -> None: ...
+
+
+class RefusingVipDriver:
+    """A ``VipDriver`` whose removals leave the refusal behind.
+
+    Removal arms the refusal for ``refuse_s`` first, then removes the VIP;
+    adding or refreshing the VIP keeps it armed until ``refuse_s`` past the
+    VIP's kernel lifetime. The refusal's own failures are logged (once per
+    run of failures) and never change what the VIP change returns.
+    """
+
+    def __init__(self, inner: VipDriver, refusal: Refusal, refuse_s: float) -> None:
+        self._inner = inner
+        self._refusal = refusal
+        self._refuse_s = refuse_s
+        self.table = refusal.table
+        self.last_error = ""  # why the refusal could not be set, "" when it could
+
+    def prepare(self) -> None:
+        self._note(self._refusal.prepare())
+
+    def observe(self) -> VipReading:
+        return self._inner.observe()
+
+    def add(self, lifetime_s: int) -> VipChanged | Unknown:
+        added = self._inner.add(lifetime_s)
+        if isinstance(added, VipChanged):
+            # Past the instant the kernel may expire the VIP by itself.
+            self._note(
+                self._refusal.refuse_for(lifetime_s + KERNEL_EXPIRY_SLACK_S + self._refuse_s)
+            )
+        return added
+
+    def remove(self) -> VipChanged | Unknown:
+        self._note(self._refusal.refuse_for(self._refuse_s))
+        return self._inner.remove()
+
+    def close(self) -> None:
+        self._inner.close()
+        self._refusal.close()
+
+    def _note(self, result: Done | Unknown) -> None:
+        error = result.cause if isinstance(result, Unknown) else ""
+        if error and error != self.last_error:
+            log.warning("refusal unavailable: %s (clients that still send to this node for "
+                        "the VIP wait for their TCP retry instead)", error)  # fmt: skip
+        elif not error and self.last_error:
+            log.info("refusal available again")
+        self.last_error = error

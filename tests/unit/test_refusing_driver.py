@@ -1,0 +1,78 @@
+"""RefusingVipDriver's order of steps, with in-memory fakes (the kernel side is
+tests/adapters/test_refusal.py)."""
+
+from __future__ import annotations
+
+from dbvip.adapters.refusal import RefusingVipDriver
+from dbvip.model import KERNEL_EXPIRY_SLACK_S
+from dbvip.ports import Done, Unknown, VipChanged
+from tests.fakes import FakeClock, FakeKernel, FakeVipDriver
+
+
+class FakeRefusal:
+    """Records each arming in the same list as the VIP driver's changes."""
+
+    table = "dbvip_eth0_test"
+
+    def __init__(self, ops: list[tuple[str, float]], broken: str = "") -> None:
+        self.ops = ops
+        self.broken = broken
+        self.closed = False
+
+    def prepare(self) -> Done | Unknown:
+        return Unknown(self.broken) if self.broken else Done()
+
+    def refuse_for(self, seconds: float) -> Done | Unknown:
+        if self.broken:
+            return Unknown(self.broken)
+        self.ops.append(("refuse", seconds))
+        return Done()
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make(broken: str = "") -> tuple[RefusingVipDriver, FakeVipDriver, FakeRefusal]:
+    inner = FakeVipDriver(FakeKernel(FakeClock()), "n1")
+    refusal = FakeRefusal(inner.ops, broken)
+    return RefusingVipDriver(inner, refusal, refuse_s=5), inner, refusal
+
+
+def test_the_refusal_is_armed_before_the_vip_is_removed() -> None:
+    driver, inner, _ = make()
+    driver.add(7)
+    inner.ops.clear()
+    assert driver.remove() == VipChanged(was_present=True)
+    # Armed first: no instant in which the VIP is gone and a SYN would be dropped.
+    assert [op for op, _ in inner.ops] == ["refuse", "remove"]
+    assert inner.ops[0][1] == 5
+
+
+def test_a_held_vip_keeps_the_refusal_armed_past_its_kernel_lifetime() -> None:
+    driver, inner, _ = make()
+    assert driver.add(7) == VipChanged(was_present=False)
+    assert inner.ops[0][0] == "add"
+    # A frozen or killed holder whose VIP the kernel expires refuses from then on.
+    assert inner.ops[1] == ("refuse", 7 + KERNEL_EXPIRY_SLACK_S + 5)
+
+
+def test_a_failed_vip_change_arms_nothing_more() -> None:
+    driver, inner, _ = make()
+    inner.fault = "refuse"
+    assert isinstance(driver.add(7), Unknown)
+    assert inner.ops == []
+
+
+def test_a_broken_refusal_is_reported_and_never_changes_the_vip_outcome() -> None:
+    driver, inner, _ = make(broken="nf_tables: operation not supported")
+    driver.prepare()
+    assert driver.last_error == "nf_tables: operation not supported"
+    assert driver.add(7) == VipChanged(was_present=False)
+    assert driver.remove() == VipChanged(was_present=True)
+    assert [op for op, _ in inner.ops] == ["add", "remove"]
+
+
+def test_close_closes_both() -> None:
+    driver, _, refusal = make()
+    driver.close()
+    assert refusal.closed
