@@ -27,6 +27,9 @@ dropped), and while the VIP is held it is kept armed until ``refuse_s``
 after the VIP's own kernel lifetime: a holder that is frozen or killed, whose
 VIP the kernel expires, refuses from that instant too.
 
+Connections already established here on the VIP are ended (a reset to each
+client) just before the VIP is removed: see ``dbvip.adapters.sockdiag``.
+
 A refusal that cannot be set (no nf_tables in this kernel, a firewall manager
 that flushed the ruleset and a failed rebuild) never stops a VIP change: it is
 logged, and the hand-off goes on as it would without it.
@@ -45,6 +48,7 @@ from typing import Protocol
 from dbvip.adapters.arp import call_in_netns
 from dbvip.adapters.nfnl import NftSocket
 from dbvip.adapters.rtnl import RtnlError
+from dbvip.adapters.sockdiag import SockDiag
 from dbvip.model import KERNEL_EXPIRY_SLACK_S, IPAddress
 from dbvip.ports import Done, Unknown, VipChanged, VipDriver, VipReading
 
@@ -66,6 +70,7 @@ class NftRefusal:
         self._vip = vip
         self._netns = netns
         self._nft: NftSocket | None = None
+        self._diag: SockDiag | None = None
         self._prepared = False
         self._lock = threading.Lock()
 
@@ -80,9 +85,28 @@ class NftRefusal:
         with self._lock:
             return self._guarded("arming", lambda nft: self._set(nft, timeout_ms))
 
+    def end_connections(self) -> int | Unknown:
+        """Abort this node's TCP connections on the VIP (each client gets a reset);
+        how many there were."""
+        with self._lock:
+            try:
+                if self._diag is None:
+                    self._diag = (
+                        SockDiag() if self._netns is None else call_in_netns(self._netns, SockDiag)
+                    )
+                return self._diag.reset_all(self._vip)
+            except OSError as e:
+                if self._diag is not None:
+                    self._diag.close()
+                    self._diag = None
+                return Unknown(f"ending the connections on {self._vip}: {e.strerror or e}")
+
     def close(self) -> None:
         with self._lock:
             self._drop()
+            if self._diag is not None:
+                self._diag.close()
+                self._diag = None
 
     def _create(self, nft: NftSocket) -> None:
         nft.create_table(self.table)
@@ -130,6 +154,8 @@ class Refusal(Protocol):
 
     def refuse_for(self, seconds: float) -> Done | Unknown: ...
 
+    def end_connections(self) -> int | Unknown: ...
+
     def close(self) -> None: ...
 
 
@@ -166,7 +192,21 @@ class RefusingVipDriver:
 
     def remove(self) -> VipChanged | Unknown:
         self._note(self._refusal.refuse_for(self._refuse_s))
-        return self._inner.remove()
+        # While the VIP is still here: afterwards nothing sent on these
+        # connections (their resets included) could leave this node.
+        self._end_connections("before removing the VIP")
+        removed = self._inner.remove()
+        # One accepted in between: its client's next packet meets the refusal.
+        self._end_connections("after removing the VIP")
+        return removed
+
+    def _end_connections(self, when: str) -> None:
+        ended = self._refusal.end_connections()
+        if isinstance(ended, Unknown):
+            log.warning("%s (%s)", ended.cause, when)
+        elif ended:
+            log.info("ended %d connection(s) on the VIP %s: their clients reconnect at once",
+                     ended, when)  # fmt: skip
 
     def close(self) -> None:
         self._inner.close()

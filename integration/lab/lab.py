@@ -111,6 +111,7 @@ class Lab:
         self.servers: dict[str, PgServer] = {}
         self.sidecars: dict[str, SidecarProcess] = {}
         self.writer: ClientWriter | None = None
+        self.clients: list[ClientWriter] = []  # more clients beside the writer (start_client)
         self.patroni: PatroniCluster | None = None
         self._drivers: dict[str, NetlinkVipDriver] = {}
         self._probes: dict[str, PostgresRoleProbe] = {}
@@ -210,9 +211,10 @@ class Lab:
     def close(self) -> None:
         """Stop and remove everything this lab created (idempotent)."""
         try:
-            if self.writer is not None:
-                with contextlib.suppress(Exception):
-                    self.writer.stop()
+            for client in [*self.clients, *([self.writer] if self.writer else [])]:
+                if client.returncode is None:
+                    with contextlib.suppress(Exception):
+                        client.stop()
             for sidecar in self.sidecars.values():
                 sidecar.kill()
             if self.patroni is not None:
@@ -587,6 +589,19 @@ class Lab:
         )  # fmt: skip
         self.writer.start()
         return self.writer
+
+    def start_client(self, mode: str, interval_s: float = 0.02) -> ClientWriter:
+        """Another client writing through the VIP, beside any other: ``ordinary``
+        (one connection attempt at a time, retried at once on error), ``pooled``
+        (a connection pool) or ``overlapping`` (see ``start_writer``)."""
+        client = ClientWriter(
+            self.netns("client"), str(self.vip.ip), 5432, SUPERUSER, "postgres",
+            self.password_file, self.dir / "logs" / f"{mode}-{time.monotonic_ns()}.jsonl",
+            interval_s=interval_s, mode=mode, duration_s=4 * 3600.0,
+        )  # fmt: skip
+        self.clients.append(client)
+        client.start()
+        return client
 
     def monitor(self, stable_after_s: float | None = None) -> InvariantMonitor:
         """The invariant monitor over every database host (not started)."""

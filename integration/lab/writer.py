@@ -90,7 +90,7 @@ def attempt_write(target: Target, writer: str, timeout_s: float) -> Attempt:
         node = _insert(pgconn, writer, deadline_s)
         return Attempt(started_s, time.monotonic(), True, node, "", phase)
     except (_AttemptError, psycopg.Error, OSError) as e:
-        error = _short(str(e), target.password)
+        error = short_error(str(e), target.password)
         return Attempt(started_s, time.monotonic(), False, None, error, phase)
     finally:
         if pgconn is not None:
@@ -165,7 +165,7 @@ def _wait(fd: int, events: int, deadline_s: float, doing: str) -> None:
             raise _AttemptError(f"timed out {doing}")
 
 
-def _short(message: str, password: str) -> str:
+def short_error(message: str, password: str) -> str:
     """The first line, whitespace squeezed, password masked, bounded in length."""
     lines = [" ".join(line.split()) for line in message.splitlines() if line.strip()]
     text = lines[0] if lines else "unknown error"
@@ -177,7 +177,7 @@ def _short(message: str, password: str) -> str:
 # --- the command ---------------------------------------------------------------------------
 
 
-class _StopSignal:
+class StopSignal:
     """SIGTERM/SIGINT set a flag and wake the sleep between attempts at once.
 
     An attempt in flight is left to finish (it is bounded by its timeout) so
@@ -229,7 +229,7 @@ def run(
     At most ``ceil(timeout / interval) + 1`` are in flight (no more can be,
     each ends by its timeout); a slot that finds them all busy is skipped.
     """
-    stop = _StopSignal()
+    stop = StopSignal()
     lock = threading.Lock()
     in_flight: list[threading.Thread] = []
     limit = math.ceil(timeout_s / interval_s) + 1
@@ -237,7 +237,7 @@ def run(
     def attempt(seq: int) -> None:
         result = attempt_write(target, f"{writer}:{seq}", timeout_s)
         with lock:
-            out.write(json.dumps(_to_json(result, seq)) + "\n")
+            out.write(json.dumps(attempt_json(result, seq)) + "\n")
             out.flush()
 
     try:
@@ -266,7 +266,7 @@ def run(
         stop.close()
 
 
-def _to_json(attempt: Attempt, seq: int) -> dict[str, Any]:
+def attempt_json(attempt: Attempt, seq: int) -> dict[str, Any]:
     return {
         "seq": seq,
         "started": attempt.started_s,
@@ -278,7 +278,7 @@ def _to_json(attempt: Attempt, seq: int) -> dict[str, Any]:
     }
 
 
-def _from_json(line: str) -> Attempt:
+def attempt_from_json(line: str) -> Attempt:
     d = json.loads(line)
     return Attempt(
         started_s=float(d["started"]),
@@ -329,8 +329,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dbname", required=True)
     p.add_argument("--password-file", type=Path, required=True)
     p.add_argument("--writer", default="client", help="tag stored with each row (tag:seq)")
+    p.add_argument(
+        "--mode",
+        choices=("overlapping", "ordinary", "pooled"),
+        default="overlapping",
+        help="overlapping: a new bounded attempt every interval (when writing becomes possible); "
+        "ordinary: one connection attempt at a time, retried at once on error; pooled: a "
+        "connection pool (integration.lab.clients)",
+    )
     p.add_argument("--interval-s", type=_positive, default=0.02)
-    p.add_argument("--timeout-s", type=_positive, default=0.25)
+    p.add_argument("--timeout-s", type=_positive, default=0.25, help="overlapping mode only")
     until = p.add_mutually_exclusive_group(required=True)
     until.add_argument("--count", type=_count)
     until.add_argument("--duration-s", type=_positive)
@@ -345,6 +353,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"cannot read the password file: {e.strerror}", file=sys.stderr)
         return 2
     target = Target(args.host, args.port, args.user, args.dbname, password)
+    if args.mode != "overlapping":
+        from integration.lab.clients import run_clients  # noqa: PLC0415  (imports this module)
+
+        run_clients(args.mode, target, args.writer, args.interval_s, args.count,
+                    args.duration_s, sys.stdout)  # fmt: skip
+        return 0
     run(target, args.writer, args.interval_s, args.timeout_s, args.count, args.duration_s,
         sys.stdout)  # fmt: skip
     return 0
@@ -370,7 +384,7 @@ def read_attempts(path: Path) -> list[Attempt]:
     except FileNotFoundError:
         return []
     complete = text[: text.rfind("\n") + 1]
-    return [_from_json(line) for line in complete.splitlines() if line.strip()]
+    return [attempt_from_json(line) for line in complete.splitlines() if line.strip()]
 
 
 class ClientWriter:
@@ -392,15 +406,19 @@ class ClientWriter:
         interval_s: float = 0.02,
         timeout_s: float = 0.25,
         duration_s: float = 600,
+        mode: str = "overlapping",
     ) -> None:
+        """``mode``: see ``--mode``; ``timeout_s`` bounds an overlapping attempt only."""
         self.out_path = out_path
         self.stderr_path = out_path.with_name(out_path.name + ".stderr")
-        self.timeout_s = timeout_s
+        # How long an attempt in flight may take to end after SIGTERM: the other
+        # modes wait for libpq's own connect_timeout (integration.lab.clients).
+        self.timeout_s = timeout_s if mode == "overlapping" else max(timeout_s, 11.0)
         self._argv = _command(
             netns,
             *_target_args(host, port, user, dbname, password_file),
             "--interval-s", repr(interval_s), "--timeout-s", repr(timeout_s),
-            "--duration-s", repr(duration_s),
+            "--duration-s", repr(duration_s), "--mode", mode,
         )  # fmt: skip
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -476,7 +494,7 @@ def write_once(
     lines = done.stdout.splitlines()
     if done.returncode != 0 or not lines:
         raise RuntimeError(f"the writer exited with {done.returncode}: {done.stderr[-2000:]}")
-    return _from_json(lines[-1])
+    return attempt_from_json(lines[-1])
 
 
 # --- reading the attempts ------------------------------------------------------------------

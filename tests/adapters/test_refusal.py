@@ -165,9 +165,12 @@ def test_the_refusal_never_applies_while_this_node_holds_the_vip_again(
         server.close()
 
 
-def test_an_established_connection_is_reset_at_its_next_send(
+def test_a_connection_waiting_for_an_answer_is_reset_when_the_vip_goes(
     pair: tuple[NetLab, Node, Node], make_driver: Factory
 ) -> None:
+    """A client in the middle of a login waits for the server's answer; once
+    the VIP is gone nothing the server sends could leave, so dbvip ends the
+    connection while it still can: the client gets a reset without sending."""
     netlab, node, client = pair
     server = listen(node, 4)
     try:
@@ -177,17 +180,40 @@ def test_an_established_connection_is_reset_at_its_next_send(
         sock = call_in_netns(client.netns, lambda: socket.create_connection((str(VIP4.ip), PORT)))
         accepted, _ = server.accept()
         try:
+            sock.sendall(b"startup")  # the server reads it and says nothing yet
+            assert accepted.recv(16) == b"startup"
             driver.remove()
             sock.settimeout(5)
-            sock.sendall(b"SELECT 1")
-            # The reset answers the data; the client learns at its next read.
             with pytest.raises(ConnectionResetError):
                 sock.recv(16)
+            # The server's side is closed too: its next send fails.
+            with pytest.raises(OSError):
+                for _ in range(3):
+                    accepted.sendall(b"late answer")
         finally:
             sock.close()
             accepted.close()
     finally:
         server.close()
+
+
+def test_a_server_listening_on_the_vip_keeps_listening(
+    pair: tuple[NetLab, Node, Node], make_driver: Factory
+) -> None:
+    netlab, node, client = pair
+    driver = make_driver(VIP4, refuse_s=10)
+    driver.add(30)
+    bound = call_in_netns(node.netns, lambda: socket.create_server((str(VIP4.ip), PORT + 1)))
+    try:
+        driver.remove()
+        driver.add(30)
+        pin_neighbour(netlab, client, node, VIP4)
+        sock = call_in_netns(
+            client.netns, lambda: socket.create_connection((str(VIP4.ip), PORT + 1), timeout=5)
+        )
+        sock.close()
+    finally:
+        bound.close()
 
 
 def test_a_restart_clears_what_an_earlier_run_left(lab_node: Node, make_driver: Factory) -> None:

@@ -28,6 +28,12 @@ class FakeRefusal:
         self.ops.append(("refuse", seconds))
         return Done()
 
+    def end_connections(self) -> int | Unknown:
+        if self.broken:
+            return Unknown(self.broken)
+        self.ops.append(("end", 0.0))
+        return 0
+
     def close(self) -> None:
         self.closed = True
 
@@ -43,8 +49,9 @@ def test_the_refusal_is_armed_before_the_vip_is_removed() -> None:
     driver.add(7)
     inner.ops.clear()
     assert driver.remove() == VipChanged(was_present=True)
-    # Armed first: no instant in which the VIP is gone and a SYN would be dropped.
-    assert [op for op, _ in inner.ops] == ["refuse", "remove"]
+    # Armed first: no instant in which the VIP is gone and a SYN would be dropped;
+    # connections ended while their resets can still leave this node.
+    assert [op for op, _ in inner.ops] == ["refuse", "end", "remove", "end"]
     assert inner.ops[0][1] == 5
 
 
