@@ -4,17 +4,23 @@ What they build (``nft list table inet <name>`` shows it)::
 
     table inet <name> {
       set refuse4 { type ipv4_addr; flags timeout; }
-      set refuse6 { type ipv6_addr; flags timeout; }
+      set closing4 { type ipv4_addr; flags timeout; }
+      (refuse6 and closing6 of type ipv6_addr)
       chain prerouting {
         type filter hook prerouting priority -300; policy accept;
+        ip daddr @closing4 meta l4proto tcp reject with tcp reset
         ip daddr @refuse4 fib daddr type != local meta l4proto tcp reject with tcp reset
         ip daddr @refuse4 fib daddr type != local reject with icmpx type host-unreachable
-        (the same two for ip6 daddr @refuse6)
+        (the same three for ip6 daddr @closing6 / @refuse6)
       }
     }
 
-and the set elements (an address with a timeout) that switch the refusal on
-for a while. Why by hand and not the ``nft`` tool or libnftables: an element
+and the set elements (an address with a timeout) that switch them on for a
+while: ``refuse`` after the VIP is gone (inert while the address is local),
+``closing`` during the removal itself (about a second at most: no new
+connection may be accepted between ending the old ones and removing the VIP).
+
+Why by hand and not the ``nft`` tool or libnftables: an element
 is added on the hot path of every hand-off, where running ``nft`` costs about
 1.6 ms (fork and exec) and needs CAP_NET_ADMIN in the child (the sidecar
 clears its ambient capabilities), and loading libnftables costs about 2.4 MiB
@@ -90,7 +96,8 @@ NFT_REJECT_TCP_RST = 1
 NFT_REJECT_ICMPX_UNREACH = 2
 NFT_REJECT_ICMPX_HOST_UNREACH = 2
 
-SETS = {4: "refuse4", 6: "refuse6"}
+REFUSE, CLOSING = "refuse", "closing"
+SETS = {(kind, version): f"{kind}{version}" for kind in (REFUSE, CLOSING) for version in (4, 6)}
 CHAIN = "prerouting"
 # family version -> (nfproto, daddr offset in the network header, address length, type)
 _FAMILIES = {
@@ -141,15 +148,11 @@ def _meta(key: int) -> bytes:
     return _expr("meta", _be32(2, key), _be32(1, NFT_REG_1))  # KEY 2, DREG 1
 
 
-def refusal_rules(version: int, tcp: bool) -> bytes:
-    """The expressions of ``ip[6] daddr @refuseN fib daddr type != local [tcp] reject``.
-
-    ``fib daddr type != local`` is what makes the refusal safe to leave in
-    place: while this node has the address, the rule does not match, whatever
-    the set holds (a crash, a timeout not yet run out, a failed lift).
-    """
+def _match_daddr(kind: str, version: int) -> list[bytes]:
+    """``ip[6] daddr @<kind><version>``."""
     nfproto, offset, length, _ = _FAMILIES[version]
-    exprs = [
+    set_id = list(SETS).index((kind, version)) + 1
+    return [
         _meta(NFT_META_NFPROTO),
         _cmp(NFT_CMP_EQ, bytes([nfproto])),
         # payload: DREG 1, BASE 2, OFFSET 3, LEN 4
@@ -160,7 +163,28 @@ def refusal_rules(version: int, tcp: bool) -> bytes:
             _be32(3, offset),
             _be32(4, length),
         ),
-        _expr("lookup", _name(1, SETS[version]), _be32(2, NFT_REG_1), _be32(4, version)),
+        # lookup: SET 1, SREG 2, SET_ID 4
+        _expr("lookup", _name(1, SETS[kind, version]), _be32(2, NFT_REG_1), _be32(4, set_id)),
+    ]
+
+
+def _tcp_reset() -> list[bytes]:
+    return [
+        _meta(NFT_META_L4PROTO),
+        _cmp(NFT_CMP_EQ, bytes([socket.IPPROTO_TCP])),
+        _expr("reject", _be32(1, NFT_REJECT_TCP_RST)),
+    ]
+
+
+def refusal_rules(version: int) -> list[bytes]:
+    """The expressions of each rule for one address family, in order.
+
+    ``fib daddr type != local`` is what makes the refusal safe to leave in
+    place: while this node has the address, those rules do not match,
+    whatever the set holds (a crash, a timeout not yet run out). The closing
+    rule has no such guard, so its elements live about a second at most.
+    """
+    not_local = [
         # fib: DREG 1, RESULT 2, FLAGS 3; the address type is a host-order u32.
         _expr(
             "fib",
@@ -170,22 +194,17 @@ def refusal_rules(version: int, tcp: bool) -> bytes:
         ),
         _cmp(NFT_CMP_NEQ, _U32.pack(RTN_LOCAL)),
     ]
-    if tcp:
-        exprs += [
-            _meta(NFT_META_L4PROTO),
-            _cmp(NFT_CMP_EQ, bytes([socket.IPPROTO_TCP])),
-            _expr("reject", _be32(1, NFT_REJECT_TCP_RST)),
-        ]
-    else:
-        # reject: TYPE 1, ICMP_CODE 2 (one byte)
-        exprs.append(
-            _expr(
-                "reject",
-                _be32(1, NFT_REJECT_ICMPX_UNREACH),
-                _attr(2, bytes([NFT_REJECT_ICMPX_HOST_UNREACH])),
-            )
-        )
-    return b"".join(exprs)
+    unreachable = _expr(  # reject: TYPE 1, ICMP_CODE 2 (one byte)
+        "reject",
+        _be32(1, NFT_REJECT_ICMPX_UNREACH),
+        _attr(2, bytes([NFT_REJECT_ICMPX_HOST_UNREACH])),
+    )
+    refuse = _match_daddr(REFUSE, version) + not_local
+    return [
+        b"".join(_match_daddr(CLOSING, version) + _tcp_reset()),
+        b"".join(refuse + _tcp_reset()),
+        b"".join([*refuse, unreachable]),
+    ]
 
 
 class NftSocket:
@@ -216,11 +235,11 @@ class NftSocket:
             (NFT_MSG_DELTABLE, 0, _name(NFTA_TABLE_NAME, table)),
             (NFT_MSG_NEWTABLE, 0, _name(NFTA_TABLE_NAME, table)),
         ]
-        for version, name in SETS.items():
+        for set_id, ((_, version), name) in enumerate(SETS.items(), start=1):
             _, _, length, datatype = _FAMILIES[version]
             body = t + _name(NFTA_SET_NAME, name) + _be32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT)
             body += _be32(NFTA_SET_KEY_TYPE, datatype) + _be32(NFTA_SET_KEY_LEN, length)
-            messages.append((NFT_MSG_NEWSET, 0, body + _be32(NFTA_SET_ID, version)))
+            messages.append((NFT_MSG_NEWSET, 0, body + _be32(NFTA_SET_ID, set_id)))
         hook = _nest(
             NFTA_CHAIN_HOOK,
             _be32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING),
@@ -228,39 +247,43 @@ class NftSocket:
         )
         chain = t + _name(NFTA_CHAIN_NAME, CHAIN) + hook + _be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
         messages.append((NFT_MSG_NEWCHAIN, 0, chain + _name(NFTA_CHAIN_TYPE, "filter")))
-        for version in SETS:
-            for tcp in (True, False):
+        for version in (4, 6):
+            for expressions in refusal_rules(version):
                 rule = t + _name(NFTA_RULE_CHAIN, CHAIN)
-                rule += _nest(NFTA_RULE_EXPRESSIONS, refusal_rules(version, tcp))
+                rule += _nest(NFTA_RULE_EXPRESSIONS, expressions)
                 messages.append((NFT_MSG_NEWRULE, NLM_F_APPEND, rule))
         self._batch(messages)
 
-    def set_refusal(self, table: str, address: bytes, timeout_ms: int) -> None:
-        """Refuse ``address`` for ``timeout_ms`` from now (0: stop refusing it).
+    def set_refusal(self, table: str, address: bytes, refuse_ms: int, closing_ms: int) -> None:
+        """Refuse ``address`` for ``refuse_ms`` from now, and close it for
+        ``closing_ms`` (0: not at all), in one batch.
 
-        Added, deleted and added again in one batch: adding an element that
+        Each element is added, deleted and added again: adding an element that
         exists leaves its old timeout, and deleting one that does not exist
-        fails the batch. The kernel removes the element when its time is up.
+        fails the batch. The kernel removes an element when its time is up.
         """
         version = 4 if len(address) == 4 else 6
-        messages = [
-            (NFT_MSG_NEWSETELEM, 0, self._element(table, version, address, 1)),
-            (NFT_MSG_DELSETELEM, 0, self._element(table, version, address, None)),
-        ]
-        if timeout_ms > 0:
-            messages.append(
-                (NFT_MSG_NEWSETELEM, 0, self._element(table, version, address, timeout_ms))
-            )
+        messages = []
+        for kind, timeout_ms in ((REFUSE, refuse_ms), (CLOSING, closing_ms)):
+            name = SETS[kind, version]
+            messages += [
+                (NFT_MSG_NEWSETELEM, 0, self._element(table, name, address, 1)),
+                (NFT_MSG_DELSETELEM, 0, self._element(table, name, address, None)),
+            ]
+            if timeout_ms > 0:
+                messages.append(
+                    (NFT_MSG_NEWSETELEM, 0, self._element(table, name, address, timeout_ms))
+                )
         self._batch(messages)
 
     @staticmethod
-    def _element(table: str, version: int, address: bytes, timeout_ms: int | None) -> bytes:
+    def _element(table: str, set_name: str, address: bytes, timeout_ms: int | None) -> bytes:
         element = _nest(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, address))
         if timeout_ms is not None:
             element += _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
         return (
             _name(NFTA_SET_ELEM_LIST_TABLE, table)
-            + _name(NFTA_SET_ELEM_LIST_SET, SETS[version])
+            + _name(NFTA_SET_ELEM_LIST_SET, set_name)
             + _nest(NFTA_SET_ELEM_LIST_ELEMENTS, _nest(NFTA_LIST_ELEM, element))
         )
 

@@ -27,8 +27,14 @@ dropped), and while the VIP is held it is kept armed until ``refuse_s``
 after the VIP's own kernel lifetime: a holder that is frozen or killed, whose
 VIP the kernel expires, refuses from that instant too.
 
-Connections already established here on the VIP are ended (a reset to each
-client) just before the VIP is removed: see ``dbvip.adapters.sockdiag``.
+A removal goes: (1) refuse once gone, and *close* the VIP (new TCP
+connections refused even though the address is still here: a ``closing``
+element, about a second at most, in case this process dies right there);
+(2) end the connections already established here on the VIP, a reset to
+each client while it can still leave (``dbvip.adapters.sockdiag``); without
+(1), a client could connect in between and wait for an answer that, once the
+address is gone, can never leave (seen here: a whole 10 s connect_timeout in
+about one switchover in ten); (3) remove the VIP; (4) stop closing.
 
 A refusal that cannot be set (no nf_tables in this kernel, a firewall manager
 that flushed the ruleset and a failed rebuild) never stops a VIP change: it is
@@ -53,6 +59,9 @@ from dbvip.model import KERNEL_EXPIRY_SLACK_S, IPAddress
 from dbvip.ports import Done, Unknown, VipChanged, VipDriver, VipReading
 
 log = logging.getLogger("dbvip.refusal")
+# How long a removal may keep new connections to a VIP still here refused, if
+# this process dies in the middle of it; a removal itself takes milliseconds.
+CLOSING_S = 1.0
 
 
 def table_name(cluster: str, interface: str, vip: IPAddress) -> str:
@@ -79,11 +88,14 @@ class NftRefusal:
         with self._lock:
             return self._guarded("creating", self._create)
 
-    def refuse_for(self, seconds: float) -> Done | Unknown:
-        """Refuse the VIP here from now for ``seconds`` (only while it is not local)."""
-        timeout_ms = max(1, round(seconds * 1000))
+    def refuse_for(self, seconds: float, closing_s: float = 0) -> Done | Unknown:
+        """Refuse the VIP here from now for ``seconds`` (only while it is not
+        local), and close it (refuse new TCP connections even while it is
+        local) for ``closing_s``; 0 ends the closing."""
+        refuse_ms = max(1, round(seconds * 1000))
+        closing_ms = max(0, round(closing_s * 1000))
         with self._lock:
-            return self._guarded("arming", lambda nft: self._set(nft, timeout_ms))
+            return self._guarded("arming", lambda nft: self._set(nft, refuse_ms, closing_ms))
 
     def end_connections(self) -> int | Unknown:
         """Abort this node's TCP connections on the VIP (each client gets a reset);
@@ -112,17 +124,17 @@ class NftRefusal:
         nft.create_table(self.table)
         self._prepared = True
 
-    def _set(self, nft: NftSocket, timeout_ms: int) -> None:
+    def _set(self, nft: NftSocket, refuse_ms: int, closing_ms: int) -> None:
         if not self._prepared:
             self._create(nft)
         try:
-            nft.set_refusal(self.table, self._vip.packed, timeout_ms)
+            nft.set_refusal(self.table, self._vip.packed, refuse_ms, closing_ms)
         except RtnlError as e:
             if e.code != errno.ENOENT:
                 raise
             # The table is gone (`nft flush ruleset`, a firewall reload): build it again.
             self._create(nft)
-            nft.set_refusal(self.table, self._vip.packed, timeout_ms)
+            nft.set_refusal(self.table, self._vip.packed, refuse_ms, closing_ms)
 
     def _guarded(self, doing: str, call: Callable[[NftSocket], None]) -> Done | Unknown:
         try:
@@ -152,7 +164,7 @@ class Refusal(Protocol):
 
     def prepare(self) -> Done | Unknown: ...
 
-    def refuse_for(self, seconds: float) -> Done | Unknown: ...
+    def refuse_for(self, seconds: float, closing_s: float = 0) -> Done | Unknown: ...
 
     def end_connections(self) -> int | Unknown: ...
 
@@ -191,22 +203,24 @@ class RefusingVipDriver:
         return added
 
     def remove(self) -> VipChanged | Unknown:
-        self._note(self._refusal.refuse_for(self._refuse_s))
-        # While the VIP is still here: afterwards nothing sent on these
-        # connections (their resets included) could leave this node.
-        self._end_connections("before removing the VIP")
+        # 1. Refused once gone, and closed to new connections meanwhile.
+        self._note(self._refusal.refuse_for(self._refuse_s, closing_s=CLOSING_S))
+        # 2. While the VIP is still here: afterwards nothing sent on these
+        #    connections (their resets included) could leave this node.
+        self._end_connections()
         removed = self._inner.remove()
-        # One accepted in between: its client's next packet meets the refusal.
-        self._end_connections("after removing the VIP")
+        # 3. Closed no longer: the refusal (or, if the removal failed and the
+        #    VIP is still here, the VIP itself) takes over.
+        self._note(self._refusal.refuse_for(self._refuse_s))
         return removed
 
-    def _end_connections(self, when: str) -> None:
+    def _end_connections(self) -> None:
         ended = self._refusal.end_connections()
         if isinstance(ended, Unknown):
-            log.warning("%s (%s)", ended.cause, when)
+            log.warning("%s", ended.cause)
         elif ended:
-            log.info("ended %d connection(s) on the VIP %s: their clients reconnect at once",
-                     ended, when)  # fmt: skip
+            log.info("ended %d connection(s) on the VIP before removing it: their clients "
+                     "reconnect at once", ended)  # fmt: skip
 
     def close(self) -> None:
         self._inner.close()

@@ -113,12 +113,14 @@ def test_the_table_is_what_nft_reads_back(lab_node: Node, make_driver: Factory) 
     rules = [line.strip() for line in text.splitlines() if "reject" in line]
     # The TCP reset comes first: a client's connect fails with ECONNREFUSED.
     assert rules == [
+        "ip daddr @closing4 meta l4proto tcp reject with tcp reset",
         "ip daddr @refuse4 fib daddr type != local meta l4proto tcp reject with tcp reset",
         "ip daddr @refuse4 fib daddr type != local reject with icmpx host-unreachable",
+        "ip6 daddr @closing6 meta l4proto tcp reject with tcp reset",
         "ip6 daddr @refuse6 fib daddr type != local meta l4proto tcp reject with tcp reset",
         "ip6 daddr @refuse6 fib daddr type != local reject with icmpx host-unreachable",
     ]
-    for name in ("refuse4", "refuse6"):
+    for name in ("refuse4", "refuse6", "closing4", "closing6"):
         assert "flags timeout" in nft(lab_node, "list", "set", "inet", TABLE, name)
 
 
@@ -214,6 +216,30 @@ def test_a_server_listening_on_the_vip_keeps_listening(
         sock.close()
     finally:
         bound.close()
+
+
+def test_closing_refuses_new_connections_to_a_vip_still_here_for_a_bounded_time(
+    pair: tuple[NetLab, Node, Node], make_driver: Factory
+) -> None:
+    netlab, node, client = pair
+    server = listen(node, 4)
+    refusal = NftRefusal(TABLE, VIP4.ip, netns=node.netns)
+    try:
+        driver = make_driver(VIP4, refuse_s=10)
+        driver.add(30)
+        pin_neighbour(netlab, client, node, VIP4)
+        assert isinstance(refusal.refuse_for(10, closing_s=30), Done)
+        assert connect(client, VIP4) == "refused"  # the VIP is here, yet closed
+        assert isinstance(refusal.refuse_for(10), Done)
+        assert elements(node, TABLE, "closing4") == ""
+        assert connect(client, VIP4) == "ok"
+        # A removal cut short (this process killed right then) closes it for a second at most.
+        refusal.refuse_for(10, closing_s=1)
+        eventually(lambda: elements(node, TABLE, "closing4") == "", timeout_s=10)
+        assert connect(client, VIP4) == "ok"
+    finally:
+        refusal.close()
+        server.close()
 
 
 def test_a_restart_clears_what_an_earlier_run_left(lab_node: Node, make_driver: Factory) -> None:

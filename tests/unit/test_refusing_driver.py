@@ -22,10 +22,10 @@ class FakeRefusal:
     def prepare(self) -> Done | Unknown:
         return Unknown(self.broken) if self.broken else Done()
 
-    def refuse_for(self, seconds: float) -> Done | Unknown:
+    def refuse_for(self, seconds: float, closing_s: float = 0) -> Done | Unknown:
         if self.broken:
             return Unknown(self.broken)
-        self.ops.append(("refuse", seconds))
+        self.ops.append(("refuse+close" if closing_s else "refuse", seconds))
         return Done()
 
     def end_connections(self) -> int | Unknown:
@@ -50,8 +50,9 @@ def test_the_refusal_is_armed_before_the_vip_is_removed() -> None:
     inner.ops.clear()
     assert driver.remove() == VipChanged(was_present=True)
     # Armed first: no instant in which the VIP is gone and a SYN would be dropped;
-    # connections ended while their resets can still leave this node.
-    assert [op for op, _ in inner.ops] == ["refuse", "end", "remove", "end"]
+    # closed to new connections, then the old ones ended while their resets can
+    # still leave this node; closed no longer once the VIP is gone.
+    assert [op for op, _ in inner.ops] == ["refuse+close", "end", "remove", "refuse"]
     assert inner.ops[0][1] == 5
 
 
