@@ -58,9 +58,9 @@ NFPROTO_IPV4 = 2
 NFPROTO_IPV6 = 10
 
 NFT_MSG_NEWTABLE = 0
-NFT_MSG_DELTABLE = 2
 NFT_MSG_NEWCHAIN = 3
 NFT_MSG_NEWRULE = 6
+NFT_MSG_DELRULE = 8
 NFT_MSG_NEWSET = 9
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
@@ -228,18 +228,23 @@ class NftSocket:
         self._sock.close()
 
     def create_table(self, table: str) -> None:
-        """Create ``table`` afresh: what an earlier run left in it is gone."""
+        """Create ``table`` if missing, with its sets, and its chain's rules afresh.
+
+        Refusals an earlier run armed are kept: they are inert where the VIP
+        is and run out by themselves, and a restart in the middle of a
+        hand-off keeps them answering. Closing elements, the only ones that
+        apply while the VIP is here, are flushed.
+        """
         t = _name(1, table)  # NFTA_*_TABLE is 1 for chains, sets and rules alike
-        messages = [
-            (NFT_MSG_NEWTABLE, 0, _name(NFTA_TABLE_NAME, table)),  # so the delete finds one
-            (NFT_MSG_DELTABLE, 0, _name(NFTA_TABLE_NAME, table)),
-            (NFT_MSG_NEWTABLE, 0, _name(NFTA_TABLE_NAME, table)),
-        ]
+        messages = [(NFT_MSG_NEWTABLE, 0, _name(NFTA_TABLE_NAME, table))]
         for set_id, ((_, version), name) in enumerate(SETS.items(), start=1):
             _, _, length, datatype = _FAMILIES[version]
             body = t + _name(NFTA_SET_NAME, name) + _be32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT)
             body += _be32(NFTA_SET_KEY_TYPE, datatype) + _be32(NFTA_SET_KEY_LEN, length)
             messages.append((NFT_MSG_NEWSET, 0, body + _be32(NFTA_SET_ID, set_id)))
+        for version in (4, 6):  # a delete without elements flushes the set
+            closing = _name(NFTA_SET_ELEM_LIST_SET, SETS[CLOSING, version])
+            messages.append((NFT_MSG_DELSETELEM, 0, t + closing))
         hook = _nest(
             NFTA_CHAIN_HOOK,
             _be32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING),
@@ -247,6 +252,8 @@ class NftSocket:
         )
         chain = t + _name(NFTA_CHAIN_NAME, CHAIN) + hook + _be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
         messages.append((NFT_MSG_NEWCHAIN, 0, chain + _name(NFTA_CHAIN_TYPE, "filter")))
+        # A delete naming only the chain flushes it: the rules are this version's.
+        messages.append((NFT_MSG_DELRULE, 0, t + _name(NFTA_RULE_CHAIN, CHAIN)))
         for version in (4, 6):
             for expressions in refusal_rules(version):
                 rule = t + _name(NFTA_RULE_CHAIN, CHAIN)

@@ -20,7 +20,10 @@ this sidecar's own (``dbvip.adapters.nfnl``). Why it is safe to leave behind:
   refusal does nothing, whatever the set holds;
 * the kernel removes the element when its timeout runs out, even after this
   process was killed or frozen;
-* a start recreates the table empty, so nothing of an earlier run stays.
+* a start flushes what of an earlier run could apply while the VIP is here
+  (the closing elements below) and writes the rules afresh; it keeps the
+  refusals, inert where the VIP is, so a restart in the middle of a hand-off
+  keeps answering.
 
 So the element is armed before the VIP is removed (no gap in which a SYN is
 dropped), and while the VIP is held it is kept armed until ``refuse_s``
@@ -84,7 +87,7 @@ class NftRefusal:
         self._lock = threading.Lock()
 
     def prepare(self) -> Done | Unknown:
-        """Create the table afresh: an earlier run's refusals are gone."""
+        """Create the table, or bring an earlier run's up to date (its closing ended)."""
         with self._lock:
             return self._guarded("creating", self._create)
 

@@ -242,12 +242,27 @@ def test_closing_refuses_new_connections_to_a_vip_still_here_for_a_bounded_time(
         server.close()
 
 
-def test_a_restart_clears_what_an_earlier_run_left(lab_node: Node, make_driver: Factory) -> None:
+def test_a_restart_keeps_the_refusal_and_clears_the_closing(
+    lab_node: Node, make_driver: Factory
+) -> None:
     first = make_driver(VIP4, refuse_s=10)
     first.remove()  # refused for 10 s
+    refusal = NftRefusal(first.table, VIP4.ip, netns=lab_node.netns)
+    try:
+        refusal.refuse_for(10, closing_s=30)  # as if killed in the middle of a removal
+        nft(lab_node, "delete", "rule", "inet", first.table, "prerouting", "handle",
+            rule_handles(lab_node, first.table)[0])  # fmt: skip
+    finally:
+        refusal.close()
+    make_driver(VIP4, refuse_s=10)  # a new run prepares the same table
     assert str(VIP4.ip) in elements(lab_node, first.table, "refuse4")
-    make_driver(VIP4, refuse_s=10)  # a new run prepares the same table afresh
-    assert elements(lab_node, first.table, "refuse4") == ""
+    assert elements(lab_node, first.table, "closing4") == ""
+    assert len(rule_handles(lab_node, first.table)) == 6  # written afresh, none twice
+
+
+def rule_handles(node: Node, table: str) -> list[str]:
+    text = nft(node, "-a", "list", "chain", "inet", table, "prerouting")
+    return [line.rsplit("# handle ", 1)[1] for line in text.splitlines() if "reject" in line]
 
 
 def test_a_flushed_ruleset_is_rebuilt_at_the_next_refusal(
