@@ -24,11 +24,16 @@ WRITER_TIMEOUT_S = 0.1
 WRITER_DURATION_S = 4 * 3600.0  # longer than any lab lives; stopped with the lab
 
 
-def start_writer(lab: Lab, timeout_s: float) -> ClientWriter:
-    out = lab.dir / "logs" / "bench-writer.jsonl"
+def start_writer(lab: Lab, timeout_s: float, mode: str = "overlapping") -> ClientWriter:
+    """``overlapping``: a new attempt every 20 ms, each bounded by ``timeout_s``
+    (when writing becomes possible); ``ordinary``: one connection attempt at a
+    time, retried at once on error, a write every 20 ms otherwise (when an
+    application writes again)."""
+    out = lab.dir / "logs" / f"bench-{mode}.jsonl"
     writer = ClientWriter(
         lab.netns("client"), str(lab.vip.ip), 5432, SUPERUSER, "postgres", lab.password_file,
         out, interval_s=WRITER_INTERVAL_S, timeout_s=timeout_s, duration_s=WRITER_DURATION_S,
+        mode=mode,
     )  # fmt: skip
     writer.start()
     return writer

@@ -3,7 +3,8 @@
 The primary moves round the nodes (n1 -> n2 -> n3 -> n1 ...): each repetition
 promotes the node after the current primary. A client writes through the VIP
 on a new connection every 20 ms and the invariant monitor samples, both for
-the whole life of the lab.
+the whole life of the lab; beside it, an ordinary client (one connection
+attempt at a time, retried at once on error, as applications do) writes too.
 
 - switchover: the primary's database is stopped cleanly (``-m fast``) and
   started again as a standby, then the next node is promoted.
@@ -92,12 +93,16 @@ class Sample:
     monitor_flip_lag_ms: float | None = None  # the monitor saw it this much after the poller
     vip_ms: float | None = None  # VIP configured on the new primary, after the flip
     write_ms: float | None = None  # first write acknowledged by the new primary, after the flip
+    # The same, for the ordinary client (one connection attempt at a time).
+    ordinary_write_ms: float | None = None
     write_after_fault_ms: float | None = None
     outage_ms: float | None = None  # last ack by the old primary -> first ack by the new
     fault_done_ms: float | None = None  # the fault action completed (e.g. pg_ctl stop returned)
     heal_ms: float | None = None  # dead-holder: switch port back up, after the fault
     attempts: int = 0
     acked: int = 0
+    ordinary_attempts: int = 0
+    ordinary_acked: int = 0
     recovery_ms: float | None = None  # back to a known state, after the measurement
     rebuilt: list[str] = field(default_factory=list)  # nodes made again by pg_basebackup
     notes: list[str] = field(default_factory=list)
@@ -144,7 +149,10 @@ class Orchestrator:
         self.notes: list[str] = []  # what recovery found, for the current sample
         self.writer = start_writer(lab, client_timeout_s)
         self.tail = AttemptTail(self.writer.out_path)
+        self.ordinary = start_writer(lab, client_timeout_s, mode="ordinary")
+        self.ordinary_tail = AttemptTail(self.ordinary.out_path)
         self.tallied = 0  # attempts already in a sample's tally
+        self.ordinary_tallied = 0
         self.window_s = time.monotonic()  # end of the last tally window
 
     def next_node(self, node: str) -> str:
@@ -157,10 +165,13 @@ class Orchestrator:
         old, new = self.primary, self.next_node(self.primary)
         sample = Sample(setup, scenario, repetition, old, new)
         first = len(self.tail.read())  # this repetition's first attempt
-        events = self._handoff(scenario, old, new, first)
+        first_ordinary = len(self.ordinary_tail.read())
+        events = self._handoff(scenario, old, new, first, first_ordinary)
         report = self.monitor.report()
         end_s = time.monotonic()
-        self._measure(sample, events, report, self.tail.since(first))
+        self._measure(
+            sample, events, report, self.tail.since(first), self.ordinary_tail.since(first_ordinary)
+        )
         self._tally(sample, events, report, end_s)
         began_s = time.monotonic()
         self.notes = []
@@ -169,7 +180,9 @@ class Orchestrator:
         sample.recovery_ms = ms(time.monotonic(), began_s)
         return sample
 
-    def _handoff(self, scenario: str, old: str, new: str, first: int) -> Events:
+    def _handoff(
+        self, scenario: str, old: str, new: str, first: int, first_ordinary: int
+    ) -> Events:
         """Fault, promotion, and waiting until the client writes to ``new``."""
         started_s = time.monotonic()
         wait_for(
@@ -205,6 +218,14 @@ class Orchestrator:
             90.0 if scenario == "dead-holder" else 30.0,
             interval_s=0.01,
         )
+        # One attempt at a time: it may be waiting out a retransmission (a
+        # peer that drops SYNs), or libpq's whole connect_timeout (10 s).
+        wait_for(
+            f"a write by the ordinary client acknowledged by {new}",
+            lambda: first_ack(self.ordinary_tail.since(first_ordinary), new, flip.at_s),
+            90.0 if scenario == "dead-holder" else 30.0,
+            interval_s=0.01,
+        )
         vip_s = wait_for(
             f"{new}'s VIP seen by the monitor",
             lambda: vip_added(self.monitor.report().vip_events, new, fault_s),
@@ -220,7 +241,12 @@ class Orchestrator:
         return Events(fault_s, faulted_s, promote_s, flip, vip_s, heal_s)
 
     def _measure(
-        self, sample: Sample, events: Events, report: MonitorReport, attempts: list[Attempt]
+        self,
+        sample: Sample,
+        events: Events,
+        report: MonitorReport,
+        attempts: list[Attempt],
+        ordinary: list[Attempt],
     ) -> None:
         old, new, fault_s = sample.old, sample.new, events.fault_s
         # A poll can stall on a busy machine (the poller's gaps reach 20 ms
@@ -236,6 +262,7 @@ class Orchestrator:
         sample.monitor_flip_lag_ms = ms(seen_s, events.flip.at_s)
         sample.vip_ms = ms(events.vip_s, flip_s)
         sample.write_ms = ms(ack_s, flip_s)
+        sample.ordinary_write_ms = ms(first_ack(ordinary, new, flip_s), flip_s)
         sample.write_after_fault_ms = ms(ack_s, fault_s)
         sample.outage_ms = ms(ack_s, last_ack(attempts, old, events.faulted_s))
         sample.heal_ms = ms(events.heal_s, fault_s)
@@ -259,12 +286,22 @@ class Orchestrator:
             }
             for i in doubles
         ]
-        wrong = misdirected(window, self.reigns)
-        sample.misdirected = [_attempt_json(a, events.fault_s) for a in wrong]
+        ordinary = [
+            a for a in self.ordinary_tail.since(self.ordinary_tallied) if a.started_s <= end_s
+        ]
+        self.ordinary_tallied += len(ordinary)
+        sample.ordinary_attempts = len(ordinary)
+        sample.ordinary_acked = sum(a.ok for a in ordinary)
+        sample.misdirected = [
+            {**_attempt_json(a, events.fault_s), "client": client}
+            for client, attempts in (("overlapping", window), ("ordinary", ordinary))
+            for a in misdirected(attempts, self.reigns)
+        ]
 
     def close(self) -> None:
-        if self.writer.returncode is None:
-            self.writer.stop()
+        for writer in (self.writer, self.ordinary):
+            if writer.returncode is None:
+                writer.stop()
 
     def _fault(self, scenario: str, old: str) -> None:
         lab = self.lab

@@ -180,6 +180,25 @@ def test_goals_say_met_and_not_met_from_the_numbers() -> None:
     assert "| 500 ms | **not met** |" in report.goals(results)
 
 
+def test_the_ordinary_client_has_its_rows_and_goals() -> None:
+    results = synthetic()
+    for sample in results["samples"]:
+        if sample["setup"] == "dbvip/default" and sample["write_ms"] is not None:
+            sample["ordinary_write_ms"] = 2 * sample["write_ms"]  # 20..100 ms
+            sample["ordinary_acked"] = 10
+    table = report.latency_table(results)
+    row = next(line for line in table.splitlines() if "(ordinary client)" in line)
+    assert row.endswith("| 5 | 60 | 92 | 99 | 100 | 0 |"), row
+    text = report.goals(results)
+    assert "p50 <= 100 ms, ordinary client (switchover + crash) | 60 ms | met |" in text
+    assert "p99 <= 250 ms, ordinary client (switchover + crash) | 99 ms | met |" in text
+    results["samples"][0]["ordinary_write_ms"] = 9800.0  # a login left hanging
+    # 40, 60, 80, 100, 9800: p99 = 100 + 0.96 * 9700
+    assert "ordinary client (switchover + crash) | 9412 ms | **not met** |" in report.goals(results)
+    # Both clients' writes count in the safety tally.
+    assert "| dbvip | default | 6 | 0 | 0 | 0 | 590 | 0 |" in report.safety_table(results)
+
+
 def test_report_files_and_readme_block(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     results = synthetic()
