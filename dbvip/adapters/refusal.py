@@ -47,10 +47,10 @@ logged, and the hand-off goes on as it would without it.
 from __future__ import annotations
 
 import errno
-import hashlib
 import logging
 import re
 import threading
+import zlib
 from collections.abc import Callable
 from typing import Protocol
 
@@ -70,7 +70,9 @@ CLOSING_S = 1.0
 def table_name(cluster: str, interface: str, vip: IPAddress) -> str:
     """``dbvip_<interface>_<hash>``: one table per sidecar (cluster, interface and
     VIP), readable in ``nft list tables``, never shared with another sidecar."""
-    digest = hashlib.sha256(f"{cluster}\0{interface}\0{vip}".encode()).hexdigest()[:10]
+    # crc32, not hashlib: zlib is loaded anyway, hashlib would cost 0.6 MiB here.
+    identity = "\0".join((cluster, interface, str(vip))).encode()
+    digest = f"{zlib.crc32(identity):08x}"
     return f"dbvip_{re.sub(r'[^A-Za-z0-9_]', '_', interface)}_{digest}"
 
 

@@ -232,6 +232,7 @@ def describe(sample: Sample) -> str:
             part("flip", sample.flip_ms),
             part("VIP", sample.vip_ms),
             part("write", sample.write_ms),
+            part("ordinary client's write", sample.ordinary_write_ms),
         ]
     )
     if sample.scenario == "dead-holder":

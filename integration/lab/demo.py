@@ -1,11 +1,13 @@
 """The README's first command: see the writer VIP follow the primary.
 
 Brings up a lab (three PostgreSQL nodes with sidecars, etcd, a client), starts
-a client that writes through the VIP on a new connection every 20 ms and the
-invariant monitor, then runs a switchover (n1 demoted cleanly, n2 promoted)
-and a crash failover (n2's database stopped immediately, n3 promoted one
-second later). Prints a timeline of each (promotion, VIP removed, VIP added,
-first write acknowledged by the new primary) and tears everything down.
+two clients that write through the VIP (an overlapping one, a new connection
+every 20 ms whatever the last one does, and an ordinary one, one connection
+attempt at a time as applications make them) and the invariant monitor, then
+runs a switchover (n1 demoted cleanly, n2 promoted) and a crash failover (n2's
+database stopped immediately, n3 promoted one second later). Prints a timeline
+of each (promotion, VIP removed, VIP added, first write acknowledged by the new
+primary for each client) and tears everything down.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 from dbvip.model import Role
 from integration.lab import cleanup
@@ -43,7 +46,9 @@ class Demo:
     def rel(self, at_s: float | None) -> str:
         return "        -" if at_s is None else f"{at_s - self.origin_s:8.3f} s"
 
-    def run(self, monitor: InvariantMonitor, writer: ClientWriter) -> MonitorReport:
+    def run(
+        self, monitor: InvariantMonitor, writer: ClientWriter, ordinary: ClientWriter
+    ) -> MonitorReport:
         lab = self.lab
         lab.wait_holder("n1")
         first: Attempt = eventually(
@@ -59,7 +64,7 @@ class Demo:
         promote_s = lab.promote("n2")
         lab.wait_primary("n2")
         lab.wait_holder("n2")
-        eventually(lambda: first_ok_after(writer.attempts(), promote_s), timeout_s=30)
+        self.wait_writes("n2", promote_s, writer, ordinary)
         self.phases.append(Phase("switchover n1 -> n2", "n1", "n2", fault_s, promote_s))
 
         self.say("crash failover: n2's database stopped immediately; n3 promoted 1 s later")
@@ -68,22 +73,31 @@ class Demo:
         promote_s = lab.promote("n3")
         lab.wait_primary("n3")
         lab.wait_holder("n3")
-        eventually(lambda: first_ok_after(writer.attempts(), promote_s), timeout_s=30)
+        self.wait_writes("n3", promote_s, writer, ordinary)
         self.phases.append(Phase("crash failover n2 -> n3", "n2", "n3", fault_s, promote_s))
         time.sleep(0.5)  # a few more writes on the new primary for the tally
         attempts = writer.stop()
+        ordinary_attempts = ordinary.stop()
         report = monitor.stop()
-        self.print_timeline(report, attempts)
+        self.print_timeline(report, attempts, ordinary_attempts)
         return report
 
-    def print_timeline(self, report: MonitorReport, attempts: list[Attempt]) -> None:
+    @staticmethod
+    def wait_writes(node: str, after_s: float, *clients: ClientWriter) -> None:
+        for client in clients:
+            eventually(partial(_acked, client, node, after_s), timeout_s=30)
+
+    def print_timeline(
+        self, report: MonitorReport, attempts: list[Attempt], ordinary: list[Attempt]
+    ) -> None:
         self.say("timeline (seconds since the lab was up; VIP instants from netlink "
                  "samples every few ms, roles from pg_is_in_recovery() polls)")  # fmt: skip
         for phase in self.phases:
             promoted = _first_role(report, phase.new, Role.PRIMARY, phase.promote_s)
             removed = _first_vip(report, phase.old, VipChange.REMOVED, phase.fault_s)
             added = _first_vip(report, phase.new, VipChange.ADDED, phase.fault_s)
-            written = first_ok_after(attempts, phase.promote_s)
+            written = first_ack(attempts, phase.new, phase.promote_s)
+            app = first_ack(ordinary, phase.new, phase.promote_s)
             rows = [
                 (f"{phase.old} database {'stopped' if 'switch' in phase.title else 'crashed'}",
                  phase.fault_s),
@@ -91,22 +105,48 @@ class Demo:
                 (f"{phase.new} promote signalled", phase.promote_s),
                 (f"{phase.new} is primary", promoted),
                 (f"{phase.new} VIP added", added),
-                (f"first write acknowledged by {written.node if written else '-'}",
+                (f"first write acknowledged by {phase.new} (overlapping client)",
                  written.ended_s if written else None),
+                (f"first write acknowledged by {phase.new} (ordinary client)",
+                 app.ended_s if app else None),
             ]  # fmt: skip
             self.say(f"  {phase.title}")
             for label, at_s in sorted(rows, key=lambda r: r[1] if r[1] is not None else 1e18):
                 self.say(f"    {self.rel(at_s)}  {label}")
-            if promoted is not None and added is not None and written is not None:
-                self.say(f"    => VIP on the new primary {1000 * (added - promoted):.0f} ms after "
-                         f"its promotion; client writing again "
-                         f"{1000 * (written.ended_s - promoted):.0f} ms after it")  # fmt: skip
-        ok = sum(a.ok for a in attempts)
-        gaps = outages(attempts)
-        longest = max((end - start for start, end in gaps), default=0.0)
-        self.say(f"client: {len(attempts)} write attempts, {ok} acknowledged; "
-                 f"{len(gaps)} outages, longest {longest:.3f} s")  # fmt: skip
+            if promoted is not None and added is not None and written and app:
+                self.say(f"    => VIP on the new primary {_after(added, promoted)}; "
+                         f"clients writing again {_after(written.ended_s, promoted)} "
+                         f"(overlapping) and {_after(app.ended_s, promoted)} "
+                         "(ordinary)")  # fmt: skip
+        for name, made in (("overlapping client", attempts), ("ordinary client", ordinary)):
+            ok = sum(a.ok for a in made)
+            gaps = outages(made)
+            longest = max((end - start for start, end in gaps), default=0.0)
+            slowest = max((a.ended_s - a.started_s for a in made), default=0.0)
+            self.say(f"{name}: {len(made)} write attempts, {ok} acknowledged; "
+                     f"{len(gaps)} outages, longest {longest:.3f} s; slowest attempt "
+                     f"{slowest:.3f} s")  # fmt: skip
         self.say(report.summary())
+
+
+def first_ack(attempts: list[Attempt], node: str, after_s: float) -> Attempt | None:
+    """The first write ``node`` acknowledged after ``after_s`` (an attempt begun
+    earlier counts: the client was still waiting to write)."""
+    done = [a for a in attempts if a.ok and a.node == node and a.ended_s >= after_s]
+    return min(done, key=lambda a: a.ended_s, default=None)
+
+
+def _acked(client: ClientWriter, node: str, after_s: float) -> Attempt | None:
+    return first_ack(client.attempts(), node, after_s)
+
+
+def _after(later_s: float, promoted_s: float) -> str:
+    """``N ms after its promotion``; a change seen before the role poll saw the
+    promotion (polls every few ms) says so instead of a negative figure."""
+    gap_ms = 1000 * (later_s - promoted_s)
+    if gap_ms < 0:
+        return f"{-gap_ms:.0f} ms before the role poll saw the promotion"
+    return f"{gap_ms:.0f} ms after its promotion"
 
 
 def _first_role(report: MonitorReport, host: str, role: Role, after_s: float) -> float | None:
@@ -132,8 +172,9 @@ def run_demo(say: Callable[[str], None]) -> int:
         monitor = lab.monitor()
         monitor.start()
         writer = lab.start_writer()
+        ordinary = lab.start_client("ordinary")
         try:
-            report = demo.run(monitor, writer)
+            report = demo.run(monitor, writer, ordinary)
         except BaseException:
             monitor.stop()
             for node in lab.spec.nodes:
