@@ -114,10 +114,9 @@ class Demo:
             for label, at_s in sorted(rows, key=lambda r: r[1] if r[1] is not None else 1e18):
                 self.say(f"    {self.rel(at_s)}  {label}")
             if promoted is not None and added is not None and written and app:
-                self.say(f"    => VIP on the new primary {_after(added, promoted)}; "
-                         f"clients writing again {_after(written.ended_s, promoted)} "
-                         f"(overlapping) and {_after(app.ended_s, promoted)} "
-                         "(ordinary)")  # fmt: skip
+                self.say(f"    => VIP on the new primary {_after(added, promoted, 'its promotion')}"
+                         f"; first write {_after(written.ended_s, promoted)} (overlapping "
+                         f"client), {_after(app.ended_s, promoted)} (ordinary client)")  # fmt: skip
         for name, made in (("overlapping client", attempts), ("ordinary client", ordinary)):
             ok = sum(a.ok for a in made)
             gaps = outages(made)
@@ -140,13 +139,13 @@ def _acked(client: ClientWriter, node: str, after_s: float) -> Attempt | None:
     return first_ack(client.attempts(), node, after_s)
 
 
-def _after(later_s: float, promoted_s: float) -> str:
-    """``N ms after its promotion``; a change seen before the role poll saw the
+def _after(later_s: float, promoted_s: float, what: str = "it") -> str:
+    """``N ms after <what>``; a change seen before the role poll saw the
     promotion (polls every few ms) says so instead of a negative figure."""
     gap_ms = 1000 * (later_s - promoted_s)
     if gap_ms < 0:
         return f"{-gap_ms:.0f} ms before the role poll saw the promotion"
-    return f"{gap_ms:.0f} ms after its promotion"
+    return f"{gap_ms:.0f} ms after {what}"
 
 
 def _first_role(report: MonitorReport, host: str, role: Role, after_s: float) -> float | None:
