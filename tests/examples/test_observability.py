@@ -267,3 +267,63 @@ def test_the_drift_check_reads_names_not_strings_or_ranges() -> None:
     assert problems(expr, SERIES) == []
     assert [s.name for s in reads(expr).selectors] == ["dbvip_ready", "up"]
     assert legend_labels("{{node}}: {{ reason }}") == {"node", "reason"}
+
+
+def test_the_dashboard_names_each_node_of_the_chosen_cluster_only(tmp_path: Path) -> None:
+    """Two panels' queries under promtool, on series of two clusters: the
+    join on dbvip_info puts the node's name on each line, and only the
+    chosen cluster's nodes are shown."""
+    board = {p["title"]: p for p in dashboard()["panels"]}
+
+    def query(title: str) -> str:
+        return str(board[title]["targets"][0]["expr"]).replace("$cluster", "main")
+
+    def info(node: str, cluster: str) -> dict[str, str]:
+        labels = f'job="dbvip", instance="{node}:8008", cluster="{cluster}", node="{node}"'
+        return {"series": f'dbvip_info{{{labels}, vip="198.51.100.10"}}', "values": "1+0x10"}
+
+    def gauge(name: str, node: str, value: int, extra: str = "") -> dict[str, str]:
+        return {
+            "series": f'{name}{{job="dbvip", instance="{node}:8008"{extra}}}',
+            "values": f"{value}+0x10",
+        }
+
+    series = [info("pg1", "main"), info("pg2", "main"), info("pg3", "other")]
+    series += [gauge("dbvip_vip_present", n, v) for n, v in (("pg1", 1), ("pg2", 0), ("pg3", 1))]
+    for node, reason in (("pg1", "holding"), ("pg2", "replica"), ("pg3", "holding")):
+        for each in ("holding", "replica", "conflict"):
+            series.append(
+                gauge("dbvip_decision_reason", node, int(each == reason), f', reason="{each}"')
+            )
+    tests = {
+        "rule_files": [],
+        "evaluation_interval": "15s",
+        "tests": [
+            {
+                "interval": "15s",
+                "input_series": series,
+                "promql_expr_test": [
+                    {
+                        "expr": query("Writer VIP holder"),
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {"labels": '{node="pg1"}', "value": 1},
+                            {"labels": '{node="pg2"}', "value": 0},
+                        ],
+                    },
+                    {
+                        "expr": query("Decisions and their reasons (hand-offs)"),
+                        "eval_time": "1m",
+                        "exp_samples": [
+                            {"labels": '{node="pg1", reason="holding"}', "value": 1},
+                            {"labels": '{node="pg2", reason="replica"}', "value": 1},
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "dashboard.test.yml"
+    path.write_text(yaml.safe_dump(tests, sort_keys=False))
+    done = promtool("test", "rules", path)
+    assert done.code == 0, done.text
