@@ -54,6 +54,21 @@ def liveness(snapshot: Snapshot | None, now_s: float, timing: Timing) -> Verdict
     return Verdict(ok, f"last decision {age_s:.2f} s ago ({where} the {window_s:g} s window)")
 
 
+def etcd_problem(snapshot: Snapshot | None, now_s: float, timing: Timing) -> str:
+    """Why etcd does not count as answering the loop ("" when it does): the
+    etcd half of readiness, also exported on its own as a metric."""
+    if snapshot is None:
+        return "no decision yet"
+    window_s = etcd_window_s(timing)
+    if snapshot.etcd_error:
+        return f"etcd unreachable: {snapshot.etcd_error}"
+    if snapshot.etcd_answered_s is None:
+        return "etcd has not answered yet"
+    if (age_s := now_s - snapshot.etcd_answered_s) > window_s:
+        return f"etcd last answered {age_s:.2f} s ago (past the {window_s:g} s window)"
+    return ""
+
+
 def readiness(snapshot: Snapshot | None, now_s: float, timing: Timing) -> Verdict:
     if snapshot is None:
         return Verdict(False, "no decision yet")
@@ -61,13 +76,8 @@ def readiness(snapshot: Snapshot | None, now_s: float, timing: Timing) -> Verdic
     if snapshot.role is Role.UNKNOWN or snapshot.role is Role.DOWN:
         cause = snapshot.facts.get("role_cause") or "no answer"
         problems.append(f"role {snapshot.role.value}: {cause}")
-    window_s = etcd_window_s(timing)
-    if snapshot.etcd_error:
-        problems.append(f"etcd unreachable: {snapshot.etcd_error}")
-    elif snapshot.etcd_answered_s is None:
-        problems.append("etcd has not answered yet")
-    elif (age_s := now_s - snapshot.etcd_answered_s) > window_s:
-        problems.append(f"etcd last answered {age_s:.2f} s ago (past the {window_s:g} s window)")
+    if etcd := etcd_problem(snapshot, now_s, timing):
+        problems.append(etcd)
     if problems:
         return Verdict(False, "; ".join(problems))
     return Verdict(True, f"role {snapshot.role.value}, etcd answering")
@@ -99,6 +109,9 @@ class Board:
 
     def readiness(self) -> Verdict:
         return readiness(self.latest(), self.now_s(), self._timing)
+
+    def etcd_answering(self) -> bool:
+        return not etcd_problem(self.latest(), self.now_s(), self._timing)
 
     def status(self) -> dict[str, Any] | None:
         """This node's row of ``dbvip status --json``, as of its last decision

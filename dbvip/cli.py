@@ -17,6 +17,21 @@ from dbvip.config import REQUIRED_FOR_STATUS, REQUIRED_TO_RUN, SETTINGS, Config,
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_CONFIRMED = 4
+WATCH_INTERVAL_S = 1.0
+
+
+def _interval(text: str) -> float:
+    from dbvip.watch import MIN_INTERVAL_S  # noqa: PLC0415
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value >= MIN_INTERVAL_S or value == float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"a number of seconds >= {MIN_INTERVAL_S:g} is needed, not {text!r}"
+        )
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,6 +58,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--config", metavar="PATH", help="TOML file of settings")
         if name == "status":
             sub.add_argument("--json", action="store_true", help="print JSON")
+            sub.add_argument(
+                "--watch", action="store_true",
+                help="show it again every --interval-s until Ctrl-C: in place on a terminal, "
+                "appended otherwise (with --json: one JSON object per line)",
+            )  # fmt: skip
+            sub.add_argument(
+                "--interval-s", type=_interval, metavar="SECONDS",
+                help=f"time between two looks with --watch (default {WATCH_INTERVAL_S:g})",
+            )  # fmt: skip
         if name == "maintenance":
             sub.add_argument("state", choices=("on", "off"))
             sub.add_argument(
@@ -58,6 +82,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "status" and args.interval_s is not None and not args.watch:
+        print("dbvip: --interval-s is given without --watch", file=sys.stderr)
+        return EXIT_CONFIG
     env = os.environ if environ is None else environ
     flags = {s.name: getattr(args, s.name) for s in SETTINGS}
     required = {
@@ -71,6 +98,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return EXIT_CONFIG
     if args.command == "check-config":
         return _check_config(config)
+    if args.command == "status" and args.watch:
+        return _watch(config, args.json, args.interval_s or WATCH_INTERVAL_S)
     if args.command == "status":
         return _status(config, args.json)
     if args.command == "maintenance":
@@ -104,6 +133,29 @@ def _status(config: Config, as_json: bool) -> int:
         print(json.dumps(view, indent=2, sort_keys=True))
         return 0
     print(_status_table(view))
+    return 0
+
+
+def _watch(config: Config, as_json: bool, interval_s: float) -> int:
+    from dbvip.watch import utc_now, watch  # noqa: PLC0415
+    from dbvip.wiring import read_cluster  # noqa: PLC0415
+
+    def frame() -> str:
+        try:
+            view = read_cluster(config)
+        except Exception as e:  # shown in the frame; the watch goes on
+            if as_json:
+                return json.dumps({"at": utc_now(), "error": str(e)}, sort_keys=True)
+            return f"dbvip: cannot read the cluster from etcd: {e}"
+        if as_json:
+            return json.dumps({"at": utc_now(), **view}, sort_keys=True)
+        return _status_table(view)
+
+    terminal = sys.stdout.isatty() and not as_json
+    try:
+        watch(frame, sys.stdout, interval_s, terminal=terminal, stamped=not as_json)
+    except BrokenPipeError:  # the reader went away (| head): done, quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

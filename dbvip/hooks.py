@@ -24,6 +24,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
+from typing import Literal
 
 from dbvip.events import Event, EventKind
 
@@ -37,6 +38,16 @@ TAIL_LINES = 5  # lines quoted when a hook fails
 MAX_QUEUED = 32  # events waiting for the worker; more are dropped, logged
 POLL_S = 0.1  # how often a running hook's deadline is looked at
 AFTER_KILL_S = 1.0  # to read what killed processes left in the pipe, and reap
+
+# How a hook run ended (the metrics count them): ok; failed: non-zero exit or
+# a signal; timeout: killed past the limit; error: could not be started;
+# dropped: never run (queue full, or shutdown time up).
+HookResult = Literal["ok", "failed", "timeout", "error", "dropped"]
+HookObserver = Callable[[EventKind, HookResult], None]
+
+
+def _ignore(kind: EventKind, result: HookResult) -> None:
+    pass
 
 
 def hook_environment(
@@ -111,14 +122,17 @@ class HookRunner:
         timeout_s: float,
         facts: Mapping[str, str],
         environ: Mapping[str, str] | None = None,
+        observe: HookObserver = _ignore,
     ) -> None:
         """``facts``: what holds for every event (``NODE``, ``CLUSTER`` ...),
         passed as ``DBVIP_HOOK_<NAME>``; ``environ``: where the inherited
-        variables come from (the process's environment by default)."""
+        variables come from (the process's environment by default);
+        ``observe``: hears how each run ended, on the worker thread."""
         self._hooks = {kind: path for kind, path in hooks.items() if path}
         self._timeout_s = timeout_s
         self._facts = dict(facts)
         self._environ = os.environ if environ is None else environ
+        self._observe = observe
         self._queue: deque[Event] = deque()
         self._changed = threading.Condition()
         self._busy = False
@@ -140,6 +154,7 @@ class HookRunner:
                 self._changed.notify_all()
         if full:
             log.warning("hook=%s not run: %d hooks already waiting", event.kind.value, MAX_QUEUED)
+            self._observe(event.kind, "dropped")
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Whether every queued hook has finished within ``timeout_s``."""
@@ -167,9 +182,14 @@ class HookRunner:
     def _loop(self) -> None:
         while (event := self._next()) is not None:
             try:
-                self._run(event)
+                result = self._run(event)
             except Exception:
                 log.exception("hook=%s could not be run", event.kind.value)
+                result = "error"
+            try:
+                self._observe(event.kind, result)
+            except Exception:  # a metrics bug must not stop the hooks
+                log.exception("hook=%s outcome not counted", event.kind.value)
             finally:
                 with self._changed:
                     self._busy = False
@@ -184,6 +204,8 @@ class HookRunner:
                 return None
             if self._shutdown_s is not None and time.monotonic() >= self._shutdown_s:
                 dropped = " ".join(e.kind.value for e in self._queue)
+                for e in self._queue:
+                    self._observe(e.kind, "dropped")
                 self._queue.clear()
                 self._changed.notify_all()
                 log.warning("hooks not run, shutdown time is up: %s", dropped)
@@ -196,7 +218,7 @@ class HookRunner:
         limit = started_s + self._timeout_s
         return limit if shutdown is None else min(limit, shutdown)
 
-    def _run(self, event: Event) -> None:
+    def _run(self, event: Event) -> HookResult:
         name, path = event.kind.value, self._hooks[event.kind]
         started = time.monotonic()
         try:
@@ -211,7 +233,7 @@ class HookRunner:
             )
         except OSError as e:
             log.warning("hook=%s not run path=%s cause=%r", name, path, f"{e.strerror}")
-            return
+            return "error"
         log.info("hook=%s started path=%s pid=%d reason=%s", name, path, proc.pid, event.reason)
         assert proc.stdout is not None
         output = _Output(name, proc.pid)
@@ -228,7 +250,7 @@ class HookRunner:
             code = proc.wait(AFTER_KILL_S)
         except subprocess.TimeoutExpired:  # pragma: no cover (SIGKILL not delivered?)
             log.error("hook=%s pid=%d did not die after SIGKILL", name, proc.pid)
-            return
+            return "timeout"
         took = time.monotonic() - started
         tail = " | ".join(output.tail)
         if not finished:
@@ -241,11 +263,13 @@ class HookRunner:
                 took,
                 tail,
             )
-        elif code != 0:
+            return "timeout"
+        if code != 0:
             cause = f"signal {-code}" if code < 0 else f"exit status {code}"
             log.warning("hook=%s failed %s after %.1f s tail=%r", name, cause, took, tail)
-        else:
-            log.info("hook=%s done exit status 0 after %.1f s", name, took)
+            return "failed"
+        log.info("hook=%s done exit status 0 after %.1f s", name, took)
+        return "ok"
 
 
 def _follow(

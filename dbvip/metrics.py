@@ -18,12 +18,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dbvip.board import Board
+from dbvip.events import EventKind
+from dbvip.hooks import HookResult
 from dbvip.model import Action, Reason, Role
 from dbvip.runner import ActionResult, EtcdOperation, Snapshot, snake_case
 
 # From a fast loopback answer up to the longest timeouts one would configure.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 ACTION_KINDS = tuple(snake_case(cls.__name__) for cls in get_args(Action))
+HOOK_RESULTS: tuple[str, ...] = get_args(HookResult)
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,21 @@ METRICS: tuple[MetricDoc, ...] = (
         (),
         "seconds since the last decision (the loop's heartbeat)",
     ),
+    MetricDoc(
+        "dbvip_info",
+        "gauge",
+        ("cluster", "node", "vip"),
+        "always 1; its labels name this sidecar (join on instance to label other metrics)",
+    ),
+    MetricDoc("dbvip_alive", "gauge", (), "1 when /healthz answers 200 (the loop is deciding)"),
     MetricDoc("dbvip_ready", "gauge", (), "1 when /readyz answers 200"),
+    MetricDoc(
+        "dbvip_etcd_answering",
+        "gauge",
+        (),
+        "1 when the loop's latest etcd request was answered, within the etcd window "
+        "(the etcd half of /readyz)",
+    ),
     MetricDoc(
         "dbvip_actions_total",
         "counter",
@@ -98,8 +115,33 @@ METRICS: tuple[MetricDoc, ...] = (
         "times the decision turned to conflict: this node's database is primary "
         "while another node holds the writer key",
     ),
+    MetricDoc(
+        "dbvip_hook_runs_total",
+        "counter",
+        ("event", "result"),
+        "hook runs, by event (" + ", ".join(k.value for k in EventKind) + ") and result "
+        "(ok; failed: non-zero exit or killed by a signal; timeout: killed past "
+        "hook_timeout_s; error: could not be started; dropped: never run, the queue "
+        "was full or the sidecar stopping)",
+    ),
 )
 _BY_NAME = {m.name: m for m in METRICS}
+
+# Every value each label can take (dbvip_info's are the configuration's own):
+# the series a rule or a dashboard may select, checked by tests/examples.
+LABEL_VALUES: dict[str, tuple[str, ...]] = {
+    "role": tuple(r.value for r in Role),
+    "reason": tuple(r.value for r in Reason),
+    "action": ACTION_KINDS,
+    "event": tuple(k.value for k in EventKind),
+    "operation": get_args(EtcdOperation),
+}
+# "result" means something else on each metric.
+RESULT_VALUES: dict[str, tuple[str, ...]] = {
+    "dbvip_actions_total": get_args(ActionResult),
+    "dbvip_etcd_request_duration_seconds": ("ok", "failed"),
+    "dbvip_hook_runs_total": HOOK_RESULTS,
+}
 
 
 def _doc(name: str) -> MetricDoc:
@@ -109,7 +151,7 @@ def _doc(name: str) -> MetricDoc:
 class Metrics:
     """The registry, the runner's ``Observer`` and a publish hook for counts."""
 
-    def __init__(self, board: Board) -> None:
+    def __init__(self, board: Board, cluster: str, node: str, vip: str) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._board = board
         self._last_reason = ""
@@ -124,13 +166,21 @@ class Metrics:
 
         self._actions = counter("dbvip_actions_total")
         self._conflicts = counter("dbvip_conflicts_total")
+        self._hooks = counter("dbvip_hook_runs_total")
         self._action_s = histogram("dbvip_action_duration_seconds")
         self._probe_s = histogram("dbvip_probe_duration_seconds")
         self._etcd_s = histogram("dbvip_etcd_request_duration_seconds")
         for kind in ACTION_KINDS:  # every series exists from the start, at 0
             for result in ("ok", "failed"):
                 self._actions.labels(kind, result)
-        self.registry.register(_SnapshotCollector(board))
+        # A counter's first increment must be a step up from 0, or increase()
+        # in an alert rule does not see it.
+        for event in LABEL_VALUES["event"]:
+            for result in HOOK_RESULTS:
+                self._hooks.labels(event, result)
+        self.registry.register(
+            _SnapshotCollector(board, {"cluster": cluster, "node": node, "vip": vip})
+        )
 
     # -- the runner's Observer ----------------------------------------------
 
@@ -143,6 +193,11 @@ class Metrics:
 
     def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None:
         self._etcd_s.labels(operation, "ok" if answered else "failed").observe(seconds)
+
+    # -- the hook runner's observer (called on its worker thread) -------------
+
+    def hook_done(self, event: EventKind, result: HookResult) -> None:
+        self._hooks.labels(event.value, result).inc()
 
     # -- publish hook ---------------------------------------------------------
 
@@ -159,20 +214,34 @@ class Metrics:
 class _SnapshotCollector:
     """The gauges, all read from one snapshot at scrape time."""
 
-    def __init__(self, board: Board) -> None:
+    def __init__(self, board: Board, identity: dict[str, str]) -> None:
         self._board = board
+        self._identity = identity
 
     def describe(self) -> Iterator[Metric]:
         # Declares the names up front, so a clash is found at registration.
-        return self._families(None, 0.0, ready=False)
+        return self._families(None, 0.0, _Verdicts(alive=False, ready=False, etcd=False))
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(self._board.latest(), self._board.now_s(), self._board.readiness().ok)
+        board = self._board
+        verdicts = _Verdicts(
+            alive=board.liveness().ok, ready=board.readiness().ok, etcd=board.etcd_answering()
+        )
+        return self._families(board.latest(), board.now_s(), verdicts)
 
-    def _families(self, snap: Snapshot | None, now_s: float, ready: bool) -> Iterator[Metric]:
+    def _families(self, snap: Snapshot | None, now_s: float, v: _Verdicts) -> Iterator[Metric]:
         def gauge(name: str) -> GaugeMetricFamily:
             d = _doc(name)
             return GaugeMetricFamily(d.name, d.help, labels=d.labels or None)
+
+        def flag(name: str, on: bool) -> GaugeMetricFamily:
+            family = gauge(name)
+            family.add_metric([], 1.0 if on else 0.0)
+            return family
+
+        info = gauge("dbvip_info")
+        info.add_metric([self._identity[label] for label in _doc("dbvip_info").labels], 1.0)
+        yield info
 
         role = gauge("dbvip_role")
         current = snap.role if snap else Role.UNKNOWN
@@ -190,9 +259,9 @@ class _SnapshotCollector:
         vip = gauge("dbvip_vip_present")
         vip.add_metric([], 1.0 if snap and snap.vip_present else 0.0)
         yield vip
-        ready_gauge = gauge("dbvip_ready")
-        ready_gauge.add_metric([], 1.0 if ready else 0.0)
-        yield ready_gauge
+        yield flag("dbvip_alive", v.alive)
+        yield flag("dbvip_ready", v.ready)
+        yield flag("dbvip_etcd_answering", v.etcd)
         deadline = gauge("dbvip_lease_deadline_remaining_seconds")
         if snap and snap.deadline_in_s is not None:
             deadline.add_metric([], snap.deadline_in_s - (now_s - snap.tick_s))
@@ -201,3 +270,10 @@ class _SnapshotCollector:
         if snap:
             age.add_metric([], now_s - snap.tick_s)
         yield age
+
+
+@dataclass(frozen=True)
+class _Verdicts:
+    alive: bool
+    ready: bool
+    etcd: bool

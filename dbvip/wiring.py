@@ -15,7 +15,7 @@ from dbvip.adapters.refusal import NftRefusal, RefusingVipDriver, table_name
 from dbvip.board import Board
 from dbvip.config import Config, Listen
 from dbvip.events import EventKind
-from dbvip.hooks import HookRunner
+from dbvip.hooks import HookObserver, HookRunner
 from dbvip.members import MemberPublisher, member_row
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
 from dbvip.ports import Announcer, Clock, Unknown, VipDriver
@@ -46,7 +46,7 @@ def lease_store(config: Config, clock: Clock, node: str = "-") -> EtcdLeaseStore
     )
 
 
-def hook_runner(config: Config) -> HookRunner:
+def hook_runner(config: Config, observe: HookObserver | None = None) -> HookRunner:
     hooks = {kind: config[f"hook_{kind.value}"] for kind in EventKind}
     facts = {
         "NODE": config["node"],
@@ -54,7 +54,9 @@ def hook_runner(config: Config) -> HookRunner:
         "VIP": str(config["vip"].ip),
         "INTERFACE": config["interface"],
     }
-    return HookRunner(hooks, config["hook_timeout_s"], facts)
+    if observe is None:
+        return HookRunner(hooks, config["hook_timeout_s"], facts)
+    return HookRunner(hooks, config["hook_timeout_s"], facts, observe=observe)
 
 
 class SystemClock:
@@ -102,7 +104,7 @@ class Sidecar:
             # http_listen would carry for nothing.
             from dbvip.metrics import Metrics  # noqa: PLC0415
 
-            self.metrics = Metrics(self.board)
+            self.metrics = Metrics(self.board, config["cluster"], node, str(vip))
             # Bound first: a port in use stops the start before anything else is made.
             self.http = _listen(config, self.board, self.metrics)
         self.store = lease_store(config, clock, node)
@@ -129,7 +131,7 @@ class Sidecar:
             period_s=timing.renew_interval_s,
             timeout_s=timing.request_timeout_s,
         )
-        self.hooks = hook_runner(config)
+        self.hooks = hook_runner(config, self.metrics.hook_done if self.metrics else None)
         sinks = [self.publisher.offer, self.board.offer]
         observer: Observer | None = None
         if self.metrics is not None:

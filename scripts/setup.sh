@@ -10,7 +10,8 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
-packages=(etcd-server etcd-client postgresql-15 iproute2 nftables python3-venv util-linux)
+# prometheus: its promtool checks and unit-tests the alert rules in examples/prometheus.
+packages=(etcd-server etcd-client postgresql-15 iproute2 nftables python3-venv util-linux prometheus)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

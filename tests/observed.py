@@ -46,7 +46,7 @@ class ObservedNode:
         self.vip = FakeVipDriver(self.kernel, name)
         self.announcer = FakeAnnouncer(self.kernel, name)
         self.board = Board(VIP, T, self.clock)
-        self.metrics = Metrics(self.board)
+        self.metrics = Metrics(self.board, "main", name, VIP)
         self.published: list[Snapshot] = []
 
         def publish(snapshot: Snapshot) -> None:

@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from dbvip.board import Board
 from dbvip.events import Event, EventKind
 from dbvip.hooks import INHERITED, OUTPUT_LIMIT_BYTES, HookRunner
+from dbvip.metrics import Metrics
 from dbvip.model import Role, Timing
 from dbvip.runner import Ports, Runner
 from integration.lab.eventually import eventually
@@ -355,3 +357,47 @@ def test_a_hung_acquire_hook_does_not_delay_the_release_of_the_vip(
     assert released.read_text().strip() == "demoted"
     assert not alive(pid)
     assert logged.find("hook=acquire hung past 3 s", logging.WARNING)
+
+
+def test_every_way_a_hook_run_ends_is_counted_by_event_and_result(
+    tmp_path: Path, pids: list[int]
+) -> None:
+    clock = FakeClock()
+    metrics = Metrics(Board("198.51.100.10/32", Timing(), clock), "main", "n1", "198.51.100.10")
+
+    def count(kind: EventKind, result: str) -> float | None:
+        labels = {"event": kind.value, "result": result}
+        return metrics.registry.get_sample_value("dbvip_hook_runs_total", labels)
+
+    assert count(EventKind.CONFLICT, "failed") == 0  # every series there from the start
+    pid_file = tmp_path / "hung.pid"
+    hooks = {
+        EventKind.ACQUIRE: hook(tmp_path, "ok.sh", "exit 0\n"),
+        EventKind.RELEASE: hook(tmp_path, "fail.sh", "exit 3\n"),
+        EventKind.CONFLICT: hook(tmp_path, "hang.sh", f"echo $$ > {pid_file}\nexec sleep 60\n"),
+    }
+    runner = HookRunner(
+        {k: str(p) for k, p in hooks.items()},
+        0.5,
+        FACTS,
+        environ=SIDECAR_ENV,
+        observe=metrics.hook_done,
+    )
+    runner.start()
+    try:
+        runner.on_event(event(EventKind.ACQUIRE))
+        runner.on_event(event(EventKind.RELEASE))
+        runner.on_event(event(EventKind.CONFLICT))
+        pids.append(read_pid(pid_file))
+        assert runner.wait_idle(10)
+        hooks[EventKind.ACQUIRE].unlink()  # cannot be started any more
+        runner.on_event(event(EventKind.ACQUIRE))
+        assert runner.wait_idle(10)
+    finally:
+        runner.stop()
+    assert count(EventKind.ACQUIRE, "ok") == 1
+    assert count(EventKind.ACQUIRE, "error") == 1
+    assert count(EventKind.RELEASE, "failed") == 1
+    assert count(EventKind.CONFLICT, "timeout") == 1
+    assert count(EventKind.RELEASE, "ok") == 0
+    assert count(EventKind.CONFLICT, "dropped") == 0

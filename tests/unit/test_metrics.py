@@ -6,10 +6,10 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dbvip.board import etcd_window_s, liveness_window_s
-from dbvip.metrics import METRICS
+from dbvip.metrics import LABEL_VALUES, METRICS, RESULT_VALUES
 from dbvip.model import LeaseGone, LeaseRefused, LeaseRenewed, Reason, Role
 from dbvip.runner import Snapshot, action_result
-from tests.observed import ObservedNode, T, run
+from tests.observed import VIP, ObservedNode, T, run
 
 
 def test_a_take_over_shows_in_every_gauge_and_counter() -> None:
@@ -183,3 +183,59 @@ def test_a_failing_observer_or_publisher_never_stops_the_loop() -> None:
     assert holder is not None
     assert holder[0] == "n1"
     assert n1.kernel.holders() == {"n1"}
+
+
+def test_info_names_the_sidecar_for_joins() -> None:
+    n1 = ObservedNode("n1")
+    assert n1.value("dbvip_info", cluster="main", node="n1", vip=VIP) == 1
+    families = text_string_to_metric_families(n1.metrics.render().decode())
+    (info,) = [f for f in families if f.name == "dbvip_info"]
+    assert len(info.samples) == 1
+
+
+def test_alive_and_etcd_answering_are_the_halves_of_the_health_verdicts() -> None:
+    n1 = ObservedNode(role=Role.REPLICA)
+    assert (n1.value("dbvip_alive"), n1.value("dbvip_etcd_answering")) == (0, 0)  # no decision
+    run([n1], 1.0)
+    assert (n1.value("dbvip_alive"), n1.value("dbvip_etcd_answering")) == (1, 1)
+
+    # The database does not answer: not ready, but etcd still answers.
+    n1.probe.role = Role.UNKNOWN
+    run([n1], T.probe_interval_s)
+    assert (n1.value("dbvip_ready"), n1.value("dbvip_etcd_answering")) == (0, 1)
+
+    # etcd refuses: the etcd gauge says so, whatever the role.
+    n1.probe.role = Role.REPLICA
+    n1.store.fault = "refuse"
+    run([n1], T.renew_interval_s + 2 * T.probe_interval_s)
+    assert (n1.value("dbvip_ready"), n1.value("dbvip_etcd_answering")) == (0, 0)
+    assert n1.value("dbvip_alive") == 1  # the loop itself keeps deciding
+
+    n1.store.fault = "ok"
+    run([n1], T.renew_interval_s + 2 * T.probe_interval_s)
+    assert n1.value("dbvip_etcd_answering") == 1
+    n1.clock.advance(liveness_window_s(T) + 0.01)  # the loop went silent
+    assert n1.value("dbvip_alive") == 0
+    n1.clock.advance(etcd_window_s(T))
+    assert n1.value("dbvip_etcd_answering") == 0
+
+
+def test_every_exported_label_value_is_a_declared_one() -> None:
+    n1 = ObservedNode("n1")
+    n2 = ObservedNode("n2", role=Role.REPLICA, clock=n1.clock, etcd=n1.etcd, kernel=n1.kernel)
+    run([n1, n2], 1.0)
+    n1.store.fault = "hang"
+    run([n1, n2], T.ttl_s)
+    for node in (n1, n2):
+        for family in text_string_to_metric_families(node.metrics.render().decode()):
+            if family.name.endswith("_created"):  # the client library's; the same labels
+                continue
+            name = family.name + ("_total" if family.type == "counter" else "")
+            for sample in family.samples:
+                for label, value in sample.labels.items():
+                    if label == "result":
+                        assert value in RESULT_VALUES[name], (name, value)
+                    elif label in LABEL_VALUES:
+                        assert value in LABEL_VALUES[label], (family.name, label, value)
+                    else:
+                        assert label in ("le", "cluster", "node", "vip"), (family.name, label)
