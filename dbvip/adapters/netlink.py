@@ -29,7 +29,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from dbvip.adapters.arp import call_in_netns
-from dbvip.adapters.rtnl import AddressEntry, LinkEntry, RtnlError, RtnlSocket
+from dbvip.adapters.nlmsg import NetlinkError
+from dbvip.adapters.rtnl import AddressEntry, LinkEntry, RtnlSocket
 from dbvip.model import IPInterface, VipPresence
 from dbvip.ports import Unknown, VipChanged, VipReading
 
@@ -175,7 +176,7 @@ class NetlinkVipDriver:
     def _read(self, request: Callable[[RtnlSocket], T], command: str) -> T:
         try:
             return request(self._socket())
-        except RtnlError as exc:
+        except NetlinkError as exc:
             raise _RefusedError(self._netlink_cause(command, exc.code)) from exc
 
     def _find(self, addresses: list[AddressEntry]) -> AddressEntry | None:

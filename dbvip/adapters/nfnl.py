@@ -42,17 +42,27 @@ import itertools
 import socket
 import struct
 
-from dbvip.adapters.rtnl import NLMSG_ERROR, RtnlError
+from dbvip.adapters.nlmsg import (
+    NLA_F_NESTED,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    RECV_BYTES,
+    RECV_TIMEOUT_S,
+    NetlinkError,
+    attr,
+    error_code,
+    message,
+    open_socket,
+    receive,
+)
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400  # a new set or chain is refused (ENOENT) without it
 NLM_F_APPEND = 0x800  # a new rule goes after the others, not before
-NLA_F_NESTED = 0x8000
 NFPROTO_INET = 1
 NFPROTO_IPV4 = 2
 NFPROTO_IPV6 = 10
@@ -106,33 +116,23 @@ _FAMILIES = {
 }
 
 _CREATES = (NFT_MSG_NEWTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM)
-_HEADER = struct.Struct("=IHHII")
 _NFGENMSG = struct.Struct("=BBH")
-_RTATTR = struct.Struct("=HH")
 _BE32 = struct.Struct(">I")
 _BE32S = struct.Struct(">i")
 _BE64 = struct.Struct(">Q")
 _U32 = struct.Struct("=I")
-_ERROR = struct.Struct("=i")
-RECV_BYTES = 64 * 1024
-RECV_TIMEOUT_S = 2.0  # the kernel answers at once; this only bounds a surprise
-
-
-def _attr(kind: int, payload: bytes) -> bytes:
-    raw = _RTATTR.pack(_RTATTR.size + len(payload), kind) + payload
-    return raw.ljust((len(raw) + 3) & ~3, b"\0")
 
 
 def _nest(kind: int, *parts: bytes) -> bytes:
-    return _attr(kind | NLA_F_NESTED, b"".join(parts))
+    return attr(kind | NLA_F_NESTED, b"".join(parts))
 
 
 def _name(kind: int, text: str) -> bytes:
-    return _attr(kind, text.encode() + b"\0")
+    return attr(kind, text.encode() + b"\0")
 
 
 def _be32(kind: int, value: int) -> bytes:
-    return _attr(kind, _BE32.pack(value))
+    return attr(kind, _BE32.pack(value))
 
 
 def _expr(name: str, *attrs: bytes) -> bytes:
@@ -141,7 +141,7 @@ def _expr(name: str, *attrs: bytes) -> bytes:
 
 def _cmp(op: int, data: bytes) -> bytes:
     # nft_cmp attributes: SREG 1, OP 2, DATA 3.
-    return _expr("cmp", _be32(1, NFT_REG_1), _be32(2, op), _nest(3, _attr(NFTA_DATA_VALUE, data)))
+    return _expr("cmp", _be32(1, NFT_REG_1), _be32(2, op), _nest(3, attr(NFTA_DATA_VALUE, data)))
 
 
 def _meta(key: int) -> bytes:
@@ -197,7 +197,7 @@ def refusal_rules(version: int) -> list[bytes]:
     unreachable = _expr(  # reject: TYPE 1, ICMP_CODE 2 (one byte)
         "reject",
         _be32(1, NFT_REJECT_ICMPX_UNREACH),
-        _attr(2, bytes([NFT_REJECT_ICMPX_HOST_UNREACH])),
+        attr(2, bytes([NFT_REJECT_ICMPX_HOST_UNREACH])),
     )
     refuse = _match_daddr(REFUSE, version) + not_local
     return [
@@ -210,18 +210,12 @@ def refusal_rules(version: int) -> list[bytes]:
 class NftSocket:
     """One ``NETLINK_NETFILTER`` socket; each call sends one batch and waits for its answers.
 
-    Not thread-safe. After any exception other than ``RtnlError`` the caller
+    Not thread-safe. After any exception other than ``NetlinkError`` the caller
     should close it: an answer may be left unread.
     """
 
     def __init__(self) -> None:
-        self._sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-        try:
-            self._sock.bind((0, 0))
-            self._sock.settimeout(RECV_TIMEOUT_S)
-        except BaseException:
-            self._sock.close()
-            raise
+        self._sock = open_socket(NETLINK_NETFILTER)
         self._seq = itertools.count(1)
 
     def close(self) -> None:
@@ -248,7 +242,7 @@ class NftSocket:
         hook = _nest(
             NFTA_CHAIN_HOOK,
             _be32(NFTA_HOOK_HOOKNUM, NF_INET_PRE_ROUTING),
-            _attr(NFTA_HOOK_PRIORITY, _BE32S.pack(PRIORITY)),
+            attr(NFTA_HOOK_PRIORITY, _BE32S.pack(PRIORITY)),
         )
         chain = t + _name(NFTA_CHAIN_NAME, CHAIN) + hook + _be32(NFTA_CHAIN_POLICY, NF_ACCEPT)
         messages.append((NFT_MSG_NEWCHAIN, 0, chain + _name(NFTA_CHAIN_TYPE, "filter")))
@@ -285,9 +279,9 @@ class NftSocket:
 
     @staticmethod
     def _element(table: str, set_name: str, address: bytes, timeout_ms: int | None) -> bytes:
-        element = _nest(NFTA_SET_ELEM_KEY, _attr(NFTA_DATA_VALUE, address))
+        element = _nest(NFTA_SET_ELEM_KEY, attr(NFTA_DATA_VALUE, address))
         if timeout_ms is not None:
-            element += _attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
+            element += attr(NFTA_SET_ELEM_TIMEOUT, _BE64.pack(timeout_ms))
         return (
             _name(NFTA_SET_ELEM_LIST_TABLE, table)
             + _name(NFTA_SET_ELEM_LIST_SET, set_name)
@@ -295,7 +289,7 @@ class NftSocket:
         )
 
     def _batch(self, messages: list[tuple[int, int, bytes]]) -> None:
-        """Send ``messages`` as one batch; ``RtnlError`` with the first refusal's errno."""
+        """Send ``messages`` as one batch; ``NetlinkError`` with the first refusal's errno."""
         parts = [self._marker(NFNL_MSG_BATCH_BEGIN)]
         waiting: set[int] = set()
         for kind, extra, body in messages:
@@ -306,29 +300,20 @@ class NftSocket:
             if kind in _CREATES:
                 flags |= NLM_F_CREATE
             kind_nft = (NFNL_SUBSYS_NFTABLES << 8) | kind
-            parts.append(
-                _HEADER.pack(_HEADER.size + len(payload), kind_nft, flags, seq, 0) + payload
-            )
+            parts.append(message(kind_nft, flags, seq, payload))
         parts.append(self._marker(NFNL_MSG_BATCH_END))
         self._sock.sendall(b"".join(parts))
         error = 0
         while waiting and not error:
-            data = self._sock.recv(RECV_BYTES)
-            offset = 0
-            while offset + _HEADER.size <= len(data):
-                length, mtype, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
-                if length < _HEADER.size or offset + length > len(data):
-                    raise OSError(f"malformed netlink message of {length} bytes")
-                if mtype == NLMSG_ERROR and seq in waiting:
-                    (code,) = _ERROR.unpack_from(data, offset + _HEADER.size)
+            for kind, seq, data, start, _end in receive(self._sock):
+                if kind == NLMSG_ERROR and seq in waiting:
                     waiting.discard(seq)
-                    error = error or -code
-                offset += (length + 3) & ~3
+                    error = error or error_code(data, start)
         if error:
             # The batch was refused whole: answers still queued for it are
             # dropped so the next batch does not read them as its own.
             self._drain()
-            raise RtnlError(error)
+            raise NetlinkError(error)
 
     def _drain(self) -> None:
         self._sock.setblocking(False)
@@ -343,6 +328,4 @@ class NftSocket:
     def _marker(self, kind: int) -> bytes:
         """A batch's begin or end; ``res_id`` names the subsystem the batch is for."""
         body = _NFGENMSG.pack(0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
-        return (
-            _HEADER.pack(_HEADER.size + len(body), kind, NLM_F_REQUEST, next(self._seq), 0) + body
-        )
+        return message(kind, NLM_F_REQUEST, next(self._seq), body)

@@ -56,7 +56,7 @@ from typing import Protocol
 
 from dbvip.adapters.arp import call_in_netns
 from dbvip.adapters.nfnl import NftSocket
-from dbvip.adapters.rtnl import RtnlError
+from dbvip.adapters.nlmsg import NetlinkError
 from dbvip.adapters.sockdiag import SockDiag
 from dbvip.model import KERNEL_EXPIRY_SLACK_S, IPAddress
 from dbvip.ports import Done, Unknown, VipChanged, VipDriver, VipReading
@@ -134,7 +134,7 @@ class NftRefusal:
             self._create(nft)
         try:
             nft.set_refusal(self.table, self._vip.packed, refuse_ms, closing_ms)
-        except RtnlError as e:
+        except NetlinkError as e:
             if e.code != errno.ENOENT:
                 raise
             # The table is gone (`nft flush ruleset`, a firewall reload): build it again.
@@ -148,7 +148,7 @@ class NftRefusal:
                     NftSocket() if self._netns is None else call_in_netns(self._netns, NftSocket)
                 )
             call(self._nft)
-        except RtnlError as e:
+        except NetlinkError as e:
             return Unknown(f"{doing} the refusal of {self._vip} in nftables table "
                            f"{self.table}: {e.strerror or e}")  # fmt: skip
         except OSError as e:

@@ -11,13 +11,13 @@ from collections.abc import Iterator
 import pytest
 
 from dbvip.adapters.arp import call_in_netns
+from dbvip.adapters.nlmsg import NetlinkError
 from dbvip.adapters.rtnl import (
     IFA_ADDRESS,
     IFA_FLAGS,
     IFA_LOCAL,
     AddressEntry,
     LinkEntry,
-    RtnlError,
     RtnlSocket,
     parse_address,
 )
@@ -124,7 +124,7 @@ def test_many_requests_on_one_socket_stay_in_step(lab_node: Node, rtnl_in: RtnlS
 
 @pytest.mark.real
 def test_missing_interface_is_the_kernels_enodev(rtnl_in: RtnlSocket) -> None:
-    with pytest.raises(RtnlError) as caught:
+    with pytest.raises(NetlinkError) as caught:
         rtnl_in.link_index("nope0")
     assert caught.value.code == errno.ENODEV
     assert rtnl_in.link_index("lo") == 1  # the socket is still usable
@@ -144,7 +144,7 @@ def test_add_replace_delete_with_a_lifetime(
 ) -> None:
     vip = ipaddress.IPv4Interface("198.51.100.100/32")
     rtnl_in.change_address("add", lab_node.index, vip, lifetime_s=30)
-    with pytest.raises(RtnlError) as caught:
+    with pytest.raises(NetlinkError) as caught:
         rtnl_in.change_address("add", lab_node.index, vip, lifetime_s=30)
     assert caught.value.code == errno.EEXIST
     rtnl_in.change_address("replace", lab_node.index, vip, lifetime_s=100)
@@ -152,6 +152,6 @@ def test_add_replace_delete_with_a_lifetime(
     assert 90 < valid_s <= 100
     rtnl_in.change_address("del", lab_node.index, vip)
     assert vip not in netlab.addresses(lab_node)
-    with pytest.raises(RtnlError) as gone:
+    with pytest.raises(NetlinkError) as gone:
         rtnl_in.change_address("del", lab_node.index, vip)
     assert gone.value.code == errno.EADDRNOTAVAIL
