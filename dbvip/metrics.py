@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import get_args
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from dbvip.board import Board
@@ -116,6 +116,21 @@ METRICS: tuple[MetricDoc, ...] = (
         "while another node holds the writer key",
     ),
     MetricDoc(
+        "dbvip_refusal_ready",
+        "gauge",
+        (),
+        "1 when the last setting of the refusal (refuse_s: connections that still reach "
+        "this node for a VIP it gave away are reset) worked, 0 when it failed (clients "
+        "then wait for a TCP retry in a hand-off); absent when refuse_s is 0",
+    ),
+    MetricDoc(
+        "dbvip_connections_ended_total",
+        "counter",
+        (),
+        "connections on the VIP this node ended (a reset to each client) just before "
+        "removing it; absent when refuse_s is 0",
+    ),
+    MetricDoc(
         "dbvip_hook_runs_total",
         "counter",
         ("event", "result"),
@@ -151,7 +166,10 @@ def _doc(name: str) -> MetricDoc:
 class Metrics:
     """The registry, the runner's ``Observer`` and a publish hook for counts."""
 
-    def __init__(self, board: Board, cluster: str, node: str, vip: str) -> None:
+    def __init__(
+        self, board: Board, cluster: str, node: str, vip: str, refusal: bool = False
+    ) -> None:
+        """``refusal``: refuse_s is on (the refusal's metrics are exported)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._board = board
         self._last_reason = ""
@@ -181,6 +199,13 @@ class Metrics:
         self.registry.register(
             _SnapshotCollector(board, {"cluster": cluster, "node": node, "vip": vip})
         )
+        self._refusal_ready: Gauge | None = None
+        self._ended: Counter | None = None
+        if refusal:
+            d = _doc("dbvip_refusal_ready")
+            self._refusal_ready = Gauge(d.name, d.help, registry=self.registry)
+            self._refusal_ready.set(1)  # until a setting fails
+            self._ended = counter("dbvip_connections_ended_total")
 
     # -- the runner's Observer ----------------------------------------------
 
@@ -198,6 +223,16 @@ class Metrics:
 
     def hook_done(self, event: EventKind, result: HookResult) -> None:
         self._hooks.labels(event.value, result).inc()
+
+    # -- the refusal's observer (called on the loop thread) -------------------
+
+    def refusal_done(self, ready: bool) -> None:
+        if self._refusal_ready is not None:
+            self._refusal_ready.set(1 if ready else 0)
+
+    def connections_ended(self, count: int) -> None:
+        if self._ended is not None:
+            self._ended.inc(count)
 
     # -- publish hook ---------------------------------------------------------
 

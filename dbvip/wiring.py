@@ -104,7 +104,9 @@ class Sidecar:
             # http_listen would carry for nothing.
             from dbvip.metrics import Metrics  # noqa: PLC0415
 
-            self.metrics = Metrics(self.board, config["cluster"], node, str(vip))
+            self.metrics = Metrics(
+                self.board, config["cluster"], node, str(vip), refusal=config["refuse_s"] > 0
+            )
             # Bound first: a port in use stops the start before anything else is made.
             self.http = _listen(config, self.board, self.metrics)
         self.store = lease_store(config, clock, node)
@@ -115,7 +117,7 @@ class Sidecar:
                 table = table_name(config["cluster"], config["interface"], vip.ip)
                 refusal = NftRefusal(table, vip.ip)
                 vip_driver = self.refusing = RefusingVipDriver(
-                    vip_driver, refusal, config["refuse_s"]
+                    vip_driver, refusal, config["refuse_s"], observer=self.metrics
                 )
         self.ports = Ports(
             clock=clock,

@@ -46,7 +46,9 @@ class ObservedNode:
         self.vip = FakeVipDriver(self.kernel, name)
         self.announcer = FakeAnnouncer(self.kernel, name)
         self.board = Board(VIP, T, self.clock)
-        self.metrics = Metrics(self.board, "main", name, VIP)
+        self.metrics = Metrics(
+            self.board, "main", name, VIP, refusal=True
+        )  # refuse_s is on by default
         self.published: list[Snapshot] = []
 
         def publish(snapshot: Snapshot) -> None:

@@ -176,6 +176,14 @@ class Refusal(Protocol):
     def close(self) -> None: ...
 
 
+class RefusalObserver(Protocol):
+    """Told each outcome (``dbvip.metrics.Metrics``)."""
+
+    def refusal_done(self, ready: bool) -> None: ...
+
+    def connections_ended(self, count: int) -> None: ...
+
+
 class RefusingVipDriver:
     """A ``VipDriver`` whose removals leave the refusal behind.
 
@@ -185,8 +193,15 @@ class RefusingVipDriver:
     run of failures) and never change what the VIP change returns.
     """
 
-    def __init__(self, inner: VipDriver, refusal: Refusal, refuse_s: float) -> None:
+    def __init__(
+        self,
+        inner: VipDriver,
+        refusal: Refusal,
+        refuse_s: float,
+        observer: RefusalObserver | None = None,
+    ) -> None:
         self._inner = inner
+        self.observer = observer
         self._refusal = refusal
         self._refuse_s = refuse_s
         self.table = refusal.table
@@ -223,7 +238,10 @@ class RefusingVipDriver:
         ended = self._refusal.end_connections()
         if isinstance(ended, Unknown):
             log.warning("%s", ended.cause)
-        elif ended:
+            return
+        if self.observer is not None:
+            self.observer.connections_ended(ended)
+        if ended:
             log.info("ended %d connection(s) on the VIP before removing it: their clients "
                      "reconnect at once", ended)  # fmt: skip
 
@@ -233,6 +251,8 @@ class RefusingVipDriver:
 
     def _note(self, result: Done | Unknown) -> None:
         error = result.cause if isinstance(result, Unknown) else ""
+        if self.observer is not None:
+            self.observer.refusal_done(not error)
         if error and error != self.last_error:
             log.warning("refusal unavailable: %s (clients that still send to this node for "
                         "the VIP wait for their TCP retry instead)", error)  # fmt: skip

@@ -6,7 +6,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dbvip.board import etcd_window_s, liveness_window_s
-from dbvip.metrics import LABEL_VALUES, METRICS, RESULT_VALUES
+from dbvip.metrics import LABEL_VALUES, METRICS, RESULT_VALUES, Metrics
 from dbvip.model import LeaseGone, LeaseRefused, LeaseRenewed, Reason, Role
 from dbvip.runner import Snapshot, action_result
 from tests.observed import VIP, ObservedNode, T, run
@@ -239,3 +239,32 @@ def test_every_exported_label_value_is_a_declared_one() -> None:
                         assert value in LABEL_VALUES[label], (family.name, label, value)
                     else:
                         assert label in ("le", "cluster", "node", "vip"), (family.name, label)
+
+
+def _sample(text: str, name: str) -> float | None:
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name:
+                return float(sample.value)
+    return None
+
+
+def test_the_refusal_metrics_follow_its_observer_and_exist_only_when_it_is_on() -> None:
+    on = ObservedNode().metrics
+    assert _sample(on.render().decode(), "dbvip_refusal_ready") == 1.0
+    on.refusal_done(False)
+    on.connections_ended(0)
+    on.connections_ended(3)
+    text = on.render().decode()
+    assert _sample(text, "dbvip_refusal_ready") == 0.0
+    assert _sample(text, "dbvip_connections_ended_total") == 3.0
+    on.refusal_done(True)
+    assert _sample(on.render().decode(), "dbvip_refusal_ready") == 1.0
+
+    node = ObservedNode()
+    off = Metrics(node.board, "main", "n1", VIP)  # refuse_s = 0
+    off.refusal_done(False)
+    off.connections_ended(2)
+    text = off.render().decode()
+    assert "dbvip_refusal_ready" not in text
+    assert "dbvip_connections_ended" not in text

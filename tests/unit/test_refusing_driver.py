@@ -80,6 +80,32 @@ def test_a_broken_refusal_is_reported_and_never_changes_the_vip_outcome() -> Non
     assert [op for op, _ in inner.ops] == ["add", "remove"]
 
 
+class Seen:
+    def __init__(self) -> None:
+        self.ready: list[bool] = []
+        self.ended: list[int] = []
+
+    def refusal_done(self, ready: bool) -> None:
+        self.ready.append(ready)
+
+    def connections_ended(self, count: int) -> None:
+        self.ended.append(count)
+
+
+def test_the_observer_hears_every_setting_and_every_ending() -> None:
+    driver, _, refusal = make()
+    seen = Seen()
+    driver.observer = seen
+    driver.add(7)
+    driver.remove()
+    assert seen.ready == [True, True, True]  # armed on add; closed, then opened on remove
+    assert seen.ended == [0]
+    refusal.broken = "nf_tables: no such file"
+    driver.remove()
+    assert seen.ready[-1] is False
+    assert seen.ended == [0]  # could not look: nothing counted
+
+
 def test_close_closes_both() -> None:
     driver, _, refusal = make()
     driver.close()
