@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import pytest
 
 from integration.conftest import MakeLab
+from integration.lab.clients import TCP_USER_TIMEOUT_MS
 from integration.lab.eventually import eventually
 from integration.lab.lab import FAST_TIMING, Lab
 from integration.lab.writer import Attempt, ClientWriter
@@ -26,6 +27,7 @@ pytestmark = pytest.mark.real
 RETRANSMISSION_S = 1.0  # Linux's initial TCP retransmission timeout
 FAST = tuple(FAST_TIMING.items())
 TTL_S = float(FAST_TIMING["DBVIP_TTL_S"])
+TCP_USER_TIMEOUT_S = TCP_USER_TIMEOUT_MS / 1000
 
 
 def first_ack(attempts: Sequence[Attempt], node: str, after_s: float) -> Attempt | None:
@@ -146,3 +148,29 @@ def test_a_killed_holder_is_refused_not_silent_once_the_kernel_expired_its_vip(
         )
     attempts = ordinary.stop()
     assert swallowed(attempts, expired_s, time.monotonic()) == []
+
+
+def test_a_dead_holders_pooled_connections_are_reset_by_the_new_holder(
+    make_lab: MakeLab,
+) -> None:
+    """The old holder is cut off (no refusal can come from it): the pool's
+    connections to it are retransmitting into the void until the new holder
+    announces the VIP; their next retransmission reaches the new holder,
+    which has no such connection and answers with a reset. None waits for
+    its own tcp_user_timeout (10 s here)."""
+    lab = make_lab(sidecar_settings=FAST)
+    (pooled,) = ready(lab, "pooled")
+    with lab.watched():
+        lab.isolate("n1")
+        try:
+            lab.promote("n2")
+            lab.wait_primary("n2")
+            moved_s = lab.wait_holder("n2", timeout_s=6 * TTL_S)
+            wait_ack(pooled, "n2", moved_s)
+        finally:
+            lab.heal("n1")
+            lab.crash_db("n1")  # the old primary must not take writes again
+    attempts = pooled.stop()
+    waited = [a for a in attempts if a.ended_s - a.started_s >= TCP_USER_TIMEOUT_S]
+    assert waited == [], waited
+    assert any(not a.ok and a.ended_s >= moved_s for a in attempts), "no connection was reset"
