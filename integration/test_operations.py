@@ -56,6 +56,11 @@ def test_runs_as_an_unprivileged_user_with_exactly_two_capabilities(make_lab: Ma
         lab.kill_sidecar("n1", signal.SIGTERM)  # releases cleanly as nobody too
         assert lab.sidecars["n1"].proc.returncode == 0
         assert lab.holders() == set()
+        # The refusal (nf_tables and sock_diag over netlink) needs nothing more.
+        log = lab.sidecar_log("n1")
+        assert "refusing connections for a VIP just given away" in log
+        assert "refusal unavailable" not in log
+        assert "Connection refused" in lab.client_write().error  # at once, not a timeout
 
 
 @pytest.mark.parametrize(
