@@ -96,7 +96,8 @@ class MemberReport:
 
 class Clock(Protocol):
     def monotonic_s(self) -> float:
-        """Seconds on a clock that never jumps; every deadline uses it."""
+        """Seconds on a clock that never jumps back and keeps counting while the
+        machine is suspended (CLOCK_BOOTTIME); every deadline uses it."""
         ...
 
     def wall_iso(self) -> str:

@@ -12,6 +12,7 @@ from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.board import Board
+from dbvip.boottime import boot_s
 from dbvip.config import Config, Listen
 from dbvip.events import EventKind
 from dbvip.hooks import HookRunner
@@ -58,7 +59,9 @@ def hook_runner(config: Config) -> HookRunner:
 
 class SystemClock:
     def monotonic_s(self) -> float:
-        return time.monotonic()
+        # Boot time, not CLOCK_MONOTONIC: it counts a suspended machine's
+        # pause, as etcd's lease does (see dbvip.boottime).
+        return boot_s()
 
     def wall_iso(self) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

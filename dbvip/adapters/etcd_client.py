@@ -21,7 +21,6 @@ import json
 import logging
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from typing import Any, TypeVar
 from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_fixed
 
 from dbvip.adapters.etcd_http import Connection, Endpoint, ProtocolError, Transport
+from dbvip.boottime import boot_s
 
 log = logging.getLogger(__name__)
 
@@ -325,7 +325,7 @@ class EtcdClient:
 
     def _ask(self, path: str, body: Json, timeout_s: float, parse: Callable[[Json], T]) -> T:
         """One logical request, over every endpoint, retried within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         retrying = Retrying(
             stop=stop_before_delay(max(timeout_s - _MIN_ATTEMPT_S, 0.0)),
             wait=wait_fixed(self._retry_wait_s),
@@ -346,11 +346,11 @@ class EtcdClient:
         """Ask each endpoint once, the one that answered last first."""
         order, causes = self.endpoint_order(), []
         for tried, endpoint in enumerate(order):
-            remaining_s = deadline - time.monotonic()
+            remaining_s = deadline - boot_s()
             if remaining_s <= 0:
                 break
             share_s = remaining_s / (len(order) - tried)  # leave time for the others
-            end = time.monotonic() + share_s
+            end = boot_s() + share_s
             future = self._workers.submit(self._exchange, endpoint, path, body, end, parse)
             try:
                 result = future.result(timeout=share_s)
@@ -405,7 +405,7 @@ class EtcdClient:
     def _post(
         self, endpoint: str, path: str, body: Json, deadline: float, token: str | None
     ) -> Json:
-        timeout_s = deadline - time.monotonic()
+        timeout_s = deadline - boot_s()
         if timeout_s <= 0:
             raise _TransientError("no time left")
         headers = {"Authorization": token} if token else {}
@@ -483,8 +483,8 @@ class Watch:
             self._stopping.wait(min(_WATCH_BACKOFF_MAX_S, 0.02 * 2 ** min(failures, 8)))
 
     def _stream(self, endpoint: str) -> None:
-        token = self._client.token(endpoint, time.monotonic() + _WATCH_CONNECT_S)
-        conn = self._client.connect(endpoint, time.monotonic() + _WATCH_CONNECT_S)
+        token = self._client.token(endpoint, boot_s() + _WATCH_CONNECT_S)
+        conn = self._client.connect(endpoint, boot_s() + _WATCH_CONNECT_S)
         self._conn = conn
         try:
             if self._stopping.is_set():
@@ -498,8 +498,8 @@ class Watch:
         """Read the stream's messages (newline-delimited JSON) until it fails."""
         headers = {"Authorization": token} if token else {}
         body = json.dumps(self._body).encode()
-        conn.send("/v3/watch", body, headers, time.monotonic() + self._idle_s)
-        conn.deadline = time.monotonic() + self._idle_s
+        conn.send("/v3/watch", body, headers, boot_s() + self._idle_s)
+        conn.deadline = boot_s() + self._idle_s
         head = conn.read_head()
         if head.status != 200:
             raise _TransientError(f"HTTP {head.status}")

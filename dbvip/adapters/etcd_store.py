@@ -7,7 +7,6 @@ Every method returns by its ``timeout_s`` (the client guarantees it) and maps
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +23,7 @@ from dbvip.adapters.etcd_client import (
     put_op,
     range_op,
 )
+from dbvip.boottime import boot_s
 from dbvip.keys import (
     DEFAULT_PREFIX,
     Garbage,
@@ -131,7 +131,7 @@ class EtcdLeaseStore:
         """Move our writer key, unchanged since ``mod_revision``, onto a fresh
         lease. Keeping the old lease alive instead would leave the VIP at the
         mercy of a release of that lease still in flight from before."""
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         key = self._keys.writer
         claimed = self._claim(
             [compare_mod_revision(key, mod_revision), compare_lease(key, lease_id)],
@@ -146,7 +146,7 @@ class EtcdLeaseStore:
         self, compare: list[Any], ttl_s: int, timeout_s: float
     ) -> Granted | Refused | Unknown:
         """Grant a lease and put the writer key under it if ``compare`` holds."""
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         key = self._keys.writer
         try:
             grant = self._client.grant(ttl_s, timeout_s)
@@ -157,7 +157,7 @@ class EtcdLeaseStore:
         try:
             txn = self._client.txn(
                 compare, [put_op(key, value, lease_id)], [range_op(key)],
-                deadline - time.monotonic(),
+                deadline - boot_s(),
             )  # fmt: skip
         except EtcdUnavailableError as exc:
             # The put may have happened: revoking takes the key down with the lease.
@@ -176,7 +176,7 @@ class EtcdLeaseStore:
 
     def _revoke_quietly(self, lease_id: int, deadline: float) -> None:
         """Best effort: a lease left behind carries no key and dies with its TTL."""
-        remaining_s = deadline - time.monotonic()
+        remaining_s = deadline - boot_s()
         if remaining_s > 0:
             with contextlib.suppress(EtcdUnavailableError):
                 self._client.revoke(lease_id, remaining_s)
@@ -189,23 +189,23 @@ class EtcdLeaseStore:
         return Alive(ttl_s) if ttl_s > 0 else Gone()
 
     def release(self, lease_id: int, timeout_s: float) -> Done | Unknown:
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         key = self._keys.writer
         # At most half the budget, so that the revoke always gets its turn; if the
         # txn's fate is unknown, the revoke deletes a key still attached all the same.
         with contextlib.suppress(EtcdUnavailableError):
             self._client.txn([compare_lease(key, lease_id)], [delete_op(key)], [], timeout_s / 2)
         try:
-            self._client.revoke(lease_id, deadline - time.monotonic())
+            self._client.revoke(lease_id, deadline - boot_s())
         except EtcdUnavailableError as exc:
             return Unknown(f"lease revoke: {exc.cause}")
         return Done()  # revoked now, or gone already: either way nothing is left
 
     def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
 
         def remaining_s() -> float:
-            return deadline - time.monotonic()
+            return deadline - boot_s()
 
         value = encode_member(report, self._clock.wall_iso())
         try:
@@ -257,7 +257,7 @@ class EtcdLeaseStore:
         return Done()
 
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         try:
             result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
         except EtcdUnavailableError as exc:
@@ -266,10 +266,10 @@ class EtcdLeaseStore:
         writer_kv = by_key.get(self._keys.writer)
 
         def ttl_s(lease_id: int) -> int | None:
-            if lease_id == 0 or deadline <= time.monotonic():
+            if lease_id == 0 or deadline <= boot_s():
                 return None
             try:
-                return self._client.time_to_live(lease_id, deadline - time.monotonic()).ttl_s
+                return self._client.time_to_live(lease_id, deadline - boot_s()).ttl_s
             except EtcdUnavailableError:
                 return None
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import replace
 
 import pytest
@@ -456,3 +457,37 @@ def test_shutdown_retries_a_failed_removal() -> None:
     n1.runner.run()
     assert world.kernel.holders() == set()
     assert world.etcd.get(WRITER) is None
+
+
+def test_a_holder_resumed_after_a_suspend_drops_the_vip_before_anything_else() -> None:
+    """A paused VM: the boot-time clock jumps forward by the suspended time
+    while etcd's lease ran on. The kernel's own expiry did not run meanwhile
+    (lateness covers the pause), so only the sidecar can take the VIP down:
+    the first thing it does on waking is remove it, never renew first."""
+    world = World(Role.PRIMARY)
+    world.kernel.lateness_s = 60.0
+    n1 = world.nodes[0]
+    world.run(1.0)
+    assert world.kernel.holders() == {"n1"}
+    held = n1.runner.state.lease
+    assert held is not None
+    resumed_s = world.clock.now_s + 3 * T.ttl_s
+    world.clock.advance(3 * T.ttl_s)  # suspended: nothing ran, the clock counted on
+    ops_before, calls_before = len(n1.vip.ops), len(n1.store.calls)
+    n1.runner.tick()
+    assert n1.vip.ops[ops_before] == ("remove", resumed_s)
+    assert "keepalive" not in n1.store.calls[calls_before:]
+    world.etcd.expire()
+    assert held.lease_id not in world.etcd.leases  # etcd let it go while suspended
+    lease = n1.runner.state.lease
+    assert lease is None or lease.lease_id != held.lease_id  # a fresh lease, if any
+
+
+def test_the_sidecar_clock_is_the_boot_time_clock() -> None:
+    from dbvip.boottime import boot_s  # noqa: PLC0415
+    from dbvip.wiring import SystemClock  # noqa: PLC0415
+
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
+    read = SystemClock().monotonic_s()
+    after = boot_s()
+    assert before <= read <= after
