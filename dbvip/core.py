@@ -185,6 +185,25 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
         )
     if role is not Role.PRIMARY:
         return done((), Reason.ROLE_UNKNOWN, obs.role.cause or "role unknown, within grace", state)
+    if isinstance(view, KeyAbsent) and view.claimed_by is not None:
+        return done(
+            (),
+            Reason.KEY_DELETED,
+            f"writer key deleted by hand while {view.claimed_by}'s lease lives "
+            "(its VIP may too): waiting for that lease to end",
+            state,
+        )
+    if isinstance(view, KeyHeld | KeyInvalid) and view.lease_id == 0:
+        # dbvip writes the key only under a lease: one without is a hand edit
+        # that backs no VIP. The acquire replaces it, if the claim is free.
+        if _backing_off(state, "acquire", now):
+            return done((), Reason.WRITER_KEY_INVALID, "writer key has no lease", state)
+        return done(
+            (AcquireLease(timing.ttl_s),),
+            Reason.ACQUIRING,
+            "writer key has no lease (put by hand): replacing it",
+            state,
+        )
     if isinstance(view, KeyAbsent):
         if _backing_off(state, "acquire", now):
             return done((), Reason.STANDBY, "acquire failed, retrying next tick", state)
@@ -463,8 +482,8 @@ def _facts(state: NodeState, obs: Observation) -> dict[str, str]:
 
 def _describe(view: WriterView) -> str:
     match view:
-        case KeyAbsent():
-            return "free"
+        case KeyAbsent(_, claimed_by):
+            return "free" if claimed_by is None else f"deleted (claimed by {claimed_by})"
         case KeyHeld(holder, lease_id, _, _):
             return f"{holder}@{lease_id:x}"
         case KeyInvalid(detail, _, _):

@@ -48,6 +48,12 @@ class KeyLayout:
         return f"{self.base}/writer"
 
     @property
+    def claim(self) -> str:
+        """Written with the writer key, under the same lease: a writer key
+        deleted by hand frees nothing until the holder's lease ends."""
+        return f"{self.base}/claim"
+
+    @property
     def members_prefix(self) -> str:
         return f"{self.base}/members/"
 

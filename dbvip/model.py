@@ -52,9 +52,15 @@ class RoleReading:
 
 @dataclass(frozen=True)
 class KeyAbsent:
-    """The writer key does not exist (as of store revision ``revision``)."""
+    """The writer key does not exist (as of store revision ``revision``).
+
+    ``claimed_by`` names the holder whose claim key still lives under its
+    lease: the writer key was deleted by hand while that lease (and maybe
+    that node's VIP) lives on; nobody may take the key before it ends.
+    """
 
     revision: int
+    claimed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -125,7 +131,8 @@ class Observation:
 
 @dataclass(frozen=True)
 class AcquireLease:
-    """Grant a lease and create the writer key under it, only if absent."""
+    """Grant a lease and put the writer key and the claim under it, only if
+    neither is attached to a live lease (absent, or put by hand)."""
 
     ttl_s: int
 
@@ -272,6 +279,7 @@ class Reason(enum.Enum):
     DATABASE_DOWN = "database_down"
     ROLE_UNKNOWN_PAST_GRACE = "role_unknown_past_grace"
     SUPERSEDED = "superseded"
+    KEY_DELETED = "key_deleted"
     LEASE_EXPIRING = "lease_expiring"
     VIP_WITHOUT_LEASE = "vip_without_lease"
     ADOPTING = "adopting"

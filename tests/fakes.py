@@ -41,6 +41,7 @@ from dbvip.ports import (
 
 Fault = Literal["ok", "refuse", "hang", "lose_reply"]
 WRITER = "/dbvip/c1/writer"
+CLAIM = "/dbvip/c1/claim"  # put with the writer key, under the same lease
 
 
 class FakeClock:
@@ -151,9 +152,13 @@ def writer_value(node: str) -> bytes:
     return json.dumps({"node": node}).encode()
 
 
-def parse_writer(entry: _Entry | None, revision: int) -> WriterView:
+def parse_writer(entry: _Entry | None, revision: int, claim: _Entry | None = None) -> WriterView:
     if entry is None:
-        return KeyAbsent(revision)
+        if claim is None or claim.lease_id == 0:
+            return KeyAbsent(revision)
+        claimed = parse_writer(claim, revision)
+        holder = claimed.holder if isinstance(claimed, KeyHeld) else f"lease {claim.lease_id:x}"
+        return KeyAbsent(revision, claimed_by=holder)
     try:
         holder = json.loads(entry.value)["node"]
         if not isinstance(holder, str) or not holder:
@@ -187,7 +192,7 @@ class FakeLeaseStore:
         failed = self._fail(timeout_s)
         if failed is not None:
             return KeyUnknown(failed.cause)
-        view = parse_writer(self.etcd.get(WRITER), self.etcd.revision)
+        view = parse_writer(self.etcd.get(WRITER), self.etcd.revision, self.etcd.get(CLAIM))
         return KeyUnknown("reply lost") if self._reply() else view
 
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
@@ -196,14 +201,27 @@ class FakeLeaseStore:
         if failed is not None:
             return failed
         lease_id, granted = self.etcd.grant(ttl_s)
-        entry = self.etcd.get(WRITER)
-        if entry is not None:
+        entry, claim = self.etcd.get(WRITER), self.etcd.get(CLAIM)
+        # Like etcd's compare of the lease: absent keys and keys put by hand
+        # without a lease alike compare as "attached to no lease".
+        if (entry is not None and entry.lease_id) or (claim is not None and claim.lease_id):
             self.etcd.revoke(lease_id)
-            view = parse_writer(entry, self.etcd.revision)
-            holder = view.holder if isinstance(view, KeyHeld) else None
+            holder = None
+            for found in (entry, claim):
+                view = parse_writer(found, self.etcd.revision)
+                if isinstance(view, KeyHeld):
+                    holder = view.holder
+                    break
             return Refused(holder, self.etcd.revision)
-        revision = self.etcd.put(WRITER, writer_value(self.node), lease_id)
+        revision = self._put_both(lease_id)
         return self._reply() or Granted(lease_id, granted, revision)
+
+    def _put_both(self, lease_id: int) -> int:
+        """The writer key and its claim, in one transaction."""
+        value = writer_value(self.node)
+        self.etcd.put(CLAIM, value, lease_id)
+        revision = self.etcd.put(WRITER, value, lease_id)
+        return revision
 
     def adopt(
         self, lease_id: int, mod_revision: int, ttl_s: int, timeout_s: float
@@ -217,7 +235,7 @@ class FakeLeaseStore:
             view = parse_writer(entry, self.etcd.revision)
             return Refused(view.holder if isinstance(view, KeyHeld) else None, self.etcd.revision)
         new_id, granted = self.etcd.grant(ttl_s)
-        revision = self.etcd.put(WRITER, writer_value(self.node), new_id)
+        revision = self._put_both(new_id)
         self.etcd.revoke(lease_id)  # carries nothing any more
         return self._reply() or Granted(new_id, granted, revision)
 
@@ -239,6 +257,7 @@ class FakeLeaseStore:
         entry = self.etcd.get(WRITER)
         if entry is not None and entry.lease_id == lease_id:
             self.etcd.delete(WRITER)
+            self.etcd.delete(CLAIM)
         self.etcd.revoke(lease_id)
         return self._reply() or Done()
 

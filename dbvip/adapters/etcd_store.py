@@ -16,7 +16,6 @@ from dbvip.adapters.etcd_client import (
     EtcdUnavailableError,
     KeyValue,
     Watch,
-    compare_create_revision,
     compare_lease,
     compare_mod_revision,
     delete_op,
@@ -68,9 +67,13 @@ class ClusterStatus:
     maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
 
 
-def _writer_view(kv: KeyValue | None, revision: int) -> WriterView:
+def _writer_view(kv: KeyValue | None, revision: int, claim: KeyValue | None = None) -> WriterView:
     if kv is None:
-        return KeyAbsent(revision)
+        if claim is None or claim.lease_id == 0:
+            return KeyAbsent(revision)  # a claim without a lease backs no VIP
+        value = decode_writer(claim.value)
+        holder = value.node if isinstance(value, WriterValue) else f"lease {claim.lease_id:x}"
+        return KeyAbsent(revision, claimed_by=holder)
     value = decode_writer(kv.value)
     if isinstance(value, Garbage):
         return KeyInvalid(value.detail, kv.lease_id, revision)
@@ -116,14 +119,25 @@ class EtcdLeaseStore:
         self._client.close()
 
     def read_writer(self, timeout_s: float) -> WriterView:
+        keys = self._keys
         try:
-            result = self._client.range(self._keys.writer, timeout_s)
+            # One transaction: the writer key and the claim at one revision.
+            reads = [range_op(keys.writer), range_op(keys.claim)]
+            result = self._client.txn([], reads, [], timeout_s)
         except EtcdUnavailableError as exc:
             return KeyUnknown(exc.cause)
-        return _writer_view(result.kvs[0] if result.kvs else None, result.revision)
+        found = {kv.key.decode(errors="replace"): kv for kv in result.kvs}
+        return _writer_view(found.get(keys.writer), result.revision, found.get(keys.claim))
 
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
-        return self._claim([compare_create_revision(self._keys.writer, 0)], ttl_s, timeout_s)
+        # "Attached to no lease" is true of an absent key too (etcd compares a
+        # missing key as a zero one): a key put by hand without a lease backs
+        # no VIP and is replaced; a live holder's claim, even with its writer
+        # key deleted by hand, refuses.
+        keys = self._keys
+        return self._claim(
+            [compare_lease(keys.writer, 0), compare_lease(keys.claim, 0)], ttl_s, timeout_s
+        )
 
     def adopt(
         self, lease_id: int, mod_revision: int, ttl_s: int, timeout_s: float
@@ -154,11 +168,14 @@ class EtcdLeaseStore:
             return Unknown(f"lease grant: {exc.cause}")
         lease_id = grant.lease_id
         value = encode_writer(self._node, self._vip, lease_id, self._clock.wall_iso())
+        claim = self._keys.claim
         try:
             txn = self._client.txn(
-                compare, [put_op(key, value, lease_id)], [range_op(key)],
+                compare,
+                [put_op(key, value, lease_id), put_op(claim, value, lease_id)],
+                [range_op(key), range_op(claim)],
                 deadline - boot_s(),
-            )  # fmt: skip
+            )
         except EtcdUnavailableError as exc:
             # The put may have happened: revoking takes the key down with the lease.
             self._revoke_quietly(lease_id, deadline)
@@ -170,8 +187,12 @@ class EtcdLeaseStore:
                 # A retried txn found the key its own lost first try had written.
                 return Granted(lease_id, grant.ttl_s, kv.mod_revision)
         self._revoke_quietly(lease_id, deadline)
-        value_now = decode_writer(txn.kvs[0].value) if txn.kvs else None
-        holder = value_now.node if isinstance(value_now, WriterValue) else None
+        holder = None
+        for kv in txn.kvs:  # the writer key first, then the claim
+            value_now = decode_writer(kv.value)
+            if isinstance(value_now, WriterValue):
+                holder = value_now.node
+                break
         return Refused(holder, txn.revision)
 
     def _revoke_quietly(self, lease_id: int, deadline: float) -> None:
@@ -194,7 +215,12 @@ class EtcdLeaseStore:
         # At most half the budget, so that the revoke always gets its turn; if the
         # txn's fate is unknown, the revoke deletes a key still attached all the same.
         with contextlib.suppress(EtcdUnavailableError):
-            self._client.txn([compare_lease(key, lease_id)], [delete_op(key)], [], timeout_s / 2)
+            self._client.txn(
+                [compare_lease(key, lease_id)],
+                [delete_op(key), delete_op(self._keys.claim)],  # the claim was put with it
+                [],
+                timeout_s / 2,
+            )
         try:
             self._client.revoke(lease_id, deadline - boot_s())
         except EtcdUnavailableError as exc:
@@ -279,7 +305,7 @@ class EtcdLeaseStore:
             for key, kv in sorted(by_key.items())
             if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
         )
-        writer = _writer_view(writer_kv, result.revision)
+        writer = _writer_view(writer_kv, result.revision, by_key.get(self._keys.claim))
         maintenance_prefix = self._keys.maintenance_prefix
         maintenance = tuple(
             key[len(maintenance_prefix) :]

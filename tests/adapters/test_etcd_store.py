@@ -137,9 +137,46 @@ def test_garbage_in_the_writer_key_is_invalid_not_absent(
     invalid = store.read_writer(TIMEOUT_S)
     assert isinstance(invalid, KeyInvalid) and "not JSON" in invalid.detail
     assert invalid.lease_id == 0
-    refused = store.acquire(10, TIMEOUT_S)
-    assert isinstance(refused, Refused) and refused.holder is None
-    etcd_single.etcdctl("del", store.keys.writer)
+    # Put by hand without a lease, it backs no VIP: an acquire replaces it.
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    assert writer_json(etcd_single, store)["node"] == "n1"
+    store.release(granted.lease_id, TIMEOUT_S)
+
+
+def test_garbage_under_a_live_lease_refuses_an_acquire(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_single, "n1")
+    other = EtcdClient(etcd_single.endpoints)
+    try:
+        lease = other.grant(30, TIMEOUT_S)
+        other.put(store.keys.writer, b"garbage", TIMEOUT_S, lease_id=lease.lease_id)
+        refused = store.acquire(10, TIMEOUT_S)
+        assert isinstance(refused, Refused) and refused.holder is None
+        other.revoke(lease.lease_id, TIMEOUT_S)
+    finally:
+        other.close()
+
+
+def test_a_writer_key_deleted_by_hand_is_still_claimed_until_the_lease_ends(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    first, second = stores(etcd_single, "n1"), stores(etcd_single, "n2")
+    granted = first.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    etcd_single.etcdctl("del", first.keys.writer)  # the operator's mistake
+    claimed = second.read_writer(TIMEOUT_S)
+    assert isinstance(claimed, KeyAbsent) and claimed.claimed_by == "n1"
+    refused = second.acquire(10, TIMEOUT_S)
+    assert isinstance(refused, Refused) and refused.holder == "n1"
+    assert first.release(granted.lease_id, TIMEOUT_S) == Done()  # revoked: the claim goes
+    free = second.read_writer(TIMEOUT_S)
+    assert isinstance(free, KeyAbsent) and free.claimed_by is None
+    taken = second.acquire(10, TIMEOUT_S)
+    assert isinstance(taken, Granted)
+    assert second.release(taken.lease_id, TIMEOUT_S) == Done()
+    assert etcd_single.etcdctl("get", "--prefix", "--keys-only", first.keys.base).strip() == ""
 
 
 def test_keepalive_of_an_expired_lease_is_gone(

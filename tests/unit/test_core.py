@@ -103,11 +103,25 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         Reason.VIP_WITHOUT_LEASE,
     ),
     (
-        "primary, key garbage: report, no action",
+        "primary, key garbage under a lease: report, no action",
         NodeState(),
-        obs(writer=KeyInvalid("not JSON", 0, 3), vip=A),
+        obs(writer=KeyInvalid("not JSON", 0xB, 3), vip=A),
         (),
         Reason.WRITER_KEY_INVALID,
+    ),
+    (
+        "primary, key garbage without a lease (put by hand): replace it",
+        NodeState(),
+        obs(writer=KeyInvalid("not JSON", 0, 3), vip=A),
+        (AcquireLease(10),),
+        Reason.ACQUIRING,
+    ),
+    (
+        "primary, writer key deleted by hand while its holder's claim lives: wait",
+        NodeState(),
+        obs(writer=KeyAbsent(7, claimed_by="n2"), vip=A),
+        (),
+        Reason.KEY_DELETED,
     ),
     (
         "primary, etcd unreachable: nothing to do",
@@ -145,11 +159,11 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         Reason.VIP_WITHOUT_LEASE,
     ),
     (
-        "key names me without a lease: never adopt lease 0",
+        "key names me without a lease: never adopt lease 0, replace it",
         NodeState(),
         obs(writer=KeyHeld(ME, 0, 6, 6), vip=A),
-        (),
-        Reason.CONFLICT,
+        (AcquireLease(10),),
+        Reason.ACQUIRING,
     ),
     ("replica idle", NodeState(), obs(role=REPLICA, writer=OTHER, vip=A), (), Reason.REPLICA),
     # -- maintenance: an operator asked this node to stay away ----------------

@@ -47,6 +47,7 @@ from dbvip.model import (
     Failed,
     KeyUnknown,
     Outcome,
+    Reason,
     Role,
     Timing,
     WriterView,
@@ -738,7 +739,8 @@ _fault_events: list[st.SearchStrategy[Step]] = [
     st.builds(Restart, node_names),
     st.builds(Freeze, node_names, _seconds(15.0)),
     st.builds(Sigterm, node_names),
-    st.just(WriteGarbage()),  # deleting it again is unsafe: see the operator tests
+    st.just(WriteGarbage()),
+    st.just(DeleteKey()),  # safe with the claim: see the operator tests
     st.just(DeliverLate()),
 ]
 
@@ -964,14 +966,10 @@ def test_the_search_finds_the_broken_kernel_backstop() -> None:
 # taken its key again) is fixed: adoption moves the key onto a fresh lease,
 # so the late delete fails its comparison and the late revoke finds an empty
 # lease. The comments give the violation each replay showed before the fix.
-# Deleting the writer key by hand is a known gap, still marked xfail(strict).
+# Deleting the writer key by hand was a gap, closed by the claim: a second key
+# put with the writer key under the holder's lease, which a taker must also
+# find free (tests below).
 # --------------------------------------------------------------------------
-
-OPERATOR_DELETE = pytest.mark.xfail(
-    strict=True,
-    raises=InvariantViolationError,
-    reason="a writer key deleted by hand frees it while the old holder's VIP lives on",
-)
 
 
 @settings(SIM_SETTINGS, max_examples=100)
@@ -1048,8 +1046,7 @@ def test_late_release_never_gives_two_writers_when_another_database_claims_prima
     )
 
 
-@OPERATOR_DELETE
-@settings(SIM_SETTINGS, max_examples=100, phases=[Phase.generate])  # expected to fail: no shrink
+@settings(SIM_SETTINGS, max_examples=100)
 @given(
     setup=setups,
     holder=st.sampled_from(("running", "frozen", "crashed", "etcd hangs")),
@@ -1075,11 +1072,11 @@ def test_an_operator_edit_of_the_writer_key_never_gives_two_writers(
     simulate(steps, setup)
 
 
-@OPERATOR_DELETE
-def test_deleting_the_key_of_a_crashed_holder_gives_two_writers() -> None:
-    # S1 at t=1002.0: ['n1', 'n2'] all have the VIP. The "help" an operator
-    # might give a failover: n1's sidecar died, so delete its stale key.
-    simulate(
+def test_deleting_the_key_of_a_crashed_holder_never_gives_two_writers() -> None:
+    # S1 at t=1002.0: ['n1', 'n2'] all had the VIP before the claim. The
+    # "help" an operator might give a failover: n1's sidecar died, so delete
+    # its stale key. n1's claim, under its lease, keeps n2 waiting.
+    sim = simulate(
         [
             Advance(1.0),
             Crash("n1"),
@@ -1089,3 +1086,7 @@ def test_deleting_the_key_of_a_crashed_holder_gives_two_writers() -> None:
             Advance(0.5),
         ]
     )
+    assert sim.kernel.holders() == {"n1"}
+    assert sim.nodes["n2"].runner.state.reason is Reason.KEY_DELETED
+    sim.apply(Advance(sim.timing.ttl_s))  # n1's lease runs out, and its claim with it
+    assert sim.kernel.holders() == {"n2"}

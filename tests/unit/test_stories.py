@@ -301,18 +301,35 @@ def test_key_deleted_by_hand_vip_drops_then_comes_back() -> None:
     assert world.kernel.holders() == {"n1"}
 
 
-def test_garbage_in_the_writer_key_drops_the_vip_and_blocks_taking(
+def test_garbage_put_by_hand_over_the_writer_key_drops_the_vip_then_is_replaced(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """``etcdctl put`` of garbage detaches the key from the holder's lease:
+    the holder drops the VIP at once (reason writer_key_invalid); a key with
+    no lease backs no VIP, so once the holder's claim is gone with its lease,
+    the primary replaces it and never stays blocked."""
     world = World(Role.PRIMARY, Role.REPLICA)
     caplog.set_level(logging.INFO, "dbvip")
     world.run(1.0)
     world.etcd.put(WRITER, b"\x00garbage")
-    world.run(5.0)
+    world.nodes[0].runner.tick()
     assert world.kernel.holders() == set()
     assert world.nodes[0].runner.state.reason is not None
-    assert world.nodes[0].runner.state.reason.value == "writer_key_invalid"
     assert any("writer_key_invalid" in r.getMessage() for r in caplog.records)
+    world.run(2.0)
+    assert world.kernel.holders() == {"n1"}
+    assert world.etcd.writer_holder() is not None
+
+
+def test_garbage_under_a_live_lease_blocks_taking_until_that_lease_ends() -> None:
+    world = World(Role.REPLICA, Role.PRIMARY)
+    lease_id, _ = world.etcd.grant(6)
+    world.etcd.put(WRITER, b"\x00garbage", lease_id)
+    world.run(5.0)
+    assert world.kernel.holders() == set()
+    assert world.nodes[1].runner.state.reason is Reason.WRITER_KEY_INVALID
+    world.run(3.0)  # the lease ran out and took the garbage with it
+    assert world.kernel.holders() == {"n2"}
 
 
 def test_vip_deleted_by_hand_comes_back_and_is_announced_again() -> None:
