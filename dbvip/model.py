@@ -14,6 +14,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from dbvip.identity import Identity
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -71,6 +73,9 @@ class KeyHeld:
     lease_id: int  # 0 when the key is attached to no lease at all
     revision: int  # store revision of the read
     mod_revision: int  # revision at which the key was last written
+    # Who wrote it; None for a value without one this version can read
+    # (format 1 from an older dbvip, or a newer format): never ours.
+    identity: Identity | None = None
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,10 @@ class Observation:
     # An operator asked this node to stay away from the VIP; None: not read
     # yet since start (the flag may be set: do not take the VIP on a guess).
     maintenance: bool | None = False
+    # Identities in live member reports under this node's name (read every
+    # renew interval): a sidecar of another host or interface there is a
+    # twin given the same node name.
+    same_name: tuple[Identity, ...] = ()
 
 
 # --------------------------------------------------------------------------
@@ -274,6 +283,7 @@ class Reason(enum.Enum):
     STOPPING = "stopping"
     LEASE_EXPIRED = "lease_expired"
     KEY_LOST = "key_lost"
+    NAME_CONFLICT = "name_conflict"
     MAINTENANCE = "maintenance"
     DEMOTED = "demoted"
     DATABASE_DOWN = "database_down"

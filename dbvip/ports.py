@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from dbvip.identity import Identity
 from dbvip.model import PeerView, RoleReading, VipPresence, WriterView
 
 # --------------------------------------------------------------------------
@@ -76,6 +77,9 @@ class VipChanged:
 class MembersReading:
     peers: tuple[PeerView, ...]  # every other live member's report
     maintenance: bool  # this node is asked to stay away from the VIP
+    # The identity in a live report under this node's name, if it has one
+    # this version reads (this process's own, an earlier one's, or a twin's).
+    same_name: tuple[Identity, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -116,6 +120,12 @@ class RoleProbe(Protocol):
 class LeaseStore(Protocol):
     """The writer key and its lease in etcd, for one node of one cluster."""
 
+    @property
+    def identity(self) -> Identity:
+        """Written into every value this store puts (writer key, claim,
+        member report)."""
+        ...
+
     def read_writer(self, timeout_s: float) -> WriterView: ...
 
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
@@ -147,7 +157,8 @@ class LeaseStore(Protocol):
         ...
 
     def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
-        """Write ``/members/<node>`` under the member's own lease."""
+        """Write ``/members/<node>`` under the member's own lease; never over
+        a live report of another sidecar using the same node name."""
         ...
 
     def close(self) -> None: ...

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dbvip.identity import Identity, Whose, whose
+from dbvip.keys import Garbage, decode_writer, encode_writer
 from dbvip.model import (
     KeyAbsent,
     KeyHeld,
@@ -91,8 +93,10 @@ class FakeEtcd:
         self._next_lease = 0x1000
         self.min_ttl_s = min_ttl_s
         # Member reports by node (their own leases are not modelled: a report
-        # stays until its node publishes another).
+        # stays until its node publishes another), and who wrote each.
         self.members: dict[str, MemberReport] = {}
+        self.member_ids: dict[str, Identity] = {}
+        self.lease_owner: dict[int, Identity] = {}  # who put the writer key under each lease
         self.maintenance: set[str] = set()  # nodes an operator put in maintenance
 
     def expire(self) -> None:
@@ -137,6 +141,16 @@ class FakeEtcd:
         self.expire()
         return self.kv.get(key)
 
+    def report(self, identity: Identity, report: MemberReport) -> bool:
+        """Publish a member report, never over a twin's (same name, other
+        host or interface); False when refused."""
+        node = identity.node
+        there = self.member_ids.get(node)
+        if there is not None and whose(node, there, identity) is Whose.NAME_TAKEN:
+            return False
+        self.members[node], self.member_ids[node] = report, identity
+        return True
+
     def writer_holder(self) -> tuple[str, int] | None:
         """Ground truth: (holder, lease) of the writer key, if valid."""
         entry = self.get(WRITER)
@@ -148,8 +162,8 @@ class FakeEtcd:
             return None
 
 
-def writer_value(node: str) -> bytes:
-    return json.dumps({"node": node}).encode()
+def writer_value(identity: Identity) -> bytes:
+    return encode_writer(identity, "198.51.100.10/32", 0, "T")
 
 
 def parse_writer(entry: _Entry | None, revision: int, claim: _Entry | None = None) -> WriterView:
@@ -159,19 +173,18 @@ def parse_writer(entry: _Entry | None, revision: int, claim: _Entry | None = Non
         claimed = parse_writer(claim, revision)
         holder = claimed.holder if isinstance(claimed, KeyHeld) else f"lease {claim.lease_id:x}"
         return KeyAbsent(revision, claimed_by=holder)
-    try:
-        holder = json.loads(entry.value)["node"]
-        if not isinstance(holder, str) or not holder:
-            raise ValueError("node is not a name")
-    except (ValueError, KeyError, TypeError) as e:
-        return KeyInvalid(f"not a writer value: {e}", entry.lease_id, revision)
-    return KeyHeld(holder, entry.lease_id, revision, entry.mod_revision)
+    value = decode_writer(entry.value)
+    if isinstance(value, Garbage):
+        return KeyInvalid(f"not a writer value: {value.detail}", entry.lease_id, revision)
+    return KeyHeld(value.node, entry.lease_id, revision, entry.mod_revision, value.identity)
 
 
 class FakeLeaseStore:
-    def __init__(self, etcd: FakeEtcd, node: str) -> None:
+    def __init__(self, etcd: FakeEtcd, node: str, identity: Identity | None = None) -> None:
         self.etcd = etcd
         self.node = node
+        # A host per node name unless told: a restart keeps host and interface.
+        self.identity = identity or Identity.fresh(node, f"host-{node}", "eth0")
         self.fault: Fault = "ok"
         self.calls: list[str] = []
         self.members: list[MemberReport] = []
@@ -218,7 +231,8 @@ class FakeLeaseStore:
 
     def _put_both(self, lease_id: int) -> int:
         """The writer key and its claim, in one transaction."""
-        value = writer_value(self.node)
+        value = writer_value(self.identity)
+        self.etcd.lease_owner[lease_id] = self.identity
         self.etcd.put(CLAIM, value, lease_id)
         revision = self.etcd.put(WRITER, value, lease_id)
         return revision
@@ -265,8 +279,9 @@ class FakeLeaseStore:
         failed = self._fail(timeout_s)
         if failed is not None:
             return failed
+        if not self.etcd.report(self.identity, report):
+            return Unknown(f"member report not written: {self.node} is in use by a twin")
         self.members.append(report)
-        self.etcd.members[self.node] = report
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
@@ -279,7 +294,9 @@ class FakeLeaseStore:
             for node, r in sorted(self.etcd.members.items())
             if node != self.node
         )
-        return MembersReading(peers, self.node in self.etcd.maintenance)
+        there = self.etcd.member_ids.get(self.node)
+        same_name = (there,) if there is not None else ()
+        return MembersReading(peers, self.node in self.etcd.maintenance, same_name)
 
     def close(self) -> None:
         pass

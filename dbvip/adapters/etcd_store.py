@@ -23,6 +23,7 @@ from dbvip.adapters.etcd_client import (
     range_op,
 )
 from dbvip.boottime import boot_s
+from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (
     DEFAULT_PREFIX,
     Garbage,
@@ -33,6 +34,7 @@ from dbvip.keys import (
     encode_maintenance,
     encode_member,
     encode_writer,
+    member_identity,
     peer_view,
 )
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, WriterView
@@ -77,7 +79,7 @@ def _writer_view(kv: KeyValue | None, revision: int, claim: KeyValue | None = No
     value = decode_writer(kv.value)
     if isinstance(value, Garbage):
         return KeyInvalid(value.detail, kv.lease_id, revision)
-    return KeyHeld(value.node, kv.lease_id, revision, kv.mod_revision)
+    return KeyHeld(value.node, kv.lease_id, revision, kv.mod_revision, value.identity)
 
 
 class EtcdLeaseStore:
@@ -96,10 +98,13 @@ class EtcdLeaseStore:
         key_file: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self._keys = KeyLayout(cluster, prefix)
         self._member_key = self._keys.member(node)  # also checks the node name
         self._node, self._vip, self._clock = node, vip, clock
+        # A store that only reads (``dbvip status``) writes no identity: any will do.
+        self._identity = identity or Identity.fresh(node, "-", "-")
         self._member_ttl_s = member_ttl_s
         self._member_lease: int | None = None
         self._client = EtcdClient(
@@ -110,6 +115,10 @@ class EtcdLeaseStore:
             username=username,
             password=password,
         )
+
+    @property
+    def identity(self) -> Identity:
+        return self._identity
 
     @property
     def keys(self) -> KeyLayout:
@@ -167,7 +176,7 @@ class EtcdLeaseStore:
         except EtcdUnavailableError as exc:
             return Unknown(f"lease grant: {exc.cause}")
         lease_id = grant.lease_id
-        value = encode_writer(self._node, self._vip, lease_id, self._clock.wall_iso())
+        value = encode_writer(self._identity, self._vip, lease_id, self._clock.wall_iso())
         claim = self._keys.claim
         try:
             txn = self._client.txn(
@@ -233,7 +242,7 @@ class EtcdLeaseStore:
         def remaining_s() -> float:
             return deadline - boot_s()
 
-        value = encode_member(report, self._clock.wall_iso())
+        value = encode_member(report, self._clock.wall_iso(), self._identity)
         try:
             lease_id = self._member_lease
             if lease_id is not None and self._client.keepalive(lease_id, remaining_s()) <= 0:
@@ -241,12 +250,32 @@ class EtcdLeaseStore:
             if lease_id is None:
                 grant = self._client.grant(self._member_ttl_s, remaining_s())
                 lease_id = self._member_lease = grant.lease_id
-            revision = self._client.put(self._member_key, value, remaining_s(), lease_id=lease_id)
+            return self._put_report(value, lease_id, remaining_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"member publish: {exc.cause}")
-        if revision is None:
-            self._member_lease = None  # expired between keepalive and put; next time anew
-            return Unknown("member lease expired while publishing")
+
+    def _put_report(
+        self, value: bytes, lease_id: int, remaining_s: Callable[[], float]
+    ) -> Done | Unknown:
+        """Put the report if the key is ours already (under our member lease),
+        or free, or left by this sidecar's previous process; never over a
+        live report of a twin using the same node name."""
+        key = self._member_key
+        put = [put_op(key, value, lease_id)]
+        txn = self._client.txn([compare_lease(key, lease_id)], put, [range_op(key)], remaining_s())
+        if txn.succeeded:
+            return Done()
+        existing = txn.kvs[0] if txn.kvs else None
+        if existing is not None and existing.lease_id != 0:
+            theirs = member_identity(self._node, decode_member(existing.value))
+            if theirs is None or whose(self._node, theirs, self._identity) is Whose.NAME_TAKEN:
+                who = theirs.short() if theirs is not None else "a sidecar of another version"
+                return Unknown(f"member report not written: {self._node} is in use by {who}")
+        seen = [compare_mod_revision(key, existing.mod_revision if existing else 0)]
+        if not self._client.txn(seen, put, [], remaining_s()).succeeded:
+            # Changed meanwhile, or our lease expired between keepalive and put.
+            self._member_lease = None
+            return Unknown("member report changed while publishing; next time anew")
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
@@ -258,6 +287,7 @@ class EtcdLeaseStore:
         members_prefix = self._keys.members_prefix
         mine = self._keys.maintenance(self._node)
         peers = []
+        same_name: list[Identity] = []
         maintenance = False
         for kv in result.kvs:
             key = kv.key.decode(errors="replace")
@@ -265,10 +295,16 @@ class EtcdLeaseStore:
                 maintenance = True
             elif key.startswith(members_prefix):
                 node = key[len(members_prefix) :]
-                peer = peer_view(node, decode_member(kv.value))
-                if peer is not None and node != self._node:
+                value = decode_member(kv.value)
+                if node == self._node:
+                    identity = member_identity(node, value)
+                    if identity is not None and kv.lease_id != 0:
+                        same_name.append(identity)
+                    continue
+                peer = peer_view(node, value)
+                if peer is not None:
                     peers.append(peer)
-        return MembersReading(tuple(peers), maintenance)
+        return MembersReading(tuple(peers), maintenance, tuple(same_name))
 
     def set_maintenance(self, node: str, on: bool, timeout_s: float) -> Done | Unknown:
         """Put (no lease: it stays until removed) or delete ``node``'s flag."""

@@ -13,6 +13,7 @@ import pytest
 
 from dbvip.adapters.etcd_client import EtcdClient
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.identity import Identity
 from dbvip.keys import Garbage, KeyLayout
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, PeerView, Role
 from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, MembersReading, Refused, Unknown
@@ -78,7 +79,7 @@ def test_acquire_keepalive_release(etcd_single: EtcdCluster, stores: StoreFactor
     assert isinstance(granted, Granted) and granted.ttl_s == 10
     held = store.read_writer(TIMEOUT_S)
     assert isinstance(held, KeyHeld) and held.revision >= granted.revision
-    assert held == KeyHeld("n1", granted.lease_id, held.revision, granted.revision)
+    assert held == KeyHeld("n1", granted.lease_id, held.revision, granted.revision, store.identity)
     value = writer_json(etcd_single, store)
     assert (value["node"], value["vip"], value["lease"]) == ("n1", VIP, f"{granted.lease_id:x}")
     assert datetime.fromisoformat(value["since"]).tzinfo is not None
@@ -389,7 +390,7 @@ def test_read_members_gives_the_others_role_and_timeline_and_skips_garbage(
         PeerView("n3", Role.PRIMARY, 3),
         PeerView("text", Role.PRIMARY, None),  # a timeline that is not a number proves nothing
     )
-    assert n1.read_members(TIMEOUT_S) == MembersReading(peers, maintenance=False)
+    assert n1.read_members(TIMEOUT_S) == MembersReading(peers, False, (n1.identity,))
     seen = n3.read_members(TIMEOUT_S)
     assert isinstance(seen, MembersReading)
     assert {p.node for p in seen.peers} == {"n1", "n2", "text"}
@@ -414,3 +415,42 @@ def test_maintenance_flag_is_seen_by_its_node_only_and_shows_in_status(
     assert n2.set_maintenance("n1", False, TIMEOUT_S) == Done()
     assert n1.read_members(TIMEOUT_S) == MembersReading((), maintenance=False)
     assert n2.set_maintenance("n1", False, TIMEOUT_S) == Done()  # idempotent
+
+
+def test_a_twin_never_writes_over_a_live_report_under_its_name(
+    etcd_private: EtcdCluster, stores: StoreFactory
+) -> None:
+    """One node name, two hosts: the first report stands; the twin's is
+    refused and the first one sees the twin nowhere, the twin sees the first."""
+    first = stores(etcd_private, "n1", identity=Identity.fresh("n1", "host-a", "eth0"))
+    twin = stores(etcd_private, "n1", identity=Identity.fresh("n1", "host-b", "eth0"))
+    assert first.publish_member(REPORT, TIMEOUT_S) == Done()
+    refused = twin.publish_member(REPORT, TIMEOUT_S)
+    assert isinstance(refused, Unknown) and "in use by n1@host-b" not in refused.cause
+    assert "in use by n1@host-a" in refused.cause
+    seen = twin.read_members(TIMEOUT_S)
+    assert isinstance(seen, MembersReading) and seen.same_name == (first.identity,)
+    assert first.publish_member(REPORT, TIMEOUT_S) == Done()  # still its own
+
+
+def test_a_restarted_sidecar_writes_over_its_previous_processes_report(
+    etcd_private: EtcdCluster, stores: StoreFactory
+) -> None:
+    before = Identity.fresh("n1", "host-a", "eth0")
+    assert stores(etcd_private, "n1", identity=before).publish_member(REPORT, TIMEOUT_S) == Done()
+    after = stores(etcd_private, "n1", identity=before.restarted())
+    assert after.publish_member(REPORT, TIMEOUT_S) == Done()
+    seen = after.read_members(TIMEOUT_S)
+    assert isinstance(seen, MembersReading) and seen.same_name == (after.identity,)
+
+
+def test_the_writer_key_carries_the_identity_and_format(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    me = Identity.fresh("n1", "host-a", "eth0")
+    store = stores(etcd_single, "n1", identity=me)
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    value = writer_json(etcd_single, store)
+    assert (value["format"], value["instance"], value["host"]) == (2, me.instance, "host-a")
+    assert store.release(granted.lease_id, TIMEOUT_S) == Done()

@@ -46,6 +46,8 @@ class Node:
         self.runner = self.restart(clock)
 
     def restart(self, clock: FakeClock) -> Runner:
+        if hasattr(self, "runner"):  # a new process: a new instance, same host and interface
+            self.store.identity = self.store.identity.restarted()
         self.runner = Runner(
             self.name,
             T,
@@ -58,7 +60,7 @@ class Node:
     def publish(self, snapshot: Snapshot) -> None:
         """The member report, as the publisher thread would put it in etcd."""
         if self.store.fault == "ok":
-            self.store.etcd.members[self.name] = report_of(snapshot, "vip")
+            self.store.etcd.report(self.store.identity, report_of(snapshot, "vip"))
 
 
 class World:
@@ -508,3 +510,30 @@ def test_the_sidecar_clock_is_the_boot_time_clock() -> None:
     read = SystemClock().monotonic_s()
     after = boot_s()
     assert before <= read <= after
+
+
+# The exact bytes a dbvip before value formats wrote (format 1: a name, no identity).
+TODAYS_WRITER = (
+    b'{"node":"n1","vip":"198.51.100.10/32","lease":"%x","since":"2026-01-02T03:04:05Z"}'
+)
+
+
+@pytest.mark.parametrize("upgraded", ["n1", "n2"])
+def test_a_key_in_todays_format_is_read_and_never_taken_by_name(upgraded: str) -> None:
+    """A rolling upgrade: the old n1 sidecar held the key (today's format)
+    and was killed before it could release. The new sidecars read the
+    value, and neither the other primary nor n1's own new sidecar takes,
+    adopts or releases it by name: the VIP stays away until its lease ends
+    (the old n1's VIP is gone by then), then one new sidecar takes it."""
+    world = World(Role.PRIMARY, Role.PRIMARY)
+    world.nodes = [n for n in world.nodes if n.name == upgraded]
+    old_lease, _ = world.etcd.grant(T.ttl_s)
+    world.etcd.put(WRITER, TODAYS_WRITER % old_lease, old_lease)
+    world.run(T.ttl_s - 1.0)
+    node = world.nodes[0]
+    assert world.kernel.holders() == set()
+    assert node.runner.state.reason is Reason.CONFLICT
+    assert "read" in node.store.calls
+    assert not {"adopt", "release", "keepalive", "acquire"} & set(node.store.calls)
+    world.run(3.0)  # the old lease expired: the key is free
+    assert world.kernel.holders() == {node.name}
