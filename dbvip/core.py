@@ -97,6 +97,17 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             replace(state, lease=None),
         )
 
+    if obs.etcd_reset is not None:
+        # Wiped or restored: a lease id may name another lease now, and an
+        # old lease may live again. Treat ours as lost and start afresh.
+        quiet = replace(state, lease=None, reset_until_s=now + timing.ttl_s)
+        return done(
+            take_down(release_chain(state, obs, me)),
+            Reason.ETCD_RESET,
+            f"{obs.etcd_reset}: etcd was wiped or restored; the lease is lost",
+            quiet,
+        )
+
     if obs.stopping:
         release = release_chain(state, obs, me)
         return done(
@@ -176,6 +187,15 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
     if obs.maintenance is None and role is Role.PRIMARY:
         # Just started and the flag could not be read: it may be set.
         return done(take_down(), Reason.ETCD_UNREACHABLE, "maintenance flag not read yet", state)
+    if role is Role.PRIMARY and state.reset_until_s is not None and now < state.reset_until_s:
+        # A node that held a lease of before may still have its VIP until
+        # that lease's deadline: take nothing until every such lease ran out.
+        return done(
+            take_down(),
+            Reason.ETCD_RESET,
+            f"etcd's history went back; taking no lease for {state.reset_until_s - now:.1f} s",
+            state,
+        )
     mine = left_over(view, me)
     if (
         role is Role.PRIMARY

@@ -131,6 +131,10 @@ class Observation:
     # renew interval): a sidecar of another host or interface there is a
     # twin given the same node name.
     same_name: tuple[Identity, ...] = ()
+    # Set when etcd's history went back since the last look (a revision
+    # below one already seen, another cluster id): etcd was wiped or
+    # restored from a snapshot, and every lease of before is in doubt.
+    etcd_reset: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -283,6 +287,7 @@ class Reason(enum.Enum):
     STOPPING = "stopping"
     LEASE_EXPIRED = "lease_expired"
     KEY_LOST = "key_lost"
+    ETCD_RESET = "etcd_reset"
     NAME_CONFLICT = "name_conflict"
     MAINTENANCE = "maintenance"
     DEMOTED = "demoted"
@@ -334,6 +339,9 @@ class NodeState:
     # remembered, so that a report that goes away (that node restarting,
     # dying) does not hand the VIP back to a database on an outdated timeline.
     newer_primary: PeerView | None = None
+    # After etcd's history went back: no lease is taken before this instant,
+    # when every lease granted before (and any VIP it backs) has run out.
+    reset_until_s: float | None = None
     # Kind of action ("acquire", "renew", "vip", ...) -> instant before which a
     # failed action is not retried, so one tick makes one attempt of each.
     backoff: dict[str, float] = field(default_factory=dict)

@@ -128,6 +128,11 @@ class LeaseStore(Protocol):
 
     def read_writer(self, timeout_s: float) -> WriterView: ...
 
+    def history_reset(self) -> str | None:
+        """Why etcd's history went back since the last call (a reply with a
+        revision below one already seen, or another cluster id), or None."""
+        ...
+
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
         """Grant a lease, then create the writer key under it only if absent.
 

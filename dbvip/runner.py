@@ -275,7 +275,9 @@ class Runner:
         if not stopping and now - self._peers_read_s >= self.timing.renew_interval_s:
             self._read_peers(now, vip.presence)
             now = clock.monotonic_s()
+        reset = _guarded(self.ports.store.history_reset, lambda c: None)
         return Observation(
+            etcd_reset=reset,
             now_s=now,
             role=role,
             writer=self._last_view,

@@ -141,6 +141,24 @@ class FakeEtcd:
         self.expire()
         return self.kv.get(key)
 
+    def wipe(self) -> None:
+        """etcd's data directory deleted: empty, revisions and lease ids anew."""
+        self.kv.clear()
+        self.leases.clear()
+        self.revision = 1
+        self._next_lease = 0x1000  # the same ids will be granted again
+
+    def snapshot(self) -> tuple[int, dict[str, _Entry], dict[int, int]]:
+        return self.revision, dict(self.kv), {i: ttl for i, (ttl, _) in self.leases.items()}
+
+    def restore(self, snap: tuple[int, dict[str, _Entry], dict[int, int]]) -> None:
+        """Restored from a snapshot: its keys and leases again, each lease with
+        its whole TTL (as etcd's new leader extends every lease)."""
+        self.revision, kv, leases = snap
+        self.kv = dict(kv)
+        now = self.clock.now_s
+        self.leases = {i: (ttl, now + ttl) for i, ttl in leases.items()}
+
     def report(self, identity: Identity, report: MemberReport) -> bool:
         """Publish a member report, never over a twin's (same name, other
         host or interface); False when refused."""
@@ -185,6 +203,8 @@ class FakeLeaseStore:
         self.node = node
         # A host per node name unless told: a restart keeps host and interface.
         self.identity = identity or Identity.fresh(node, f"host-{node}", "eth0")
+        self._max_revision = 0
+        self._reset: str | None = None
         self.fault: Fault = "ok"
         self.calls: list[str] = []
         self.members: list[MemberReport] = []
@@ -198,7 +218,21 @@ class FakeLeaseStore:
         return None
 
     def _reply(self) -> Unknown | None:
-        return Unknown("reply lost") if self.fault == "lose_reply" else None
+        if self.fault == "lose_reply":
+            return Unknown("reply lost")
+        self._saw()
+        return None
+
+    def _saw(self) -> None:
+        """A reply arrived: its revision, as the real client's History sees it."""
+        if self.etcd.revision < self._max_revision:
+            self._reset = f"etcd revision {self.etcd.revision} after {self._max_revision}"
+            self._max_revision = self.etcd.revision
+        self._max_revision = max(self._max_revision, self.etcd.revision)
+
+    def history_reset(self) -> str | None:
+        reset, self._reset = self._reset, None
+        return reset
 
     def read_writer(self, timeout_s: float) -> WriterView:
         self.calls.append("read")
@@ -225,6 +259,7 @@ class FakeLeaseStore:
                 if isinstance(view, KeyHeld):
                     holder = view.holder
                     break
+            self._saw()
             return Refused(holder, self.etcd.revision)
         revision = self._put_both(lease_id)
         return self._reply() or Granted(lease_id, granted, revision)
@@ -247,6 +282,7 @@ class FakeLeaseStore:
         entry = self.etcd.get(WRITER)
         if entry is None or entry.lease_id != lease_id or entry.mod_revision != mod_revision:
             view = parse_writer(entry, self.etcd.revision)
+            self._saw()
             return Refused(view.holder if isinstance(view, KeyHeld) else None, self.etcd.revision)
         new_id, granted = self.etcd.grant(ttl_s)
         revision = self._put_both(new_id)

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_fixed
 
+from dbvip.adapters.etcd_history import History
 from dbvip.adapters.etcd_http import Connection, Endpoint, ProtocolError, Transport
 from dbvip.boottime import boot_s
 
@@ -234,6 +235,7 @@ class EtcdClient:
         self._token: str | None = None
         self._retry_wait_s = retry_wait_s
         self._preferred = 0  # index of the endpoint that answered last
+        self.history = History()
         # No proxy support on purpose: an HTTP(S)_PROXY in the environment must
         # not reroute etcd traffic.
         self._http = Transport(self._tls)
@@ -353,7 +355,7 @@ class EtcdClient:
             end = boot_s() + share_s
             future = self._workers.submit(self._exchange, endpoint, path, body, end, parse)
             try:
-                result = future.result(timeout=share_s)
+                result, header = future.result(timeout=share_s)
             except _TransientError as exc:
                 causes.append(f"{endpoint}: {exc}")
                 continue
@@ -365,22 +367,25 @@ class EtcdClient:
                 self._preferred = self.endpoints.index(endpoint)
                 raise
             self._preferred = self.endpoints.index(endpoint)
+            self.history.saw(header)
             return result
         raise _TransientError("; ".join(causes) or "no time left")
 
     def _exchange(
         self, endpoint: str, path: str, body: Json, deadline: float, parse: Callable[[Json], T]
-    ) -> T:
+    ) -> tuple[T, Json]:
         try:
             token = self.token(endpoint, deadline)
             try:
-                return parse(self._post(endpoint, path, body, deadline, token))
+                reply = self._post(endpoint, path, body, deadline, token)
+                return parse(reply), reply["header"]
             except _ReplyError as exc:
                 if token is None or _INVALID_TOKEN not in exc.message:
                     raise
             # The member forgot the token (restarted, auth re-enabled): once more.
             self.forget_token()
-            return parse(self._post(endpoint, path, body, deadline, self.token(endpoint, deadline)))
+            reply = self._post(endpoint, path, body, deadline, self.token(endpoint, deadline))
+            return parse(reply), reply["header"]
         except (_TransientError, _ReplyError):
             raise
         except Exception as exc:  # a malformed reply, a closed client: still "don't know"

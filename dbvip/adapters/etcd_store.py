@@ -138,6 +138,9 @@ class EtcdLeaseStore:
         found = {kv.key.decode(errors="replace"): kv for kv in result.kvs}
         return _writer_view(found.get(keys.writer), result.revision, found.get(keys.claim))
 
+    def history_reset(self) -> str | None:
+        return self._client.history.take()
+
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
         # "Attached to no lease" is true of an absent key too (etcd compares a
         # missing key as a zero one): a key put by hand without a lease backs

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -454,3 +455,50 @@ def test_the_writer_key_carries_the_identity_and_format(
     value = writer_json(etcd_single, store)
     assert (value["format"], value["instance"], value["host"]) == (2, me.instance, "host-a")
     assert store.release(granted.lease_id, TIMEOUT_S) == Done()
+
+
+def _answered(store: EtcdLeaseStore) -> KeyAbsent | KeyHeld | KeyInvalid | None:
+    view = store.read_writer(TIMEOUT_S)
+    return None if isinstance(view, KeyUnknown) else view
+
+
+def _busy(store: EtcdLeaseStore, writes: int) -> None:
+    """Move etcd's revision on, as a running cluster's reports do."""
+    for _ in range(writes):
+        assert store.publish_member(REPORT, TIMEOUT_S) == Done()
+
+
+def test_a_wiped_etcd_is_noticed_as_a_history_reset(
+    etcd_private: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_private, "n1")
+    _busy(store, 5)
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    assert store.history_reset() is None
+    etcd_private.wipe()
+    # The first answer of the new history: the key is gone, and so is the lease.
+    view = eventually(lambda: _answered(store))
+    assert isinstance(view, KeyAbsent)
+    reset = store.history_reset()
+    assert reset is not None and "revision" in reset
+    assert store.history_reset() is None  # told once
+
+
+def test_an_etcd_restored_from_an_older_snapshot_is_noticed(
+    etcd_private: EtcdCluster, stores: StoreFactory, tmp_path: Path
+) -> None:
+    store = stores(etcd_private, "n1")
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    snapshot = tmp_path / "etcd.snapshot"
+    etcd_private.snapshot_save(snapshot)
+    assert store.release(granted.lease_id, TIMEOUT_S) == Done()
+    _busy(store, 5)
+    assert isinstance(store.read_writer(TIMEOUT_S), KeyAbsent)
+    assert store.history_reset() is None
+    etcd_private.restore(snapshot)
+    view = eventually(lambda: _answered(store))
+    # The released key and its revoked lease are back: only the reset tells.
+    assert isinstance(view, KeyHeld) and view.lease_id == granted.lease_id
+    assert store.history_reset() is not None

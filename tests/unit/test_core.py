@@ -66,6 +66,7 @@ def obs(
     peers: tuple[PeerView, ...] = (),
     maintenance: bool = False,
     same_name: tuple[Identity, ...] = (),
+    etcd_reset: str | None = None,
 ) -> Observation:
     return Observation(
         now_s=now,
@@ -76,6 +77,7 @@ def obs(
         peers=peers,
         maintenance=maintenance,
         same_name=same_name,
+        etcd_reset=etcd_reset,
     )
 
 
@@ -171,6 +173,28 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         Reason.ACQUIRING,
     ),
     ("replica idle", NodeState(), obs(role=REPLICA, writer=OTHER, vip=A), (), Reason.REPLICA),
+    # -- etcd wiped or restored from a snapshot -------------------------------
+    (
+        "holding, etcd's history went back: the lease is lost, drop and release",
+        HOLDING,
+        obs(etcd_reset="etcd revision 3 after 900 was seen"),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.ETCD_RESET,
+    ),
+    (
+        "primary, key free after an etcd reset: take nothing for a TTL",
+        NodeState(reset_until_s=NOW + 5.0),
+        obs(writer=KeyAbsent(3), vip=A),
+        (),
+        Reason.ETCD_RESET,
+    ),
+    (
+        "primary, key free once the reset wait is over: acquire",
+        NodeState(reset_until_s=NOW),
+        obs(writer=KeyAbsent(3), vip=A),
+        (AcquireLease(10),),
+        Reason.ACQUIRING,
+    ),
     # -- identity: a name alone proves nothing (S5) ----------------------------
     (
         "restart: key written by this sidecar's previous process: adopt",

@@ -197,6 +197,22 @@ class DeleteKey:
     """An operator deletes the writer key by hand."""
 
 
+@dataclass(frozen=True)
+class SnapshotEtcd:
+    """``etcdctl snapshot save``: kept for a later ``RestoreEtcd``."""
+
+
+@dataclass(frozen=True)
+class RestoreEtcd:
+    """etcd restored from the last snapshot: its keys, revision and leases
+    (each with its whole TTL again)."""
+
+
+@dataclass(frozen=True)
+class WipeEtcd:
+    """etcd's data deleted: empty, revisions from 1, lease ids granted again."""
+
+
 Step: TypeAlias = (
     Advance
     | SetRole
@@ -211,6 +227,9 @@ Step: TypeAlias = (
     | DeliverLate
     | WriteGarbage
     | DeleteKey
+    | SnapshotEtcd
+    | RestoreEtcd
+    | WipeEtcd
 )
 
 
@@ -423,6 +442,7 @@ class Sim:
         self._still_at = self.clock.now_s
         self.pending: list[tuple[str, Callable[[], None]]] = []  # late requests
         self.timers: list[tuple[float, Callable[[], None]]] = []  # faults that end
+        self.snapshot: tuple[int, dict[str, object], dict[int, int]] | None = None
         factories = factories or {}
         self.nodes = {
             name: SimNode(
@@ -676,6 +696,13 @@ class Sim:
                 self.etcd.put(WRITER, b"\x00garbage")
             case DeleteKey():
                 self.etcd.delete(WRITER)
+            case SnapshotEtcd():
+                self.snapshot = self.etcd.snapshot()
+            case RestoreEtcd():
+                if self.snapshot is not None:
+                    self.etcd.restore(self.snapshot)
+            case WipeEtcd():
+                self.etcd.wipe()
         self._watch()
         self.check(f"after {step}")
 
@@ -1171,3 +1198,61 @@ def test_deleting_the_key_of_a_crashed_holder_never_gives_two_writers() -> None:
     assert sim.nodes["n2"].runner.state.reason is Reason.KEY_DELETED
     sim.apply(Advance(sim.timing.ttl_s))  # n1's lease runs out, and its claim with it
     assert sim.kernel.holders() == {"n2"}
+
+
+# A wiped or restored etcd no longer has the lease a VIP was added under: S3
+# and S5 (lease ids are granted again) cannot hold across it by design; what
+# must hold is one writer (S1), adds only under a live key (S2), and S4.
+AFTER_RESET = frozenset({"S1", "S2", "S4"})
+
+
+@settings(SIM_SETTINGS, max_examples=150)
+@given(
+    setup=setups,
+    wipe=st.booleans(),
+    moved=st.booleans(),
+    rival=st.booleans(),
+    holder=st.sampled_from(("running", "frozen", "etcd hangs")),
+    before_s=_seconds(6.0),
+    after_s=_seconds(4.0),
+)
+def test_etcd_wiped_or_restored_never_gives_two_writers(
+    setup: Setup,
+    wipe: bool,
+    moved: bool,
+    rival: bool,
+    holder: str,
+    before_s: float,
+    after_s: float,
+) -> None:
+    """n1 holds the VIP; a snapshot is taken; maybe the VIP moves to n2; maybe
+    another database claims primary too; the holder freezes, or loses etcd,
+    or runs on; then etcd is wiped, or restored from the snapshot (which
+    brings n1's old key and lease back to life)."""
+    steps: list[Step] = [Advance(1.0), SnapshotEtcd(), Advance(before_s)]
+    current = "n1"
+    if moved:
+        steps += [SetRole("n1", "replica"), SetRole("n2", "primary"), Advance(3.0)]
+        current = "n2"
+    if rival:
+        steps.append(SetRole("n3", "primary"))
+    steps += {
+        "running": [],
+        "frozen": [Freeze(current, 5.0)],
+        "etcd hangs": [EtcdFault(current, "hang", for_s=3.0)],
+    }[holder]
+    steps += [WipeEtcd() if wipe else RestoreEtcd(), Advance(after_s), Advance(15.0)]
+    simulate(steps, setup, checks=AFTER_RESET)
+
+
+def test_after_a_wipe_a_frozen_holder_and_a_second_primary_never_overlap() -> None:
+    # Without the reset rule: S1, n3 takes the key at once while n1's VIP
+    # lives on to its deadline (etcd forgot n1's lease and its claim).
+    sim = simulate(
+        [Advance(1.0), SetRole("n3", "primary"), Advance(1.0), Freeze("n1", 4.0), WipeEtcd()],
+        checks=AFTER_RESET,
+    )
+    sim.apply(Advance(0.5))
+    assert sim.nodes["n3"].runner.state.reason is Reason.ETCD_RESET
+    sim.apply(Advance(2 * sim.timing.ttl_s))
+    assert len(sim.kernel.holders()) == 1  # and afterwards someone holds it again
