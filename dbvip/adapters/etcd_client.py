@@ -43,6 +43,9 @@ _TRANSIENT_CODES = frozenset({4, 8, 14})
 _TRANSIENT_WORDS = ("leader changed", "no leader", "timed out", "too many requests")
 _LEASE_NOT_FOUND = "requested lease not found"
 _INVALID_TOKEN = "invalid auth token"
+# Replies whose header is the answering member's own revision, not one of
+# the cluster's history: a lagging follower may show less than seen before.
+_LOCAL_HEADER_PATHS = frozenset({"/v3/lease/keepalive", "/v3/lease/timetolive"})
 _MIN_ATTEMPT_S = 0.005  # less budget than this is not worth another round
 _WATCH_CONNECT_S = 1.0
 _WATCH_BACKOFF_MAX_S = 1.0
@@ -367,7 +370,8 @@ class EtcdClient:
                 self._preferred = self.endpoints.index(endpoint)
                 raise
             self._preferred = self.endpoints.index(endpoint)
-            self.history.saw(header)
+            if path not in _LOCAL_HEADER_PATHS:
+                self.history.saw(header)
             return result
         raise _TransientError("; ".join(causes) or "no time left")
 

@@ -12,8 +12,10 @@ class History:
     a snapshot: lease ids may be reused, old leases may live again.
 
     Only replies the caller used count (an attempt abandoned at its deadline
-    may answer late with an older revision); linearizable reads, writes and
-    lease calls never go back otherwise, whichever member answers.
+    may answer late with an older revision), and only of calls whose header
+    follows the cluster's history (linearizable reads, writes, lease grants
+    and revokes, applied in order on any member); a keepalive's header is the
+    answering member's own revision, which may lag.
     """
 
     def __init__(self) -> None:
