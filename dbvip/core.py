@@ -99,10 +99,12 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
 
     if obs.etcd_reset is not None:
         # Wiped or restored: a lease id may name another lease now, and an
-        # old lease may live again. Treat ours as lost and start afresh.
+        # old lease may live again. Treat ours as lost and start afresh. No
+        # release by lease id (it may be another's now): a key of ours that a
+        # restore brought back is released later, proven ours by a fresh read.
         quiet = replace(state, lease=None, reset_until_s=now + timing.ttl_s)
         return done(
-            take_down(release_chain(state, obs, me)),
+            take_down(),
             Reason.ETCD_RESET,
             f"{obs.etcd_reset}: etcd was wiped or restored; the lease is lost",
             quiet,

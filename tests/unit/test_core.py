@@ -175,11 +175,18 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
     ("replica idle", NodeState(), obs(role=REPLICA, writer=OTHER, vip=A), (), Reason.REPLICA),
     # -- etcd wiped or restored from a snapshot -------------------------------
     (
-        "holding, etcd's history went back: the lease is lost, drop and release",
+        "holding, etcd's history went back: the lease is lost, drop; its id proves nothing",
         HOLDING,
         obs(etcd_reset="etcd revision 3 after 900 was seen"),
-        (RemoveVip(), ReleaseLease(0xA)),
+        (RemoveVip(),),
         Reason.ETCD_RESET,
+    ),
+    (
+        "replica after a restore, its own key back to life: released, proven ours",
+        NodeState(reset_until_s=NOW + 5.0),
+        obs(role=REPLICA, writer=MINE, vip=A),
+        (ReleaseLease(0xA),),
+        Reason.DEMOTED,
     ),
     (
         "primary, key free after an etcd reset: take nothing for a TTL",
