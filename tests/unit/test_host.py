@@ -7,6 +7,9 @@ import os
 import pytest
 
 from dbvip.adapters.host import SeatLock, SeatTakenError, host_identity
+from dbvip.config import load
+from dbvip.wiring import Sidecar, StartError, SystemClock
+from tests.fakes import FakeAnnouncer, FakeClock, FakeKernel, FakeVipDriver
 
 
 def test_host_identity_names_the_machine_and_the_network_namespace() -> None:
@@ -37,3 +40,36 @@ def test_a_long_name_still_makes_a_lock() -> None:
             SeatLock("/dbvip", cluster, "eth0")
     finally:
         first.close()
+
+
+def test_a_second_sidecar_of_one_cluster_on_one_interface_does_not_start() -> None:
+    config = load(
+        {},
+        {
+            "DBVIP_CLUSTER": f"seat{os.getpid()}",
+            "DBVIP_NODE": "n1",
+            "DBVIP_VIP": "198.51.100.10",
+            "DBVIP_INTERFACE": "dbvt-fake0",
+            "DBVIP_ETCD_ENDPOINTS": "http://127.0.0.1:9",
+            "DBVIP_PG_DSN": "host=127.0.0.1 port=9 user=postgres",
+        },
+    )
+    kernel = FakeKernel(FakeClock())
+
+    def sidecar(name: str) -> Sidecar:
+        return Sidecar(
+            config,
+            SystemClock(),
+            vip_driver=FakeVipDriver(kernel, name),
+            announcer=FakeAnnouncer(kernel, name),
+        )
+
+    first = sidecar("first")
+    try:
+        with pytest.raises(StartError, match="another dbvip runs for cluster"):
+            sidecar("second")
+        assert first.identity.host == host_identity()
+        assert first.store.identity == first.identity  # what it writes is who it is
+    finally:
+        first.close()
+    sidecar("third").close()  # the seat is free again
