@@ -23,6 +23,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
+from dbvip.identity import Identity
 from dbvip.keys import member_value
 from dbvip.members import member_row, report_of
 from dbvip.model import Role, Timing
@@ -84,8 +85,11 @@ def readiness(snapshot: Snapshot | None, now_s: float, timing: Timing) -> Verdic
 
 
 class Board:
-    def __init__(self, vip: str, timing: Timing, clock: Clock) -> None:
+    def __init__(
+        self, vip: str, timing: Timing, clock: Clock, identity: Identity | None = None
+    ) -> None:
         self._vip = vip
+        self._identity = identity
         self._timing = timing
         self._clock = clock
         self._lock = threading.Lock()
@@ -123,7 +127,9 @@ class Board:
             return None
         snap, wall = latest
         now_s = self.now_s()
-        row = member_row(snap.node, member_value(report_of(snap, self._vip), wall), None)
+        row = member_row(
+            snap.node, member_value(report_of(snap, self._vip), wall, self._identity), None
+        )
         row["loop"] = {
             "detail": snap.detail,
             "facts": snap.facts,

@@ -19,6 +19,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
+from dbvip.identity import Identity
 from dbvip.model import (
     KERNEL_EXPIRY_SLACK_S,
     AcquireLease,
@@ -53,12 +54,14 @@ from dbvip.model import (
     VipRemoved,
     WriterView,
 )
+from dbvip.ownership import key_lost, left_over, name_conflict, release_chain
+from dbvip.schedule import request_deadline_s, wake_s
 
 _Done = Callable[[tuple[Action, ...], Reason, str, NodeState], Decision]
 
 
-def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decision:
-    """Return the next chain of actions for node ``me`` and why."""
+def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> Decision:
+    """Return the next chain of actions for the sidecar ``me`` and why."""
     now = obs.now_s
     state = _track_key(_track_role(state, obs), obs)
     vip_maybe = obs.vip is not VipPresence.ABSENT
@@ -79,7 +82,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
             detail=detail,
             state=st,
             request_deadline_s=request_deadline_s(st, obs.now_s, obs.vip, timing),
-            wake_s=_wake(st, obs, timing),
+            wake_s=wake_s(st, obs, timing),
             facts=_facts(st, obs),
         )
 
@@ -94,8 +97,21 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
             replace(state, lease=None),
         )
 
+    if obs.etcd_reset is not None:
+        # Wiped or restored: a lease id may name another lease now, and an
+        # old lease may live again. Treat ours as lost and start afresh. No
+        # release by lease id (it may be another's now): a key of ours that a
+        # restore brought back is released later, proven ours by a fresh read.
+        quiet = replace(state, lease=None, reset_until_s=now + timing.ttl_s)
+        return done(
+            take_down(),
+            Reason.ETCD_RESET,
+            f"{obs.etcd_reset}: etcd was wiped or restored; the lease is lost",
+            quiet,
+        )
+
     if obs.stopping:
-        release = _release_chain(state, obs, me)
+        release = release_chain(state, obs, me)
         return done(
             take_down(release),
             Reason.STOPPING if vip_maybe or release else Reason.STOPPED,
@@ -104,7 +120,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
         )
 
     if lease is not None:
-        lost = _key_lost(lease, obs.writer, me)
+        lost = key_lost(lease, obs.writer, me)
         if lost is not None:
             reason, detail = lost
             return done(
@@ -114,9 +130,20 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
                 replace(state, lease=None),
             )
 
+    twin = name_conflict(obs, me)
+    if twin is not None:
+        # Another live sidecar uses this node's name: hold nothing, touch
+        # nothing of its, until it goes away (its lease and report end).
+        return done(
+            take_down(release_chain(state, obs, me)),
+            Reason.NAME_CONFLICT,
+            twin,
+            replace(state, lease=None),
+        )
+
     if obs.maintenance:
         return done(
-            take_down(_release_chain(state, obs, me)),
+            take_down(release_chain(state, obs, me)),
             Reason.MAINTENANCE,
             "in maintenance: stays away from the VIP until `dbvip maintenance off`",
             replace(state, lease=None),
@@ -124,7 +151,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
 
     role = _effective_role(state, obs, timing)
     if role is Role.REPLICA:
-        release = _release_chain(state, obs, me)
+        release = release_chain(state, obs, me)
         busy = vip_maybe or bool(release)
         if obs.role.role is Role.DOWN:
             # No grace: a database that is not running takes no writes, and
@@ -147,7 +174,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
     newer = state.newer_primary
     if newer is not None and obs.role.role is Role.PRIMARY:
         return done(
-            take_down(_release_chain(state, obs, me)),
+            take_down(release_chain(state, obs, me)),
             Reason.SUPERSEDED,
             f"{newer.node} was seen primary on timeline {newer.timeline}, "
             f"this database is on {obs.role.timeline}",
@@ -162,18 +189,26 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
     if obs.maintenance is None and role is Role.PRIMARY:
         # Just started and the flag could not be read: it may be set.
         return done(take_down(), Reason.ETCD_UNREACHABLE, "maintenance flag not read yet", state)
+    if role is Role.PRIMARY and state.reset_until_s is not None and now < state.reset_until_s:
+        # A node that held a lease of before may still have its VIP until
+        # that lease's deadline: take nothing until every such lease ran out.
+        return done(
+            take_down(),
+            Reason.ETCD_RESET,
+            f"etcd's history went back; taking no lease for {state.reset_until_s - now:.1f} s",
+            state,
+        )
+    mine = left_over(view, me)
     if (
         role is Role.PRIMARY
-        and isinstance(view, KeyHeld)
-        and view.holder == me
-        and view.lease_id > 0
-        and view.lease_id != state.adopt_failed_lease
+        and mine is not None
+        and mine.lease_id != state.adopt_failed_lease
         and not _backing_off(state, "adopt", now)
     ):
         return done(
-            (AdoptLease(view.lease_id, view.mod_revision, timing.ttl_s),),
+            (AdoptLease(mine.lease_id, mine.mod_revision, timing.ttl_s),),
             Reason.ADOPTING,
-            f"writer key names this node under lease {view.lease_id:x}",
+            f"writer key written by this sidecar under lease {mine.lease_id:x}",
             state,
         )
     if vip_maybe:
@@ -185,15 +220,35 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
         )
     if role is not Role.PRIMARY:
         return done((), Reason.ROLE_UNKNOWN, obs.role.cause or "role unknown, within grace", state)
+    if isinstance(view, KeyAbsent) and view.claimed_by is not None:
+        return done(
+            (),
+            Reason.KEY_DELETED,
+            f"writer key deleted by hand while {view.claimed_by}'s lease lives "
+            "(its VIP may too): waiting for that lease to end",
+            state,
+        )
+    if isinstance(view, KeyHeld | KeyInvalid) and view.lease_id == 0:
+        # dbvip writes the key only under a lease: one without is a hand edit
+        # that backs no VIP. The acquire replaces it, if the claim is free.
+        if _backing_off(state, "acquire", now):
+            return done((), Reason.WRITER_KEY_INVALID, "writer key has no lease", state)
+        return done(
+            (AcquireLease(timing.ttl_s),),
+            Reason.ACQUIRING,
+            "writer key has no lease (put by hand): replacing it",
+            state,
+        )
     if isinstance(view, KeyAbsent):
         if _backing_off(state, "acquire", now):
             return done((), Reason.STANDBY, "acquire failed, retrying next tick", state)
         return done((AcquireLease(timing.ttl_s),), Reason.ACQUIRING, "writer key is free", state)
     if isinstance(view, KeyHeld):
+        unread = " (a value of another dbvip version)" if view.identity is None else ""
         return done(
             (),
             Reason.CONFLICT,
-            f"database is primary but {view.holder} holds the writer key",
+            f"database is primary but {view.holder} holds the writer key{unread}",
             state,
         )
     if isinstance(view, KeyInvalid):
@@ -202,14 +257,14 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: str) -> Decis
 
 
 def absorb(
-    state: NodeState, obs: Observation, outcome: Outcome, timing: Timing, me: str
+    state: NodeState, obs: Observation, outcome: Outcome, timing: Timing, me: Identity
 ) -> tuple[NodeState, Observation]:
     """Fold one action's outcome into the state and the (now stale) view."""
     now = obs.now_s
     match outcome:
         case LeaseGranted(lease_id, ttl_s, sent_s, revision):
             lease = Lease(lease_id, sent_s + ttl_s - timing.margin_s, sent_s, revision)
-            view = KeyHeld(me, lease_id, revision, revision)
+            view = KeyHeld(me.node, lease_id, revision, revision, me)
             return (replace(state, lease=lease, adopt_failed_lease=None), replace(obs, writer=view))
         case LeaseRenewed(lease_id, ttl_s, sent_s) if (
             state.lease is not None and state.lease.lease_id == lease_id
@@ -353,7 +408,7 @@ def _effective_role(state: NodeState, obs: Observation, timing: Timing) -> Role:
     return Role.UNKNOWN if within and state.last_primary_s is not None else Role.REPLICA
 
 
-def _remember_newer_primary(state: NodeState, obs: Observation, me: str) -> NodeState:
+def _remember_newer_primary(state: NodeState, obs: Observation, me: Identity) -> NodeState:
     """The newest primary on a newer timeline than this database's, from this
     look or remembered from an earlier one. A report that went away or turned
     unknown is no evidence that the newer primary is gone (it may restart, or
@@ -371,82 +426,13 @@ def _remember_newer_primary(state: NodeState, obs: Observation, me: str) -> Node
         p
         for p in (*obs.peers, remembered)
         if p is not None
-        and p.node != me
+        and p.node != me.node
         and p.role is Role.PRIMARY
         and p.timeline is not None
         and p.timeline > own
     ]
     newest = max(candidates, key=lambda p: (p.timeline or 0, p.node), default=None)
     return state if newest == state.newer_primary else replace(state, newer_primary=newest)
-
-
-def _key_lost(lease: Lease, view: WriterView, me: str) -> tuple[Reason, str] | None:
-    """Does a fresh view of the writer key contradict our lease?"""
-    if isinstance(view, KeyUnknown) or view.revision < lease.revision:
-        return None  # can't tell, or read before our own write
-    if isinstance(view, KeyHeld):
-        if view.holder == me and view.lease_id == lease.lease_id:
-            return None
-        return Reason.KEY_LOST, f"writer key now names {view.holder} (lease {view.lease_id:x})"
-    if isinstance(view, KeyInvalid):
-        return Reason.WRITER_KEY_INVALID, view.detail
-    return Reason.KEY_LOST, "writer key disappeared"
-
-
-def _release_chain(state: NodeState, obs: Observation, me: str) -> tuple[Action, ...]:
-    if state.lease is not None:
-        return (ReleaseLease(state.lease.lease_id),)
-    view = obs.writer
-    if isinstance(view, KeyHeld) and view.holder == me and view.lease_id > 0:
-        return (ReleaseLease(view.lease_id),)  # ours, left over from before
-    return ()
-
-
-def request_deadline_s(state: NodeState, now_s: float, vip: VipPresence, timing: Timing) -> float:
-    """etcd requests must return in time to take the VIP down by the deadline."""
-    limit = now_s + timing.request_timeout_s
-    if state.lease is None:
-        return limit
-    if vip is VipPresence.ABSENT:
-        return min(limit, state.lease.deadline_s)
-    return min(limit, state.lease.deadline_s - timing.release_lead_s)
-
-
-def _wake(state: NodeState, obs: Observation, timing: Timing) -> float:
-    """The next instant something falls due; instants already past are not
-    wake-ups (what they asked for was done or is backing off), or the loop
-    would spin without sleeping."""
-    now = obs.now_s
-    due = [now + timing.probe_interval_s]
-    free_since = state.key_free_since_s
-    eager = timing.eager_window_s > 0
-    if (
-        eager
-        and obs.role.role is Role.REPLICA
-        and state.lease is None
-        and free_since is not None
-        and now - free_since < timing.eager_window_s
-    ):
-        # The key is free and this replica may be promoted any moment: look
-        # at the database often (cheap, local); etcd is read only when it
-        # says primary (or the watch wakes us), not at this pace.
-        due.append(now + timing.eager_probe_interval_s)
-    unknown_since = state.role_unknown_since_s
-    if (
-        eager
-        and state.lease is not None
-        and unknown_since is not None
-        and now - unknown_since < timing.role_grace_s
-    ):
-        # The holder's database stopped answering (a restart as a replica, a
-        # crash): learn which as soon as it can tell, to hand over at once.
-        due.append(now + timing.eager_probe_interval_s)
-    if state.announces_left > 0:
-        due.append(state.next_announce_s)
-    if state.lease is not None:
-        due.append(state.lease.deadline_s - timing.release_lead_s)
-        due.append(state.lease.renewed_s + timing.renew_interval_s)
-    return min(t for t in due if t > now)
 
 
 def _facts(state: NodeState, obs: Observation) -> dict[str, str]:
@@ -463,8 +449,8 @@ def _facts(state: NodeState, obs: Observation) -> dict[str, str]:
 
 def _describe(view: WriterView) -> str:
     match view:
-        case KeyAbsent():
-            return "free"
+        case KeyAbsent(_, claimed_by):
+            return "free" if claimed_by is None else f"deleted (claimed by {claimed_by})"
         case KeyHeld(holder, lease_id, _, _):
             return f"{holder}@{lease_id:x}"
         case KeyInvalid(detail, _, _):

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from dbvip.identity import FORMAT, OLDEST_FORMAT, Identity
 from dbvip.model import PeerView, Role
 from dbvip.ports import MemberReport
 
@@ -48,6 +49,12 @@ class KeyLayout:
         return f"{self.base}/writer"
 
     @property
+    def claim(self) -> str:
+        """Written with the writer key, under the same lease: a writer key
+        deleted by hand frees nothing until the holder's lease ends."""
+        return f"{self.base}/claim"
+
+    @property
     def members_prefix(self) -> str:
         return f"{self.base}/members/"
 
@@ -72,14 +79,28 @@ def _compact(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def encode_writer(node: str, vip: str, lease_id: int, since: str) -> bytes:
-    """The writer value; the lease id in hex, as ``etcdctl lease list`` prints it."""
-    return _compact({"node": node, "vip": vip, "lease": format(lease_id, "x"), "since": since})
+def _identity_fields(identity: Identity) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "instance": identity.instance,
+        "host": identity.host,
+        "interface": identity.interface,
+    }
 
 
-def member_value(report: MemberReport, updated: str) -> dict[str, Any]:
+def encode_writer(identity: Identity, vip: str, lease_id: int, since: str) -> bytes:
+    """The writer value (and the claim's); the lease id in hex, as ``etcdctl
+    lease list`` prints it."""
+    fields = {"node": identity.node, **_identity_fields(identity)}
+    return _compact({**fields, "vip": vip, "lease": format(lease_id, "x"), "since": since})
+
+
+def member_value(
+    report: MemberReport, updated: str, identity: Identity | None = None
+) -> dict[str, Any]:
     """A member value as data: what ``/members/<node>`` holds."""
     return {
+        **(_identity_fields(identity) if identity is not None else {}),
         "role": report.role,
         "timeline": report.timeline,
         "lsn": report.lsn,
@@ -93,18 +114,20 @@ def encode_maintenance(since: str) -> bytes:
     return _compact({"since": since, "by": "dbvip maintenance on"})
 
 
-def encode_member(report: MemberReport, updated: str) -> bytes:
-    return _compact(member_value(report, updated))
+def encode_member(report: MemberReport, updated: str, identity: Identity | None = None) -> bytes:
+    return _compact(member_value(report, updated, identity))
 
 
 @dataclass(frozen=True)
 class WriterValue:
-    """A well-formed writer value. Only ``node`` is required."""
+    """A well-formed writer value. Only ``node`` is required (format 1)."""
 
     node: str
     vip: str | None = None
     lease: str | None = None
     since: str | None = None
+    format: int = OLDEST_FORMAT
+    identity: Identity | None = None  # from format 2 on
 
 
 @dataclass(frozen=True)
@@ -126,11 +149,36 @@ def _json_object(raw: bytes) -> dict[str, Any] | Garbage:
     return obj
 
 
+def _format(obj: dict[str, Any]) -> int | Garbage:
+    version = obj.get("format", OLDEST_FORMAT)  # today's values have none: format 1
+    if isinstance(version, bool) or not isinstance(version, int) or version < OLDEST_FORMAT:
+        return Garbage(f"'format' {version!r} is not a format version")
+    return version
+
+
+def _identity(node: str, obj: dict[str, Any]) -> Identity | Garbage:
+    parts: list[str] = []
+    for name in ("instance", "host", "interface"):
+        part = obj.get(name)
+        if not isinstance(part, str) or not part:
+            return Garbage(f"{name!r} is missing or not a name")
+        parts.append(part)
+    return Identity(node, *parts)
+
+
 def decode_writer(raw: bytes) -> WriterValue | Garbage:
     obj = _json_object(raw)
     if isinstance(obj, Garbage):
         return obj
+    version = _format(obj)
+    if isinstance(version, Garbage):
+        return version
     node = obj.get("node")
+    if version > FORMAT:
+        # Written by a newer dbvip (a rolling upgrade): held by another
+        # identity, whatever else it says; never garbage to delete.
+        named = node if isinstance(node, str) and node.strip() else f"(format {version})"
+        return WriterValue(named, format=version)
     if not isinstance(node, str):
         return Garbage("'node' is missing" if node is None else "'node' is not a string")
     if not node or node != node.strip():
@@ -141,7 +189,24 @@ def decode_writer(raw: bytes) -> WriterValue | Garbage:
         if value is not None and not isinstance(value, str):
             return Garbage(f"{name!r} is not a string")
         optional[name] = value
-    return WriterValue(node, **optional)
+    identity = None
+    if version > OLDEST_FORMAT:
+        found = _identity(node, obj)
+        if isinstance(found, Garbage):
+            return found
+        identity = found
+    return WriterValue(
+        node, optional["vip"], optional["lease"], optional["since"], version, identity
+    )
+
+
+def member_identity(node: str, value: dict[str, Any] | Garbage) -> Identity | None:
+    """The identity in a member report of this format, or None (format 1, a
+    newer format, or garbage: no proof of anything)."""
+    if isinstance(value, Garbage) or _format(value) != FORMAT:
+        return None
+    identity = _identity(node, value)
+    return None if isinstance(identity, Garbage) else identity
 
 
 def decode_member(raw: bytes) -> dict[str, Any] | Garbage:

@@ -69,7 +69,8 @@ class MemberPublisher:
         with self._changed:
             self._stopped = True
             self._changed.notify()
-        self._thread.join(timeout=self._timeout_s + 1)
+        if self._thread.ident is not None:  # started (a sidecar may close unstarted)
+            self._thread.join(timeout=self._timeout_s + 1)
 
     def _loop(self) -> None:
         sent: MemberReport | None = None

@@ -14,6 +14,8 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from dbvip.identity import Identity
+
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 
@@ -52,9 +54,15 @@ class RoleReading:
 
 @dataclass(frozen=True)
 class KeyAbsent:
-    """The writer key does not exist (as of store revision ``revision``)."""
+    """The writer key does not exist (as of store revision ``revision``).
+
+    ``claimed_by`` names the holder whose claim key still lives under its
+    lease: the writer key was deleted by hand while that lease (and maybe
+    that node's VIP) lives on; nobody may take the key before it ends.
+    """
 
     revision: int
+    claimed_by: str | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +73,9 @@ class KeyHeld:
     lease_id: int  # 0 when the key is attached to no lease at all
     revision: int  # store revision of the read
     mod_revision: int  # revision at which the key was last written
+    # Who wrote it; None for a value without one this version can read
+    # (format 1 from an older dbvip, or a newer format): never ours.
+    identity: Identity | None = None
 
 
 @dataclass(frozen=True)
@@ -116,6 +127,14 @@ class Observation:
     # An operator asked this node to stay away from the VIP; None: not read
     # yet since start (the flag may be set: do not take the VIP on a guess).
     maintenance: bool | None = False
+    # Identities in live member reports under this node's name (read every
+    # renew interval): a sidecar of another host or interface there is a
+    # twin given the same node name.
+    same_name: tuple[Identity, ...] = ()
+    # Set when etcd's history went back since the last look (a revision
+    # below one already seen, another cluster id): etcd was wiped or
+    # restored from a snapshot, and every lease of before is in doubt.
+    etcd_reset: str | None = None
 
 
 # --------------------------------------------------------------------------
@@ -125,7 +144,8 @@ class Observation:
 
 @dataclass(frozen=True)
 class AcquireLease:
-    """Grant a lease and create the writer key under it, only if absent."""
+    """Grant a lease and put the writer key and the claim under it, only if
+    neither is attached to a live lease (absent, or put by hand)."""
 
     ttl_s: int
 
@@ -267,11 +287,14 @@ class Reason(enum.Enum):
     STOPPING = "stopping"
     LEASE_EXPIRED = "lease_expired"
     KEY_LOST = "key_lost"
+    ETCD_RESET = "etcd_reset"
+    NAME_CONFLICT = "name_conflict"
     MAINTENANCE = "maintenance"
     DEMOTED = "demoted"
     DATABASE_DOWN = "database_down"
     ROLE_UNKNOWN_PAST_GRACE = "role_unknown_past_grace"
     SUPERSEDED = "superseded"
+    KEY_DELETED = "key_deleted"
     LEASE_EXPIRING = "lease_expiring"
     VIP_WITHOUT_LEASE = "vip_without_lease"
     ADOPTING = "adopting"
@@ -316,6 +339,9 @@ class NodeState:
     # remembered, so that a report that goes away (that node restarting,
     # dying) does not hand the VIP back to a database on an outdated timeline.
     newer_primary: PeerView | None = None
+    # After etcd's history went back: no lease is taken before this instant,
+    # when every lease granted before (and any VIP it backs) has run out.
+    reset_until_s: float | None = None
     # Kind of action ("acquire", "renew", "vip", ...) -> instant before which a
     # failed action is not retried, so one tick makes one attempt of each.
     backoff: dict[str, float] = field(default_factory=dict)

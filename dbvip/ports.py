@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+from dbvip.identity import Identity
 from dbvip.model import PeerView, RoleReading, VipPresence, WriterView
 
 # --------------------------------------------------------------------------
@@ -76,6 +77,9 @@ class VipChanged:
 class MembersReading:
     peers: tuple[PeerView, ...]  # every other live member's report
     maintenance: bool  # this node is asked to stay away from the VIP
+    # The identity in a live report under this node's name, if it has one
+    # this version reads (this process's own, an earlier one's, or a twin's).
+    same_name: tuple[Identity, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -96,7 +100,8 @@ class MemberReport:
 
 class Clock(Protocol):
     def monotonic_s(self) -> float:
-        """Seconds on a clock that never jumps; every deadline uses it."""
+        """Seconds on a clock that never jumps back and keeps counting while the
+        machine is suspended (CLOCK_BOOTTIME); every deadline uses it."""
         ...
 
     def wall_iso(self) -> str:
@@ -115,7 +120,18 @@ class RoleProbe(Protocol):
 class LeaseStore(Protocol):
     """The writer key and its lease in etcd, for one node of one cluster."""
 
+    @property
+    def identity(self) -> Identity:
+        """Written into every value this store puts (writer key, claim,
+        member report)."""
+        ...
+
     def read_writer(self, timeout_s: float) -> WriterView: ...
+
+    def history_reset(self) -> str | None:
+        """Why etcd's history went back since the last call (a reply with a
+        revision below one already seen, or another cluster id), or None."""
+        ...
 
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
         """Grant a lease, then create the writer key under it only if absent.
@@ -146,7 +162,8 @@ class LeaseStore(Protocol):
         ...
 
     def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
-        """Write ``/members/<node>`` under the member's own lease."""
+        """Write ``/members/<node>`` under the member's own lease; never over
+        a live report of another sidecar using the same node name."""
         ...
 
     def close(self) -> None: ...

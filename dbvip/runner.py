@@ -14,8 +14,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol, TypeVar
 
-from dbvip.core import absorb, decide, request_deadline_s, vip_lifetime_s
+from dbvip.core import absorb, decide, vip_lifetime_s
 from dbvip.events import Event, EventTracker
+from dbvip.identity import Identity
 from dbvip.model import (
     AcquireLease,
     Action,
@@ -61,6 +62,7 @@ from dbvip.ports import (
     VipDriver,
     VipReading,
 )
+from dbvip.schedule import request_deadline_s
 
 T = TypeVar("T")
 
@@ -169,6 +171,9 @@ class Runner:
         on_event: Callable[[Event], None] = lambda _: None,
     ) -> None:
         self.node = node
+        # The identity the store writes into every value: the core acts only
+        # on keys and leases that carry it (or this sidecar's from before).
+        self.identity = ports.store.identity
         self.timing = timing
         self.ports = ports
         self.waiter = waiter
@@ -181,6 +186,7 @@ class Runner:
         self._key_read_s = float("-inf")
         self._last_view: WriterView = KeyUnknown("not read yet")
         self._peers: tuple[PeerView, ...] = ()
+        self._same_name: tuple[Identity, ...] = ()
         self._peers_read_s = float("-inf")
         self._maintenance: bool | None = None  # not read yet
         self._last_reason: tuple[str, str] | None = None
@@ -220,7 +226,7 @@ class Runner:
     def tick(self, stopping: bool = False) -> Decision:
         held = self.state.lease  # a release reports the lease it was under
         obs = self.observe(stopping)
-        decision = decide(self.state, obs, self.timing, self.node)
+        decision = decide(self.state, obs, self.timing, self.identity)
         for _ in range(MAX_ROUNDS):
             self.state = decision.state
             self._note(decision, obs)
@@ -231,11 +237,11 @@ class Runner:
                 outcome = self.execute(action, decision.request_deadline_s)
                 self._report(action, outcome, decision)
                 self._events.happened(outcome, decision, obs, self.state.lease or held)
-                self.state, obs = absorb(self.state, obs, outcome, self.timing, self.node)
+                self.state, obs = absorb(self.state, obs, outcome, self.timing, self.identity)
                 if isinstance(outcome, Failed):
                     break  # the rest of the chain is only safe after this one
             obs = replace(obs, now_s=self.ports.clock.monotonic_s())
-            decision = decide(self.state, obs, self.timing, self.node)
+            decision = decide(self.state, obs, self.timing, self.identity)
         self._hand_over_events()
         return decision
 
@@ -269,7 +275,9 @@ class Runner:
         if not stopping and now - self._peers_read_s >= self.timing.renew_interval_s:
             self._read_peers(now, vip.presence)
             now = clock.monotonic_s()
+        reset = _guarded(self.ports.store.history_reset, lambda c: None)
         return Observation(
+            etcd_reset=reset,
             now_s=now,
             role=role,
             writer=self._last_view,
@@ -278,6 +286,7 @@ class Runner:
             vip_cause=vip.cause,
             peers=self._peers if role.role is Role.PRIMARY else (),
             maintenance=self._maintenance,
+            same_name=self._same_name,
         )
 
     def _read_peers(self, now: float, vip: VipPresence) -> None:
@@ -302,6 +311,7 @@ class Runner:
             return
         self._peers_read_s = now
         self._peers, self._maintenance = reading.peers, reading.maintenance
+        self._same_name = reading.same_name
 
     def _needs_key(self, role: Role, vip: VipPresence, stopping: bool, now: float) -> bool:
         """A settled replica only re-reads the key now and then; anything that

@@ -9,13 +9,16 @@ from typing import TYPE_CHECKING, Any
 
 from dbvip.adapters.arp import PacketAnnouncer
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.host import SeatLock, SeatTakenError, host_identity
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe
 from dbvip.adapters.refusal import NftRefusal, RefusingVipDriver, table_name
 from dbvip.board import Board
+from dbvip.boottime import boot_s
 from dbvip.config import Config, Listen
 from dbvip.events import EventKind
 from dbvip.hooks import HookObserver, HookRunner
+from dbvip.identity import Identity
 from dbvip.members import MemberPublisher, member_row
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
 from dbvip.ports import Announcer, Clock, Unknown, VipDriver
@@ -28,7 +31,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("dbvip")
 
 
-def lease_store(config: Config, clock: Clock, node: str = "-") -> EtcdLeaseStore:
+def lease_store(
+    config: Config, clock: Clock, node: str = "-", identity: Identity | None = None
+) -> EtcdLeaseStore:
     password = config.secret("etcd_password") or None
     return EtcdLeaseStore(
         config["etcd_endpoints"],
@@ -43,6 +48,7 @@ def lease_store(config: Config, clock: Clock, node: str = "-") -> EtcdLeaseStore
         key_file=config["etcd_key_file"] or None,
         username=config["etcd_username"] or None,
         password=password if config["etcd_username"] else None,
+        identity=identity,
     )
 
 
@@ -61,7 +67,9 @@ def hook_runner(config: Config, observe: HookObserver | None = None) -> HookRunn
 
 class SystemClock:
     def monotonic_s(self) -> float:
-        return time.monotonic()
+        # Boot time, not CLOCK_MONOTONIC: it counts a suspended machine's
+        # pause, as etcd's lease does (see dbvip.boottime).
+        return boot_s()
 
     def wall_iso(self) -> str:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -95,7 +103,15 @@ class Sidecar:
         ones (tests that must not touch this machine's interfaces)."""
         node, vip = config["node"], config["vip"]
         timing = config.timing
-        self.board = Board(str(vip), timing, clock)
+        interface = config["interface"]
+        # First: a second sidecar for this cluster and interface on this host
+        # stops here, before it can touch anything.
+        try:
+            self.seat = SeatLock(config["etcd_prefix"], config["cluster"], interface)
+        except SeatTakenError as e:
+            raise StartError(str(e)) from None
+        self.identity = Identity.fresh(node, host_identity(), interface)
+        self.board = Board(str(vip), timing, clock, self.identity)
         # Metrics are only kept when served: nothing else reads them.
         self.metrics: Metrics | None = None
         self.http: HealthServer | None = None
@@ -109,7 +125,7 @@ class Sidecar:
             )
             # Bound first: a port in use stops the start before anything else is made.
             self.http = _listen(config, self.board, self.metrics)
-        self.store = lease_store(config, clock, node)
+        self.store = lease_store(config, clock, node, self.identity)
         self.refusing: RefusingVipDriver | None = None
         if vip_driver is None:
             vip_driver = NetlinkVipDriver(config["interface"], vip)
@@ -128,7 +144,7 @@ class Sidecar:
         )
         # A second client for member reports: a slow publish never delays a renewal.
         self.publisher = MemberPublisher(
-            lease_store(config, clock, node),
+            lease_store(config, clock, node, self.identity),
             str(vip),
             period_s=timing.renew_interval_s,
             timeout_s=timing.request_timeout_s,
@@ -150,8 +166,10 @@ class Sidecar:
         )
         self.watcher = self.store.writer_watcher()
         log.info(
-            "starting node=%s cluster=%s vip=%s interface=%s etcd=%s hooks=%s",
+            "starting node=%s instance=%s host=%s cluster=%s vip=%s interface=%s etcd=%s hooks=%s",
             node,
+            self.identity.instance,
+            self.identity.host,
             config["cluster"],
             vip,
             config["interface"],
@@ -186,6 +204,7 @@ class Sidecar:
         self.publisher.stop()
         for port in (self.ports.probe, self.ports.vip, self.ports.announcer, self.ports.store):
             port.close()
+        self.seat.close()  # last: until here this process may still touch the key
 
 
 def _listen(config: Config, board: Board, metrics: Metrics) -> HealthServer:

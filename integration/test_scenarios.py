@@ -279,17 +279,19 @@ def test_holder_keeps_vip_when_its_etcd_member_stops(make_lab: MakeLab) -> None:
 # -- 10. bad input at run time -------------------------------------------------------
 
 
-def test_garbage_in_the_writer_key_is_logged_and_survived(make_lab: MakeLab) -> None:
+def test_garbage_in_the_writer_key_is_logged_and_replaced(make_lab: MakeLab) -> None:
     lab = make_lab()
     lab.wait_holder("n1")
     with lab.watched():
-        lab.etcdctl("put", lab.writer_key, "{not json")
-        lab.wait_holder(None, timeout_s=30)  # nobody can prove it holds the key
-        time.sleep(1.0)
-        assert all(s.proc.poll() is None for s in lab.sidecars.values())  # no crash loop
-        lab.etcdctl("del", lab.writer_key)  # the operator's repair
+        lab.etcdctl("put", lab.writer_key, "{not json")  # no lease: backs no VIP
+        # The holder drops the VIP (nobody can prove it holds the key), then,
+        # its own claim released, replaces the garbage: no operator repair.
+        eventually(lambda: (lab.writer_value() or {}).get("node") == "n1", timeout_s=30)
         lab.wait_holder("n1")
-    assert "writer_key_invalid" in lab.sidecar_log("n1") + lab.sidecar_log("n2")
+        assert all(s.proc.poll() is None for s in lab.sidecars.values())  # no crash loop
+    # The VIP went down in between: the rule that reports this removes it
+    # first (too briefly, a few ms, for the monitor to be sure to see it).
+    assert "reason=writer_key_invalid" in lab.sidecar_log("n1")
 
 
 def test_vip_deleted_by_hand_comes_back(make_lab: MakeLab) -> None:

@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dbvip.identity import Identity, Whose, whose
+from dbvip.keys import Garbage, decode_writer, encode_writer
 from dbvip.model import (
     KeyAbsent,
     KeyHeld,
@@ -41,6 +43,7 @@ from dbvip.ports import (
 
 Fault = Literal["ok", "refuse", "hang", "lose_reply"]
 WRITER = "/dbvip/c1/writer"
+CLAIM = "/dbvip/c1/claim"  # put with the writer key, under the same lease
 
 
 class FakeClock:
@@ -90,8 +93,10 @@ class FakeEtcd:
         self._next_lease = 0x1000
         self.min_ttl_s = min_ttl_s
         # Member reports by node (their own leases are not modelled: a report
-        # stays until its node publishes another).
+        # stays until its node publishes another), and who wrote each.
         self.members: dict[str, MemberReport] = {}
+        self.member_ids: dict[str, Identity] = {}
+        self.lease_owner: dict[int, Identity] = {}  # who put the writer key under each lease
         self.maintenance: set[str] = set()  # nodes an operator put in maintenance
 
     def expire(self) -> None:
@@ -136,6 +141,34 @@ class FakeEtcd:
         self.expire()
         return self.kv.get(key)
 
+    def wipe(self) -> None:
+        """etcd's data directory deleted: empty, revisions and lease ids anew."""
+        self.kv.clear()
+        self.leases.clear()
+        self.revision = 1
+        self._next_lease = 0x1000  # the same ids will be granted again
+
+    def snapshot(self) -> tuple[int, dict[str, _Entry], dict[int, int]]:
+        return self.revision, dict(self.kv), {i: ttl for i, (ttl, _) in self.leases.items()}
+
+    def restore(self, snap: tuple[int, dict[str, _Entry], dict[int, int]]) -> None:
+        """Restored from a snapshot: its keys and leases again, each lease with
+        its whole TTL (as etcd's new leader extends every lease)."""
+        self.revision, kv, leases = snap
+        self.kv = dict(kv)
+        now = self.clock.now_s
+        self.leases = {i: (ttl, now + ttl) for i, ttl in leases.items()}
+
+    def report(self, identity: Identity, report: MemberReport) -> bool:
+        """Publish a member report, never over a twin's (same name, other
+        host or interface); False when refused."""
+        node = identity.node
+        there = self.member_ids.get(node)
+        if there is not None and whose(node, there, identity) is Whose.NAME_TAKEN:
+            return False
+        self.members[node], self.member_ids[node] = report, identity
+        return True
+
     def writer_holder(self) -> tuple[str, int] | None:
         """Ground truth: (holder, lease) of the writer key, if valid."""
         entry = self.get(WRITER)
@@ -147,26 +180,31 @@ class FakeEtcd:
             return None
 
 
-def writer_value(node: str) -> bytes:
-    return json.dumps({"node": node}).encode()
+def writer_value(identity: Identity) -> bytes:
+    return encode_writer(identity, "198.51.100.10/32", 0, "T")
 
 
-def parse_writer(entry: _Entry | None, revision: int) -> WriterView:
+def parse_writer(entry: _Entry | None, revision: int, claim: _Entry | None = None) -> WriterView:
     if entry is None:
-        return KeyAbsent(revision)
-    try:
-        holder = json.loads(entry.value)["node"]
-        if not isinstance(holder, str) or not holder:
-            raise ValueError("node is not a name")
-    except (ValueError, KeyError, TypeError) as e:
-        return KeyInvalid(f"not a writer value: {e}", entry.lease_id, revision)
-    return KeyHeld(holder, entry.lease_id, revision, entry.mod_revision)
+        if claim is None or claim.lease_id == 0:
+            return KeyAbsent(revision)
+        claimed = parse_writer(claim, revision)
+        holder = claimed.holder if isinstance(claimed, KeyHeld) else f"lease {claim.lease_id:x}"
+        return KeyAbsent(revision, claimed_by=holder)
+    value = decode_writer(entry.value)
+    if isinstance(value, Garbage):
+        return KeyInvalid(f"not a writer value: {value.detail}", entry.lease_id, revision)
+    return KeyHeld(value.node, entry.lease_id, revision, entry.mod_revision, value.identity)
 
 
 class FakeLeaseStore:
-    def __init__(self, etcd: FakeEtcd, node: str) -> None:
+    def __init__(self, etcd: FakeEtcd, node: str, identity: Identity | None = None) -> None:
         self.etcd = etcd
         self.node = node
+        # A host per node name unless told: a restart keeps host and interface.
+        self.identity = identity or Identity.fresh(node, f"host-{node}", "eth0")
+        self._max_revision = 0
+        self._reset: str | None = None
         self.fault: Fault = "ok"
         self.calls: list[str] = []
         self.members: list[MemberReport] = []
@@ -180,14 +218,28 @@ class FakeLeaseStore:
         return None
 
     def _reply(self) -> Unknown | None:
-        return Unknown("reply lost") if self.fault == "lose_reply" else None
+        if self.fault == "lose_reply":
+            return Unknown("reply lost")
+        self._saw()
+        return None
+
+    def _saw(self) -> None:
+        """A reply arrived: its revision, as the real client's History sees it."""
+        if self.etcd.revision < self._max_revision:
+            self._reset = f"etcd revision {self.etcd.revision} after {self._max_revision}"
+            self._max_revision = self.etcd.revision
+        self._max_revision = max(self._max_revision, self.etcd.revision)
+
+    def history_reset(self) -> str | None:
+        reset, self._reset = self._reset, None
+        return reset
 
     def read_writer(self, timeout_s: float) -> WriterView:
         self.calls.append("read")
         failed = self._fail(timeout_s)
         if failed is not None:
             return KeyUnknown(failed.cause)
-        view = parse_writer(self.etcd.get(WRITER), self.etcd.revision)
+        view = parse_writer(self.etcd.get(WRITER), self.etcd.revision, self.etcd.get(CLAIM))
         return KeyUnknown("reply lost") if self._reply() else view
 
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
@@ -196,14 +248,29 @@ class FakeLeaseStore:
         if failed is not None:
             return failed
         lease_id, granted = self.etcd.grant(ttl_s)
-        entry = self.etcd.get(WRITER)
-        if entry is not None:
+        entry, claim = self.etcd.get(WRITER), self.etcd.get(CLAIM)
+        # Like etcd's compare of the lease: absent keys and keys put by hand
+        # without a lease alike compare as "attached to no lease".
+        if (entry is not None and entry.lease_id) or (claim is not None and claim.lease_id):
             self.etcd.revoke(lease_id)
-            view = parse_writer(entry, self.etcd.revision)
-            holder = view.holder if isinstance(view, KeyHeld) else None
+            holder = None
+            for found in (entry, claim):
+                view = parse_writer(found, self.etcd.revision)
+                if isinstance(view, KeyHeld):
+                    holder = view.holder
+                    break
+            self._saw()
             return Refused(holder, self.etcd.revision)
-        revision = self.etcd.put(WRITER, writer_value(self.node), lease_id)
+        revision = self._put_both(lease_id)
         return self._reply() or Granted(lease_id, granted, revision)
+
+    def _put_both(self, lease_id: int) -> int:
+        """The writer key and its claim, in one transaction."""
+        value = writer_value(self.identity)
+        self.etcd.lease_owner[lease_id] = self.identity
+        self.etcd.put(CLAIM, value, lease_id)
+        revision = self.etcd.put(WRITER, value, lease_id)
+        return revision
 
     def adopt(
         self, lease_id: int, mod_revision: int, ttl_s: int, timeout_s: float
@@ -215,9 +282,10 @@ class FakeLeaseStore:
         entry = self.etcd.get(WRITER)
         if entry is None or entry.lease_id != lease_id or entry.mod_revision != mod_revision:
             view = parse_writer(entry, self.etcd.revision)
+            self._saw()
             return Refused(view.holder if isinstance(view, KeyHeld) else None, self.etcd.revision)
         new_id, granted = self.etcd.grant(ttl_s)
-        revision = self.etcd.put(WRITER, writer_value(self.node), new_id)
+        revision = self._put_both(new_id)
         self.etcd.revoke(lease_id)  # carries nothing any more
         return self._reply() or Granted(new_id, granted, revision)
 
@@ -239,6 +307,7 @@ class FakeLeaseStore:
         entry = self.etcd.get(WRITER)
         if entry is not None and entry.lease_id == lease_id:
             self.etcd.delete(WRITER)
+            self.etcd.delete(CLAIM)
         self.etcd.revoke(lease_id)
         return self._reply() or Done()
 
@@ -246,8 +315,9 @@ class FakeLeaseStore:
         failed = self._fail(timeout_s)
         if failed is not None:
             return failed
+        if not self.etcd.report(self.identity, report):
+            return Unknown(f"member report not written: {self.node} is in use by a twin")
         self.members.append(report)
-        self.etcd.members[self.node] = report
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
@@ -260,7 +330,9 @@ class FakeLeaseStore:
             for node, r in sorted(self.etcd.members.items())
             if node != self.node
         )
-        return MembersReading(peers, self.node in self.etcd.maintenance)
+        there = self.etcd.member_ids.get(self.node)
+        same_name = (there,) if there is not None else ()
+        return MembersReading(peers, self.node in self.etcd.maintenance, same_name)
 
     def close(self) -> None:
         pass

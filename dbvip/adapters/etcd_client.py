@@ -21,7 +21,6 @@ import json
 import logging
 import ssl
 import threading
-import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -29,7 +28,9 @@ from typing import Any, TypeVar
 
 from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_fixed
 
+from dbvip.adapters.etcd_history import History
 from dbvip.adapters.etcd_http import Connection, Endpoint, ProtocolError, Transport
+from dbvip.boottime import boot_s
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,9 @@ _TRANSIENT_CODES = frozenset({4, 8, 14})
 _TRANSIENT_WORDS = ("leader changed", "no leader", "timed out", "too many requests")
 _LEASE_NOT_FOUND = "requested lease not found"
 _INVALID_TOKEN = "invalid auth token"
+# Replies whose header is the answering member's own revision, not one of
+# the cluster's history: a lagging follower may show less than seen before.
+_LOCAL_HEADER_PATHS = frozenset({"/v3/lease/keepalive", "/v3/lease/timetolive"})
 _MIN_ATTEMPT_S = 0.005  # less budget than this is not worth another round
 _WATCH_CONNECT_S = 1.0
 _WATCH_BACKOFF_MAX_S = 1.0
@@ -234,6 +238,7 @@ class EtcdClient:
         self._token: str | None = None
         self._retry_wait_s = retry_wait_s
         self._preferred = 0  # index of the endpoint that answered last
+        self.history = History()
         # No proxy support on purpose: an HTTP(S)_PROXY in the environment must
         # not reroute etcd traffic.
         self._http = Transport(self._tls)
@@ -325,7 +330,7 @@ class EtcdClient:
 
     def _ask(self, path: str, body: Json, timeout_s: float, parse: Callable[[Json], T]) -> T:
         """One logical request, over every endpoint, retried within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         retrying = Retrying(
             stop=stop_before_delay(max(timeout_s - _MIN_ATTEMPT_S, 0.0)),
             wait=wait_fixed(self._retry_wait_s),
@@ -346,14 +351,14 @@ class EtcdClient:
         """Ask each endpoint once, the one that answered last first."""
         order, causes = self.endpoint_order(), []
         for tried, endpoint in enumerate(order):
-            remaining_s = deadline - time.monotonic()
+            remaining_s = deadline - boot_s()
             if remaining_s <= 0:
                 break
             share_s = remaining_s / (len(order) - tried)  # leave time for the others
-            end = time.monotonic() + share_s
+            end = boot_s() + share_s
             future = self._workers.submit(self._exchange, endpoint, path, body, end, parse)
             try:
-                result = future.result(timeout=share_s)
+                result, header = future.result(timeout=share_s)
             except _TransientError as exc:
                 causes.append(f"{endpoint}: {exc}")
                 continue
@@ -365,22 +370,26 @@ class EtcdClient:
                 self._preferred = self.endpoints.index(endpoint)
                 raise
             self._preferred = self.endpoints.index(endpoint)
+            if path not in _LOCAL_HEADER_PATHS:
+                self.history.saw(header)
             return result
         raise _TransientError("; ".join(causes) or "no time left")
 
     def _exchange(
         self, endpoint: str, path: str, body: Json, deadline: float, parse: Callable[[Json], T]
-    ) -> T:
+    ) -> tuple[T, Json]:
         try:
             token = self.token(endpoint, deadline)
             try:
-                return parse(self._post(endpoint, path, body, deadline, token))
+                reply = self._post(endpoint, path, body, deadline, token)
+                return parse(reply), reply["header"]
             except _ReplyError as exc:
                 if token is None or _INVALID_TOKEN not in exc.message:
                     raise
             # The member forgot the token (restarted, auth re-enabled): once more.
             self.forget_token()
-            return parse(self._post(endpoint, path, body, deadline, self.token(endpoint, deadline)))
+            reply = self._post(endpoint, path, body, deadline, self.token(endpoint, deadline))
+            return parse(reply), reply["header"]
         except (_TransientError, _ReplyError):
             raise
         except Exception as exc:  # a malformed reply, a closed client: still "don't know"
@@ -405,7 +414,7 @@ class EtcdClient:
     def _post(
         self, endpoint: str, path: str, body: Json, deadline: float, token: str | None
     ) -> Json:
-        timeout_s = deadline - time.monotonic()
+        timeout_s = deadline - boot_s()
         if timeout_s <= 0:
             raise _TransientError("no time left")
         headers = {"Authorization": token} if token else {}
@@ -483,8 +492,8 @@ class Watch:
             self._stopping.wait(min(_WATCH_BACKOFF_MAX_S, 0.02 * 2 ** min(failures, 8)))
 
     def _stream(self, endpoint: str) -> None:
-        token = self._client.token(endpoint, time.monotonic() + _WATCH_CONNECT_S)
-        conn = self._client.connect(endpoint, time.monotonic() + _WATCH_CONNECT_S)
+        token = self._client.token(endpoint, boot_s() + _WATCH_CONNECT_S)
+        conn = self._client.connect(endpoint, boot_s() + _WATCH_CONNECT_S)
         self._conn = conn
         try:
             if self._stopping.is_set():
@@ -498,8 +507,8 @@ class Watch:
         """Read the stream's messages (newline-delimited JSON) until it fails."""
         headers = {"Authorization": token} if token else {}
         body = json.dumps(self._body).encode()
-        conn.send("/v3/watch", body, headers, time.monotonic() + self._idle_s)
-        conn.deadline = time.monotonic() + self._idle_s
+        conn.send("/v3/watch", body, headers, boot_s() + self._idle_s)
+        conn.deadline = boot_s() + self._idle_s
         head = conn.read_head()
         if head.status != 200:
             raise _TransientError(f"HTTP {head.status}")

@@ -19,10 +19,11 @@ import select
 import socket
 import ssl
 import threading
-import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
+
+from dbvip.boottime import boot_s
 
 _RECV_BYTES = 65536
 _MAX_LINE_BYTES = 65536  # status line, header line, chunk size line
@@ -87,7 +88,7 @@ def _chunked(headers: Mapping[str, str]) -> bool:
 
 
 def _remaining_s(deadline: float) -> float:
-    remaining_s = deadline - time.monotonic()
+    remaining_s = deadline - boot_s()
     if remaining_s <= 0:
         raise TimeoutError("timed out")
     return remaining_s
@@ -221,7 +222,7 @@ class Connection:
     def lines(self, head: Head, idle_s: float) -> Iterator[bytes]:
         """The reply's body line by line, however it is cut into chunks and
         reads; each line must complete within ``idle_s`` of the previous one."""
-        self.deadline = time.monotonic() + idle_s
+        self.deadline = boot_s() + idle_s
         pending = bytearray()
         for piece in self._body(head):
             pending += piece
@@ -229,7 +230,7 @@ class Connection:
                 line = bytes(pending[:end])
                 del pending[: end + 1]
                 yield line
-                self.deadline = time.monotonic() + idle_s
+                self.deadline = boot_s() + idle_s
             if len(pending) > _MAX_BODY_BYTES:
                 raise ProtocolError(f"a line longer than {_MAX_BODY_BYTES} bytes")
         if pending:

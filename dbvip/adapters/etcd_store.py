@@ -7,7 +7,6 @@ Every method returns by its ``timeout_s`` (the client guarantees it) and maps
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -17,13 +16,14 @@ from dbvip.adapters.etcd_client import (
     EtcdUnavailableError,
     KeyValue,
     Watch,
-    compare_create_revision,
     compare_lease,
     compare_mod_revision,
     delete_op,
     put_op,
     range_op,
 )
+from dbvip.boottime import boot_s
+from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (
     DEFAULT_PREFIX,
     Garbage,
@@ -34,6 +34,7 @@ from dbvip.keys import (
     encode_maintenance,
     encode_member,
     encode_writer,
+    member_identity,
     peer_view,
 )
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, WriterView
@@ -68,13 +69,17 @@ class ClusterStatus:
     maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
 
 
-def _writer_view(kv: KeyValue | None, revision: int) -> WriterView:
+def _writer_view(kv: KeyValue | None, revision: int, claim: KeyValue | None = None) -> WriterView:
     if kv is None:
-        return KeyAbsent(revision)
+        if claim is None or claim.lease_id == 0:
+            return KeyAbsent(revision)  # a claim without a lease backs no VIP
+        value = decode_writer(claim.value)
+        holder = value.node if isinstance(value, WriterValue) else f"lease {claim.lease_id:x}"
+        return KeyAbsent(revision, claimed_by=holder)
     value = decode_writer(kv.value)
     if isinstance(value, Garbage):
         return KeyInvalid(value.detail, kv.lease_id, revision)
-    return KeyHeld(value.node, kv.lease_id, revision, kv.mod_revision)
+    return KeyHeld(value.node, kv.lease_id, revision, kv.mod_revision, value.identity)
 
 
 class EtcdLeaseStore:
@@ -93,10 +98,13 @@ class EtcdLeaseStore:
         key_file: str | None = None,
         username: str | None = None,
         password: str | None = None,
+        identity: Identity | None = None,
     ) -> None:
         self._keys = KeyLayout(cluster, prefix)
         self._member_key = self._keys.member(node)  # also checks the node name
         self._node, self._vip, self._clock = node, vip, clock
+        # A store that only reads (``dbvip status``) writes no identity: any will do.
+        self._identity = identity or Identity.fresh(node, "-", "-")
         self._member_ttl_s = member_ttl_s
         self._member_lease: int | None = None
         self._client = EtcdClient(
@@ -109,6 +117,10 @@ class EtcdLeaseStore:
         )
 
     @property
+    def identity(self) -> Identity:
+        return self._identity
+
+    @property
     def keys(self) -> KeyLayout:
         return self._keys
 
@@ -116,14 +128,28 @@ class EtcdLeaseStore:
         self._client.close()
 
     def read_writer(self, timeout_s: float) -> WriterView:
+        keys = self._keys
         try:
-            result = self._client.range(self._keys.writer, timeout_s)
+            # One transaction: the writer key and the claim at one revision.
+            reads = [range_op(keys.writer), range_op(keys.claim)]
+            result = self._client.txn([], reads, [], timeout_s)
         except EtcdUnavailableError as exc:
             return KeyUnknown(exc.cause)
-        return _writer_view(result.kvs[0] if result.kvs else None, result.revision)
+        found = {kv.key.decode(errors="replace"): kv for kv in result.kvs}
+        return _writer_view(found.get(keys.writer), result.revision, found.get(keys.claim))
+
+    def history_reset(self) -> str | None:
+        return self._client.history.take()
 
     def acquire(self, ttl_s: int, timeout_s: float) -> Granted | Refused | Unknown:
-        return self._claim([compare_create_revision(self._keys.writer, 0)], ttl_s, timeout_s)
+        # "Attached to no lease" is true of an absent key too (etcd compares a
+        # missing key as a zero one): a key put by hand without a lease backs
+        # no VIP and is replaced; a live holder's claim, even with its writer
+        # key deleted by hand, refuses.
+        keys = self._keys
+        return self._claim(
+            [compare_lease(keys.writer, 0), compare_lease(keys.claim, 0)], ttl_s, timeout_s
+        )
 
     def adopt(
         self, lease_id: int, mod_revision: int, ttl_s: int, timeout_s: float
@@ -131,7 +157,7 @@ class EtcdLeaseStore:
         """Move our writer key, unchanged since ``mod_revision``, onto a fresh
         lease. Keeping the old lease alive instead would leave the VIP at the
         mercy of a release of that lease still in flight from before."""
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         key = self._keys.writer
         claimed = self._claim(
             [compare_mod_revision(key, mod_revision), compare_lease(key, lease_id)],
@@ -146,19 +172,22 @@ class EtcdLeaseStore:
         self, compare: list[Any], ttl_s: int, timeout_s: float
     ) -> Granted | Refused | Unknown:
         """Grant a lease and put the writer key under it if ``compare`` holds."""
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         key = self._keys.writer
         try:
             grant = self._client.grant(ttl_s, timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"lease grant: {exc.cause}")
         lease_id = grant.lease_id
-        value = encode_writer(self._node, self._vip, lease_id, self._clock.wall_iso())
+        value = encode_writer(self._identity, self._vip, lease_id, self._clock.wall_iso())
+        claim = self._keys.claim
         try:
             txn = self._client.txn(
-                compare, [put_op(key, value, lease_id)], [range_op(key)],
-                deadline - time.monotonic(),
-            )  # fmt: skip
+                compare,
+                [put_op(key, value, lease_id), put_op(claim, value, lease_id)],
+                [range_op(key), range_op(claim)],
+                deadline - boot_s(),
+            )
         except EtcdUnavailableError as exc:
             # The put may have happened: revoking takes the key down with the lease.
             self._revoke_quietly(lease_id, deadline)
@@ -170,13 +199,17 @@ class EtcdLeaseStore:
                 # A retried txn found the key its own lost first try had written.
                 return Granted(lease_id, grant.ttl_s, kv.mod_revision)
         self._revoke_quietly(lease_id, deadline)
-        value_now = decode_writer(txn.kvs[0].value) if txn.kvs else None
-        holder = value_now.node if isinstance(value_now, WriterValue) else None
+        holder = None
+        for kv in txn.kvs:  # the writer key first, then the claim
+            value_now = decode_writer(kv.value)
+            if isinstance(value_now, WriterValue):
+                holder = value_now.node
+                break
         return Refused(holder, txn.revision)
 
     def _revoke_quietly(self, lease_id: int, deadline: float) -> None:
         """Best effort: a lease left behind carries no key and dies with its TTL."""
-        remaining_s = deadline - time.monotonic()
+        remaining_s = deadline - boot_s()
         if remaining_s > 0:
             with contextlib.suppress(EtcdUnavailableError):
                 self._client.revoke(lease_id, remaining_s)
@@ -189,25 +222,30 @@ class EtcdLeaseStore:
         return Alive(ttl_s) if ttl_s > 0 else Gone()
 
     def release(self, lease_id: int, timeout_s: float) -> Done | Unknown:
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         key = self._keys.writer
         # At most half the budget, so that the revoke always gets its turn; if the
         # txn's fate is unknown, the revoke deletes a key still attached all the same.
         with contextlib.suppress(EtcdUnavailableError):
-            self._client.txn([compare_lease(key, lease_id)], [delete_op(key)], [], timeout_s / 2)
+            self._client.txn(
+                [compare_lease(key, lease_id)],
+                [delete_op(key), delete_op(self._keys.claim)],  # the claim was put with it
+                [],
+                timeout_s / 2,
+            )
         try:
-            self._client.revoke(lease_id, deadline - time.monotonic())
+            self._client.revoke(lease_id, deadline - boot_s())
         except EtcdUnavailableError as exc:
             return Unknown(f"lease revoke: {exc.cause}")
         return Done()  # revoked now, or gone already: either way nothing is left
 
     def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
 
         def remaining_s() -> float:
-            return deadline - time.monotonic()
+            return deadline - boot_s()
 
-        value = encode_member(report, self._clock.wall_iso())
+        value = encode_member(report, self._clock.wall_iso(), self._identity)
         try:
             lease_id = self._member_lease
             if lease_id is not None and self._client.keepalive(lease_id, remaining_s()) <= 0:
@@ -215,12 +253,32 @@ class EtcdLeaseStore:
             if lease_id is None:
                 grant = self._client.grant(self._member_ttl_s, remaining_s())
                 lease_id = self._member_lease = grant.lease_id
-            revision = self._client.put(self._member_key, value, remaining_s(), lease_id=lease_id)
+            return self._put_report(value, lease_id, remaining_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"member publish: {exc.cause}")
-        if revision is None:
-            self._member_lease = None  # expired between keepalive and put; next time anew
-            return Unknown("member lease expired while publishing")
+
+    def _put_report(
+        self, value: bytes, lease_id: int, remaining_s: Callable[[], float]
+    ) -> Done | Unknown:
+        """Put the report if the key is ours already (under our member lease),
+        or free, or left by this sidecar's previous process; never over a
+        live report of a twin using the same node name."""
+        key = self._member_key
+        put = [put_op(key, value, lease_id)]
+        txn = self._client.txn([compare_lease(key, lease_id)], put, [range_op(key)], remaining_s())
+        if txn.succeeded:
+            return Done()
+        existing = txn.kvs[0] if txn.kvs else None
+        if existing is not None and existing.lease_id != 0:
+            theirs = member_identity(self._node, decode_member(existing.value))
+            if theirs is None or whose(self._node, theirs, self._identity) is Whose.NAME_TAKEN:
+                who = theirs.short() if theirs is not None else "a sidecar of another version"
+                return Unknown(f"member report not written: {self._node} is in use by {who}")
+        seen = [compare_mod_revision(key, existing.mod_revision if existing else 0)]
+        if not self._client.txn(seen, put, [], remaining_s()).succeeded:
+            # Changed meanwhile, or our lease expired between keepalive and put.
+            self._member_lease = None
+            return Unknown("member report changed while publishing; next time anew")
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
@@ -232,6 +290,7 @@ class EtcdLeaseStore:
         members_prefix = self._keys.members_prefix
         mine = self._keys.maintenance(self._node)
         peers = []
+        same_name: list[Identity] = []
         maintenance = False
         for kv in result.kvs:
             key = kv.key.decode(errors="replace")
@@ -239,10 +298,16 @@ class EtcdLeaseStore:
                 maintenance = True
             elif key.startswith(members_prefix):
                 node = key[len(members_prefix) :]
-                peer = peer_view(node, decode_member(kv.value))
-                if peer is not None and node != self._node:
+                value = decode_member(kv.value)
+                if node == self._node:
+                    identity = member_identity(node, value)
+                    if identity is not None and kv.lease_id != 0:
+                        same_name.append(identity)
+                    continue
+                peer = peer_view(node, value)
+                if peer is not None:
                     peers.append(peer)
-        return MembersReading(tuple(peers), maintenance)
+        return MembersReading(tuple(peers), maintenance, tuple(same_name))
 
     def set_maintenance(self, node: str, on: bool, timeout_s: float) -> Done | Unknown:
         """Put (no lease: it stays until removed) or delete ``node``'s flag."""
@@ -257,7 +322,7 @@ class EtcdLeaseStore:
         return Done()
 
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
-        deadline = time.monotonic() + timeout_s
+        deadline = boot_s() + timeout_s
         try:
             result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
         except EtcdUnavailableError as exc:
@@ -266,10 +331,10 @@ class EtcdLeaseStore:
         writer_kv = by_key.get(self._keys.writer)
 
         def ttl_s(lease_id: int) -> int | None:
-            if lease_id == 0 or deadline <= time.monotonic():
+            if lease_id == 0 or deadline <= boot_s():
                 return None
             try:
-                return self._client.time_to_live(lease_id, deadline - time.monotonic()).ttl_s
+                return self._client.time_to_live(lease_id, deadline - boot_s()).ttl_s
             except EtcdUnavailableError:
                 return None
 
@@ -279,7 +344,7 @@ class EtcdLeaseStore:
             for key, kv in sorted(by_key.items())
             if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
         )
-        writer = _writer_view(writer_kv, result.revision)
+        writer = _writer_view(writer_kv, result.revision, by_key.get(self._keys.claim))
         maintenance_prefix = self._keys.maintenance_prefix
         maintenance = tuple(
             key[len(maintenance_prefix) :]

@@ -14,12 +14,12 @@ import ipaddress
 import math
 import select
 import socket
-import time
 
 import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from dbvip.boottime import boot_s
 from dbvip.model import Role, RoleReading
 
 # One round trip. ``in_recovery`` is read once so both branches agree. The
@@ -95,7 +95,7 @@ class PostgresRoleProbe:
         self._pgconn: pq.abc.PGconn | None = None
 
     def probe(self, timeout_s: float) -> RoleReading:
-        deadline_s = time.monotonic() + timeout_s
+        deadline_s = boot_s() + timeout_s
         try:
             try:
                 return self._ask(deadline_s, timeout_s)
@@ -238,7 +238,7 @@ def _nothing_listens(pgconn: pq.abc.PGconn, deadline_s: float) -> bool:
         address = (host, int(port))
     try:
         with socket.socket(family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(max(0.0, deadline_s - time.monotonic()))
+            sock.settimeout(max(0.0, deadline_s - boot_s()))
             sock.connect(address)
     except (FileNotFoundError, ConnectionRefusedError):
         return True
@@ -250,8 +250,8 @@ def _nothing_listens(pgconn: pq.abc.PGconn, deadline_s: float) -> bool:
 def _wait(fd: int, events: int, deadline_s: float, doing: str) -> None:
     poller = select.poll()
     poller.register(fd, events)
-    while not poller.poll(max(0, math.ceil((deadline_s - time.monotonic()) * 1000))):
-        if time.monotonic() >= deadline_s:
+    while not poller.poll(max(0, math.ceil((deadline_s - boot_s()) * 1000))):
+        if boot_s() >= deadline_s:
             raise _DeadlineError(doing)
 
 

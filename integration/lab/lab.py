@@ -318,17 +318,25 @@ class Lab:
         return self.net.nodes[host]
 
     def start_sidecar(
-        self, node: str, user: str | None = None, capabilities: tuple[str, ...] = ()
+        self,
+        node: str,
+        user: str | None = None,
+        capabilities: tuple[str, ...] = (),
+        name: str | None = None,
     ) -> SidecarProcess:
         """``dbvip run`` beside ``node``'s database, as root, or as ``user``
-        with exactly ``capabilities`` (e.g. ("net_admin", "net_raw"))."""
+        with exactly ``capabilities`` (e.g. ("net_admin", "net_raw")); ``name``:
+        the node name it is configured with, if not ``node`` (a copied file)."""
         old = self.sidecars.get(node)
         if old is not None and old.proc.poll() is None:
             raise RuntimeError(f"the sidecar of {node} runs already")
         log = self.dir / "logs" / f"{node}.log"
         self._node(node)  # only the owner starts processes
         wrapper = unprivileged(user, capabilities) if user is not None else []
-        self.sidecars[node] = SidecarProcess(self.netns(node), self.sidecar_env(node), log, wrapper)
+        env = self.sidecar_env(node)
+        if name is not None:
+            env["DBVIP_NODE"] = name
+        self.sidecars[node] = SidecarProcess(self.netns(node), env, log, wrapper)
         return self.sidecars[node]
 
     def kill_sidecar(self, node: str, signum: int = signal.SIGKILL, wait: bool = True) -> None:

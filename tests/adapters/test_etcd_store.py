@@ -7,12 +7,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
 
 from dbvip.adapters.etcd_client import EtcdClient
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.identity import Identity
 from dbvip.keys import Garbage, KeyLayout
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, PeerView, Role
 from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, MembersReading, Refused, Unknown
@@ -78,7 +80,7 @@ def test_acquire_keepalive_release(etcd_single: EtcdCluster, stores: StoreFactor
     assert isinstance(granted, Granted) and granted.ttl_s == 10
     held = store.read_writer(TIMEOUT_S)
     assert isinstance(held, KeyHeld) and held.revision >= granted.revision
-    assert held == KeyHeld("n1", granted.lease_id, held.revision, granted.revision)
+    assert held == KeyHeld("n1", granted.lease_id, held.revision, granted.revision, store.identity)
     value = writer_json(etcd_single, store)
     assert (value["node"], value["vip"], value["lease"]) == ("n1", VIP, f"{granted.lease_id:x}")
     assert datetime.fromisoformat(value["since"]).tzinfo is not None
@@ -137,9 +139,46 @@ def test_garbage_in_the_writer_key_is_invalid_not_absent(
     invalid = store.read_writer(TIMEOUT_S)
     assert isinstance(invalid, KeyInvalid) and "not JSON" in invalid.detail
     assert invalid.lease_id == 0
-    refused = store.acquire(10, TIMEOUT_S)
-    assert isinstance(refused, Refused) and refused.holder is None
-    etcd_single.etcdctl("del", store.keys.writer)
+    # Put by hand without a lease, it backs no VIP: an acquire replaces it.
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    assert writer_json(etcd_single, store)["node"] == "n1"
+    store.release(granted.lease_id, TIMEOUT_S)
+
+
+def test_garbage_under_a_live_lease_refuses_an_acquire(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_single, "n1")
+    other = EtcdClient(etcd_single.endpoints)
+    try:
+        lease = other.grant(30, TIMEOUT_S)
+        other.put(store.keys.writer, b"garbage", TIMEOUT_S, lease_id=lease.lease_id)
+        refused = store.acquire(10, TIMEOUT_S)
+        assert isinstance(refused, Refused) and refused.holder is None
+        other.revoke(lease.lease_id, TIMEOUT_S)
+    finally:
+        other.close()
+
+
+def test_a_writer_key_deleted_by_hand_is_still_claimed_until_the_lease_ends(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    first, second = stores(etcd_single, "n1"), stores(etcd_single, "n2")
+    granted = first.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    etcd_single.etcdctl("del", first.keys.writer)  # the operator's mistake
+    claimed = second.read_writer(TIMEOUT_S)
+    assert isinstance(claimed, KeyAbsent) and claimed.claimed_by == "n1"
+    refused = second.acquire(10, TIMEOUT_S)
+    assert isinstance(refused, Refused) and refused.holder == "n1"
+    assert first.release(granted.lease_id, TIMEOUT_S) == Done()  # revoked: the claim goes
+    free = second.read_writer(TIMEOUT_S)
+    assert isinstance(free, KeyAbsent) and free.claimed_by is None
+    taken = second.acquire(10, TIMEOUT_S)
+    assert isinstance(taken, Granted)
+    assert second.release(taken.lease_id, TIMEOUT_S) == Done()
+    assert etcd_single.etcdctl("get", "--prefix", "--keys-only", first.keys.base).strip() == ""
 
 
 def test_keepalive_of_an_expired_lease_is_gone(
@@ -352,7 +391,7 @@ def test_read_members_gives_the_others_role_and_timeline_and_skips_garbage(
         PeerView("n3", Role.PRIMARY, 3),
         PeerView("text", Role.PRIMARY, None),  # a timeline that is not a number proves nothing
     )
-    assert n1.read_members(TIMEOUT_S) == MembersReading(peers, maintenance=False)
+    assert n1.read_members(TIMEOUT_S) == MembersReading(peers, False, (n1.identity,))
     seen = n3.read_members(TIMEOUT_S)
     assert isinstance(seen, MembersReading)
     assert {p.node for p in seen.peers} == {"n1", "n2", "text"}
@@ -377,3 +416,89 @@ def test_maintenance_flag_is_seen_by_its_node_only_and_shows_in_status(
     assert n2.set_maintenance("n1", False, TIMEOUT_S) == Done()
     assert n1.read_members(TIMEOUT_S) == MembersReading((), maintenance=False)
     assert n2.set_maintenance("n1", False, TIMEOUT_S) == Done()  # idempotent
+
+
+def test_a_twin_never_writes_over_a_live_report_under_its_name(
+    etcd_private: EtcdCluster, stores: StoreFactory
+) -> None:
+    """One node name, two hosts: the first report stands; the twin's is
+    refused and the first one sees the twin nowhere, the twin sees the first."""
+    first = stores(etcd_private, "n1", identity=Identity.fresh("n1", "host-a", "eth0"))
+    twin = stores(etcd_private, "n1", identity=Identity.fresh("n1", "host-b", "eth0"))
+    assert first.publish_member(REPORT, TIMEOUT_S) == Done()
+    refused = twin.publish_member(REPORT, TIMEOUT_S)
+    assert isinstance(refused, Unknown) and "in use by n1@host-b" not in refused.cause
+    assert "in use by n1@host-a" in refused.cause
+    seen = twin.read_members(TIMEOUT_S)
+    assert isinstance(seen, MembersReading) and seen.same_name == (first.identity,)
+    assert first.publish_member(REPORT, TIMEOUT_S) == Done()  # still its own
+
+
+def test_a_restarted_sidecar_writes_over_its_previous_processes_report(
+    etcd_private: EtcdCluster, stores: StoreFactory
+) -> None:
+    before = Identity.fresh("n1", "host-a", "eth0")
+    assert stores(etcd_private, "n1", identity=before).publish_member(REPORT, TIMEOUT_S) == Done()
+    after = stores(etcd_private, "n1", identity=before.restarted())
+    assert after.publish_member(REPORT, TIMEOUT_S) == Done()
+    seen = after.read_members(TIMEOUT_S)
+    assert isinstance(seen, MembersReading) and seen.same_name == (after.identity,)
+
+
+def test_the_writer_key_carries_the_identity_and_format(
+    etcd_single: EtcdCluster, stores: StoreFactory
+) -> None:
+    me = Identity.fresh("n1", "host-a", "eth0")
+    store = stores(etcd_single, "n1", identity=me)
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    value = writer_json(etcd_single, store)
+    assert (value["format"], value["instance"], value["host"]) == (2, me.instance, "host-a")
+    assert store.release(granted.lease_id, TIMEOUT_S) == Done()
+
+
+def _answered(store: EtcdLeaseStore) -> KeyAbsent | KeyHeld | KeyInvalid | None:
+    view = store.read_writer(TIMEOUT_S)
+    return None if isinstance(view, KeyUnknown) else view
+
+
+def _busy(store: EtcdLeaseStore, writes: int) -> None:
+    """Move etcd's revision on, as a running cluster's reports do."""
+    for _ in range(writes):
+        assert store.publish_member(REPORT, TIMEOUT_S) == Done()
+
+
+def test_a_wiped_etcd_is_noticed_as_a_history_reset(
+    etcd_private: EtcdCluster, stores: StoreFactory
+) -> None:
+    store = stores(etcd_private, "n1")
+    _busy(store, 5)
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    assert store.history_reset() is None
+    etcd_private.wipe()
+    # The first answer of the new history: the key is gone, and so is the lease.
+    view = eventually(lambda: _answered(store))
+    assert isinstance(view, KeyAbsent)
+    reset = store.history_reset()
+    assert reset is not None and "revision" in reset
+    assert store.history_reset() is None  # told once
+
+
+def test_an_etcd_restored_from_an_older_snapshot_is_noticed(
+    etcd_private: EtcdCluster, stores: StoreFactory, tmp_path: Path
+) -> None:
+    store = stores(etcd_private, "n1")
+    granted = store.acquire(10, TIMEOUT_S)
+    assert isinstance(granted, Granted)
+    snapshot = tmp_path / "etcd.snapshot"
+    etcd_private.snapshot_save(snapshot)
+    assert store.release(granted.lease_id, TIMEOUT_S) == Done()
+    _busy(store, 5)
+    assert isinstance(store.read_writer(TIMEOUT_S), KeyAbsent)
+    assert store.history_reset() is None
+    etcd_private.restore(snapshot)
+    view = eventually(lambda: _answered(store))
+    # The released key and its revoked lease are back: only the reset tells.
+    assert isinstance(view, KeyHeld) and view.lease_id == granted.lease_id
+    assert store.history_reset() is not None

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from dbvip.core import absorb, decide, vip_lifetime_s
+from dbvip.identity import Identity
 from dbvip.model import (
     AcquireLease,
     Action,
@@ -42,9 +43,11 @@ from dbvip.model import (
 
 T = Timing()  # ttl 10, margin 2, probe 0.2, probe timeout 0.5, vip op 0.5, renew 2
 NOW = 100.0
-ME = "n1"
+ME = Identity("n1", "i1", "h1", "eth0")
+PREV = Identity("n1", "i0", "h1", "eth0")  # this sidecar's previous process
+TWIN = Identity("n1", "i9", "h2", "eth0")  # another host's sidecar given the name n1
 LEASE = Lease(lease_id=0xA, deadline_s=NOW + 7.0, renewed_s=NOW - 1.0, revision=5)
-MINE = KeyHeld(ME, 0xA, revision=6, mod_revision=5)
+MINE = KeyHeld("n1", 0xA, revision=6, mod_revision=5, identity=ME)
 OTHER = KeyHeld("n2", 0xB, revision=6, mod_revision=6)
 PRIMARY = RoleReading(Role.PRIMARY, timeline=1, lsn="0/1")
 REPLICA = RoleReading(Role.REPLICA, timeline=1, lsn="0/1")
@@ -62,6 +65,8 @@ def obs(
     stopping: bool = False,
     peers: tuple[PeerView, ...] = (),
     maintenance: bool = False,
+    same_name: tuple[Identity, ...] = (),
+    etcd_reset: str | None = None,
 ) -> Observation:
     return Observation(
         now_s=now,
@@ -71,6 +76,8 @@ def obs(
         stopping=stopping,
         peers=peers,
         maintenance=maintenance,
+        same_name=same_name,
+        etcd_reset=etcd_reset,
     )
 
 
@@ -103,11 +110,25 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         Reason.VIP_WITHOUT_LEASE,
     ),
     (
-        "primary, key garbage: report, no action",
+        "primary, key garbage under a lease: report, no action",
         NodeState(),
-        obs(writer=KeyInvalid("not JSON", 0, 3), vip=A),
+        obs(writer=KeyInvalid("not JSON", 0xB, 3), vip=A),
         (),
         Reason.WRITER_KEY_INVALID,
+    ),
+    (
+        "primary, key garbage without a lease (put by hand): replace it",
+        NodeState(),
+        obs(writer=KeyInvalid("not JSON", 0, 3), vip=A),
+        (AcquireLease(10),),
+        Reason.ACQUIRING,
+    ),
+    (
+        "primary, writer key deleted by hand while its holder's claim lives: wait",
+        NodeState(),
+        obs(writer=KeyAbsent(7, claimed_by="n2"), vip=A),
+        (),
+        Reason.KEY_DELETED,
     ),
     (
         "primary, etcd unreachable: nothing to do",
@@ -145,13 +166,99 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
         Reason.VIP_WITHOUT_LEASE,
     ),
     (
-        "key names me without a lease: never adopt lease 0",
+        "key names me without a lease: never adopt lease 0, replace it",
         NodeState(),
-        obs(writer=KeyHeld(ME, 0, 6, 6), vip=A),
+        obs(writer=KeyHeld("n1", 0, 6, 6, ME), vip=A),
+        (AcquireLease(10),),
+        Reason.ACQUIRING,
+    ),
+    ("replica idle", NodeState(), obs(role=REPLICA, writer=OTHER, vip=A), (), Reason.REPLICA),
+    # -- etcd wiped or restored from a snapshot -------------------------------
+    (
+        "holding, etcd's history went back: the lease is lost, drop; its id proves nothing",
+        HOLDING,
+        obs(etcd_reset="etcd revision 3 after 900 was seen"),
+        (RemoveVip(),),
+        Reason.ETCD_RESET,
+    ),
+    (
+        "replica after a restore, its own key back to life: released, proven ours",
+        NodeState(reset_until_s=NOW + 5.0),
+        obs(role=REPLICA, writer=MINE, vip=A),
+        (ReleaseLease(0xA),),
+        Reason.DEMOTED,
+    ),
+    (
+        "primary, key free after an etcd reset: take nothing for a TTL",
+        NodeState(reset_until_s=NOW + 5.0),
+        obs(writer=KeyAbsent(3), vip=A),
+        (),
+        Reason.ETCD_RESET,
+    ),
+    (
+        "primary, key free once the reset wait is over: acquire",
+        NodeState(reset_until_s=NOW),
+        obs(writer=KeyAbsent(3), vip=A),
+        (AcquireLease(10),),
+        Reason.ACQUIRING,
+    ),
+    # -- identity: a name alone proves nothing (S5) ----------------------------
+    (
+        "restart: key written by this sidecar's previous process: adopt",
+        NodeState(),
+        obs(writer=KeyHeld("n1", 0xA, 6, 5, PREV), vip=P),
+        (AdoptLease(0xA, 5, 10),),
+        Reason.ADOPTING,
+    ),
+    (
+        "primary, key names this node from another host: a twin, never adopt",
+        NodeState(),
+        obs(writer=KeyHeld("n1", 0xB, 6, 6, TWIN), vip=A),
+        (),
+        Reason.NAME_CONFLICT,
+    ),
+    (
+        "replica, key names this node from another host: never release it",
+        NodeState(),
+        obs(role=REPLICA, writer=KeyHeld("n1", 0xB, 6, 6, TWIN), vip=A),
+        (),
+        Reason.NAME_CONFLICT,
+    ),
+    (
+        "primary, key of format 1 names this node: never adopted by name alone",
+        NodeState(),
+        obs(writer=KeyHeld("n1", 0xB, 6, 6), vip=A),
         (),
         Reason.CONFLICT,
     ),
-    ("replica idle", NodeState(), obs(role=REPLICA, writer=OTHER, vip=A), (), Reason.REPLICA),
+    (
+        "replica, key of format 1 names this node: never released by name alone",
+        NodeState(),
+        obs(role=REPLICA, writer=KeyHeld("n1", 0xB, 6, 6), vip=A),
+        (),
+        Reason.REPLICA,
+    ),
+    (
+        "holding, a twin's report under this name: drop the VIP, release our own lease",
+        HOLDING,
+        obs(same_name=(ME, TWIN)),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.NAME_CONFLICT,
+    ),
+    (
+        "holding, reports of this process and its predecessor: no conflict",
+        HOLDING,
+        obs(same_name=(ME, PREV)),
+        (),
+        Reason.HOLDING,
+    ),
+    (
+        "holding, our lease id under a twin's value (an id reused): lost",
+        HOLDING,
+        obs(writer=KeyHeld("n1", 0xA, 6, 6, TWIN)),
+        (RemoveVip(), ReleaseLease(0xA)),
+        Reason.KEY_LOST,
+    ),
     # -- maintenance: an operator asked this node to stay away ----------------
     (
         "holding, put in maintenance: remove VIP, release",
@@ -232,7 +339,7 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
     (
         "a report under our own name is not a peer",
         HOLDING,
-        obs(peers=(PeerView(ME, Role.PRIMARY, 5),)),
+        obs(peers=(PeerView("n1", Role.PRIMARY, 5),)),
         (),
         Reason.HOLDING,
     ),
@@ -424,7 +531,7 @@ CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reason]] = [
     (
         "same node name, other lease: a twin, not us",
         HOLDING,
-        obs(writer=KeyHeld(ME, 0xC, 6, 6)),
+        obs(writer=KeyHeld("n1", 0xC, 6, 6, ME)),
         (RemoveVip(), ReleaseLease(0xA)),
         Reason.KEY_LOST,
     ),
@@ -502,7 +609,7 @@ def test_grant_gives_a_deadline_from_the_send_instant() -> None:
         ME,
     )
     assert state.lease == Lease(0xA, NOW - 0.3 + 10 - T.margin_s, NOW - 0.3, 9)
-    assert o.writer == KeyHeld(ME, 0xA, 9, 9)
+    assert o.writer == KeyHeld("n1", 0xA, 9, 9, ME)
 
 
 def test_renewal_never_moves_the_deadline_back() -> None:
@@ -581,5 +688,5 @@ def test_stopping_while_a_removal_backs_off_is_not_stopped() -> None:
 
 
 def test_a_refusal_naming_this_node_never_adopts_a_fake_lease() -> None:
-    state, o = absorb(NodeState(), obs(writer=KeyAbsent(3), vip=A), LeaseRefused(ME, 8), T, ME)
+    state, o = absorb(NodeState(), obs(writer=KeyAbsent(3), vip=A), LeaseRefused("n1", 8), T, ME)
     assert not any(isinstance(a, AdoptLease) for a in decide(state, o, T, ME).actions)

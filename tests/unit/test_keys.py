@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from dbvip.identity import Identity
 from dbvip.keys import (
     Garbage,
     KeyLayout,
@@ -14,6 +15,7 @@ from dbvip.keys import (
     decode_writer,
     encode_member,
     encode_writer,
+    member_identity,
 )
 from dbvip.ports import MemberReport
 
@@ -53,15 +55,58 @@ def test_bad_prefixes_are_refused(prefix: str) -> None:
         KeyLayout("c", prefix)
 
 
-def test_writer_value_is_compact_json_with_the_lease_in_hex() -> None:
-    raw = encode_writer("n1", "198.51.100.7/24", 0x694D71A8E4B3F00C, "2026-01-02T03:04:05Z")
+ME = Identity("n1", "5f0c2a9e41d7b36a", "0f9e8d7c6b5a/net:4026531840", "eth0")
+
+
+def test_writer_value_is_compact_json_with_format_identity_and_the_lease_in_hex() -> None:
+    raw = encode_writer(ME, "198.51.100.7/24", 0x694D71A8E4B3F00C, "2026-01-02T03:04:05Z")
     assert raw == (
+        b'{"node":"n1","format":2,"instance":"5f0c2a9e41d7b36a",'
+        b'"host":"0f9e8d7c6b5a/net:4026531840","interface":"eth0",'
+        b'"vip":"198.51.100.7/24","lease":"694d71a8e4b3f00c","since":"2026-01-02T03:04:05Z"}'
+    )
+    assert decode_writer(raw) == WriterValue(
+        "n1", "198.51.100.7/24", "694d71a8e4b3f00c", "2026-01-02T03:04:05Z", 2, ME
+    )
+
+
+def test_todays_writer_value_still_reads_as_format_1_without_an_identity() -> None:
+    # The exact bytes dbvip wrote before values had a format (a rolling upgrade).
+    raw = (
         b'{"node":"n1","vip":"198.51.100.7/24","lease":"694d71a8e4b3f00c",'
         b'"since":"2026-01-02T03:04:05Z"}'
     )
     assert decode_writer(raw) == WriterValue(
-        "n1", "198.51.100.7/24", "694d71a8e4b3f00c", "2026-01-02T03:04:05Z"
+        "n1", "198.51.100.7/24", "694d71a8e4b3f00c", "2026-01-02T03:04:05Z", 1, None
     )
+
+
+def test_a_newer_format_is_held_by_another_identity_never_garbage() -> None:
+    newer = decode_writer(b'{"format":3,"node":"n1","owner":{"whatever":1}}')
+    assert newer == WriterValue("n1", format=3)
+    nameless = decode_writer(b'{"format":7}')
+    assert isinstance(nameless, WriterValue) and nameless.identity is None
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b'{"format":"2","node":"n1"}',
+        b'{"format":true,"node":"n1"}',
+        b'{"format":0,"node":"n1"}',
+        b'{"format":2,"node":"n1","host":"h","interface":"eth0"}',
+        b'{"format":2,"node":"n1","instance":"","host":"h","interface":"eth0"}',
+    ],
+)
+def test_a_bad_format_or_a_format_2_value_without_its_identity_is_garbage(raw: bytes) -> None:
+    assert isinstance(decode_writer(raw), Garbage)
+
+
+def test_member_identity_only_from_a_report_of_this_format() -> None:
+    report = MemberReport("primary", 3, "0/3000060", ("198.51.100.7/24",), "holding")
+    assert member_identity("n1", decode_member(encode_member(report, "T", ME))) == ME
+    assert member_identity("n1", decode_member(encode_member(report, "T"))) is None
+    assert member_identity("n1", decode_member(b"garbage")) is None
 
 
 def test_member_value_round_trips_as_compact_json() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from dataclasses import replace
 
 import pytest
@@ -45,6 +46,8 @@ class Node:
         self.runner = self.restart(clock)
 
     def restart(self, clock: FakeClock) -> Runner:
+        if hasattr(self, "runner"):  # a new process: a new instance, same host and interface
+            self.store.identity = self.store.identity.restarted()
         self.runner = Runner(
             self.name,
             T,
@@ -57,7 +60,7 @@ class Node:
     def publish(self, snapshot: Snapshot) -> None:
         """The member report, as the publisher thread would put it in etcd."""
         if self.store.fault == "ok":
-            self.store.etcd.members[self.name] = report_of(snapshot, "vip")
+            self.store.etcd.report(self.store.identity, report_of(snapshot, "vip"))
 
 
 class World:
@@ -300,18 +303,35 @@ def test_key_deleted_by_hand_vip_drops_then_comes_back() -> None:
     assert world.kernel.holders() == {"n1"}
 
 
-def test_garbage_in_the_writer_key_drops_the_vip_and_blocks_taking(
+def test_garbage_put_by_hand_over_the_writer_key_drops_the_vip_then_is_replaced(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """``etcdctl put`` of garbage detaches the key from the holder's lease:
+    the holder drops the VIP at once (reason writer_key_invalid); a key with
+    no lease backs no VIP, so once the holder's claim is gone with its lease,
+    the primary replaces it and never stays blocked."""
     world = World(Role.PRIMARY, Role.REPLICA)
     caplog.set_level(logging.INFO, "dbvip")
     world.run(1.0)
     world.etcd.put(WRITER, b"\x00garbage")
-    world.run(5.0)
+    world.nodes[0].runner.tick()
     assert world.kernel.holders() == set()
     assert world.nodes[0].runner.state.reason is not None
-    assert world.nodes[0].runner.state.reason.value == "writer_key_invalid"
     assert any("writer_key_invalid" in r.getMessage() for r in caplog.records)
+    world.run(2.0)
+    assert world.kernel.holders() == {"n1"}
+    assert world.etcd.writer_holder() is not None
+
+
+def test_garbage_under_a_live_lease_blocks_taking_until_that_lease_ends() -> None:
+    world = World(Role.REPLICA, Role.PRIMARY)
+    lease_id, _ = world.etcd.grant(6)
+    world.etcd.put(WRITER, b"\x00garbage", lease_id)
+    world.run(5.0)
+    assert world.kernel.holders() == set()
+    assert world.nodes[1].runner.state.reason is Reason.WRITER_KEY_INVALID
+    world.run(3.0)  # the lease ran out and took the garbage with it
+    assert world.kernel.holders() == {"n2"}
 
 
 def test_vip_deleted_by_hand_comes_back_and_is_announced_again() -> None:
@@ -456,3 +476,64 @@ def test_shutdown_retries_a_failed_removal() -> None:
     n1.runner.run()
     assert world.kernel.holders() == set()
     assert world.etcd.get(WRITER) is None
+
+
+def test_a_holder_resumed_after_a_suspend_drops_the_vip_before_anything_else() -> None:
+    """A paused VM: the boot-time clock jumps forward by the suspended time
+    while etcd's lease ran on. The kernel's own expiry did not run meanwhile
+    (lateness covers the pause), so only the sidecar can take the VIP down:
+    the first thing it does on waking is remove it, never renew first."""
+    world = World(Role.PRIMARY)
+    world.kernel.lateness_s = 60.0
+    n1 = world.nodes[0]
+    world.run(1.0)
+    assert world.kernel.holders() == {"n1"}
+    held = n1.runner.state.lease
+    assert held is not None
+    resumed_s = world.clock.now_s + 3 * T.ttl_s
+    world.clock.advance(3 * T.ttl_s)  # suspended: nothing ran, the clock counted on
+    ops_before, calls_before = len(n1.vip.ops), len(n1.store.calls)
+    n1.runner.tick()
+    assert n1.vip.ops[ops_before] == ("remove", resumed_s)
+    assert "keepalive" not in n1.store.calls[calls_before:]
+    world.etcd.expire()
+    assert held.lease_id not in world.etcd.leases  # etcd let it go while suspended
+    lease = n1.runner.state.lease
+    assert lease is None or lease.lease_id != held.lease_id  # a fresh lease, if any
+
+
+def test_the_sidecar_clock_is_the_boot_time_clock() -> None:
+    from dbvip.boottime import boot_s  # noqa: PLC0415
+    from dbvip.wiring import SystemClock  # noqa: PLC0415
+
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
+    read = SystemClock().monotonic_s()
+    after = boot_s()
+    assert before <= read <= after
+
+
+# The exact bytes a dbvip before value formats wrote (format 1: a name, no identity).
+TODAYS_WRITER = (
+    b'{"node":"n1","vip":"198.51.100.10/32","lease":"%x","since":"2026-01-02T03:04:05Z"}'
+)
+
+
+@pytest.mark.parametrize("upgraded", ["n1", "n2"])
+def test_a_key_in_todays_format_is_read_and_never_taken_by_name(upgraded: str) -> None:
+    """A rolling upgrade: the old n1 sidecar held the key (today's format)
+    and was killed before it could release. The new sidecars read the
+    value, and neither the other primary nor n1's own new sidecar takes,
+    adopts or releases it by name: the VIP stays away until its lease ends
+    (the old n1's VIP is gone by then), then one new sidecar takes it."""
+    world = World(Role.PRIMARY, Role.PRIMARY)
+    world.nodes = [n for n in world.nodes if n.name == upgraded]
+    old_lease, _ = world.etcd.grant(T.ttl_s)
+    world.etcd.put(WRITER, TODAYS_WRITER % old_lease, old_lease)
+    world.run(T.ttl_s - 1.0)
+    node = world.nodes[0]
+    assert world.kernel.holders() == set()
+    assert node.runner.state.reason is Reason.CONFLICT
+    assert "read" in node.store.calls
+    assert not {"adopt", "release", "keepalive", "acquire"} & set(node.store.calls)
+    world.run(3.0)  # the old lease expired: the key is free
+    assert world.kernel.holders() == {node.name}
