@@ -15,9 +15,9 @@ frees it when the process dies, however it dies.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import socket
+import zlib
 from pathlib import Path
 
 _MACHINE_ID_FILES = ("/etc/machine-id", "/var/lib/dbus/machine-id")
@@ -56,7 +56,11 @@ class SeatLock:
     def __init__(self, prefix: str, cluster: str, interface: str) -> None:
         name = f"dbvip/{prefix.strip('/')}/{cluster}/{interface}"
         if len(name.encode()) > _MAX_ABSTRACT_NAME:
-            name = "dbvip/" + hashlib.sha256(name.encode()).hexdigest()
+            # crc32 and the name's tail, not hashlib: that would cost the
+            # sidecar 0.6 MiB of OpenSSL digests (tests/unit/test_footprint.py).
+            digest = f"{zlib.crc32(name.encode()):08x}"
+            tail = name.encode()[-(_MAX_ABSTRACT_NAME - 16) :].decode(errors="ignore")
+            name = f"dbvip/{digest}/{tail}"
         self.name = name
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
