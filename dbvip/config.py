@@ -240,7 +240,8 @@ SETTINGS: tuple[Setting, ...] = (
         _seconds(0, False),
         "5",
         "after this node loses a VIP, connections that still reach it for the VIP are "
-        "refused (TCP reset) this long, so clients retry at once (0: never; at most ttl_s)",
+        "refused (TCP reset) this long, so clients retry at once (0: never; at most ttl_s; "
+        "the default is cut to ttl_s when that is shorter)",
     ),
     Setting(
         "eager_probe_interval_s",
@@ -435,7 +436,10 @@ def check_timing(config: Config) -> None:
                 "margin_s",
             )
         )
-    if config.values.get("refuse_s", 0) > t.ttl_s:
+    if config.values.get("refuse_s", 0) > t.ttl_s and config.sources.get("refuse_s") not in (
+        None,
+        "default",
+    ):
         # Within a TTL the VIP has a new holder that announced it, or none.
         raise ConfigError(
             "timing check failed: refuse_s must be at most ttl_s; " + show("refuse_s", "ttl_s")

@@ -65,6 +65,14 @@ def hook_runner(config: Config, observe: HookObserver | None = None) -> HookRunn
     return HookRunner(hooks, config["hook_timeout_s"], facts, observe=observe)
 
 
+def refuse_s(config: Config) -> float:
+    """``refuse_s``; its default (5 s) is cut to ``ttl_s`` when that is shorter
+    (a value given is checked against ``ttl_s`` instead: dbvip.config)."""
+    if config.sources.get("refuse_s", "default") == "default":
+        return float(min(config["refuse_s"], config["ttl_s"]))
+    return float(config["refuse_s"])
+
+
 class SystemClock:
     def monotonic_s(self) -> float:
         # Boot time, not CLOCK_MONOTONIC: it counts a suspended machine's
@@ -121,7 +129,7 @@ class Sidecar:
             from dbvip.metrics import Metrics  # noqa: PLC0415
 
             self.metrics = Metrics(
-                self.board, config["cluster"], node, str(vip), refusal=config["refuse_s"] > 0
+                self.board, config["cluster"], node, str(vip), refusal=refuse_s(config) > 0
             )
             # Bound first: a port in use stops the start before anything else is made.
             self.http = _listen(config, self.board, self.metrics)
@@ -129,11 +137,11 @@ class Sidecar:
         self.refusing: RefusingVipDriver | None = None
         if vip_driver is None:
             vip_driver = NetlinkVipDriver(config["interface"], vip)
-            if config["refuse_s"] > 0:
+            if refuse_s(config) > 0:
                 table = table_name(config["cluster"], config["interface"], vip.ip)
-                refusal = NftRefusal(table, vip.ip)
+                refusal = NftRefusal(table, vip.ip, config["interface"])
                 vip_driver = self.refusing = RefusingVipDriver(
-                    vip_driver, refusal, config["refuse_s"], observer=self.metrics
+                    vip_driver, refusal, refuse_s(config), observer=self.metrics
                 )
         self.ports = Ports(
             clock=clock,

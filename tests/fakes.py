@@ -387,10 +387,12 @@ class FakeVipDriver:
         self.ops.append(("add", self.kernel.clock.now_s))
         return VipChanged(was_present=was)
 
-    def remove(self) -> VipChanged | Unknown:
+    def remove(self, before_delete: Callable[[], None] | None = None) -> VipChanged | Unknown:
         problem = self._problem()
         if problem:
             return Unknown(problem)
+        if before_delete is not None and self.node in self.kernel.holders():
+            before_delete()
         was = self.kernel.vips.pop(self.node, None) is not None
         self.ops.append(("remove", self.kernel.clock.now_s))
         return VipChanged(was_present=was)

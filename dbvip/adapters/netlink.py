@@ -98,10 +98,10 @@ class NetlinkVipDriver:
             except Exception as exc:
                 return Unknown(self._failed(f"adding {self._vip} to", exc))
 
-    def remove(self) -> VipChanged | Unknown:
+    def remove(self, before_delete: Callable[[], None] | None = None) -> VipChanged | Unknown:
         with self._lock:
             try:
-                return self._remove()
+                return self._remove(before_delete)
             except _RefusedError as exc:
                 return Unknown(exc.cause)
             except Exception as exc:
@@ -133,7 +133,7 @@ class NetlinkVipDriver:
         )
         return VipChanged(was_present=mine is not None)
 
-    def _remove(self) -> VipChanged:
+    def _remove(self, before_delete: Callable[[], None] | None) -> VipChanged:
         link = self._link()
         addresses = self._addresses(link.index)
         mine = self._find(addresses)
@@ -142,6 +142,8 @@ class NetlinkVipDriver:
         self._check_not_foreign(mine, "delete")
         if not _secondary(mine):
             self._check_subnet_safe(link, addresses, "delete")
+        if before_delete is not None:
+            before_delete()  # the address is the VIP and may go
         try:
             self._read(lambda rtnl: rtnl.change_address("del", link.index, self._vip), "del")
         except _RefusedError:

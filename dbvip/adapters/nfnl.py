@@ -48,7 +48,6 @@ from dbvip.adapters.nlmsg import (
     NLM_F_REQUEST,
     NLMSG_ERROR,
     RECV_BYTES,
-    RECV_TIMEOUT_S,
     NetlinkError,
     attr,
     error_code,
@@ -68,6 +67,7 @@ NFPROTO_IPV4 = 2
 NFPROTO_IPV6 = 10
 
 NFT_MSG_NEWTABLE = 0
+NFT_MSG_DELTABLE = 2
 NFT_MSG_NEWCHAIN = 3
 NFT_MSG_NEWRULE = 6
 NFT_MSG_DELRULE = 8
@@ -96,11 +96,12 @@ NFT_SET_TIMEOUT = 0x10
 # nft's own datatype numbers (the kernel keeps them for `nft list`).
 TYPE_IPADDR, TYPE_IP6ADDR = 7, 8
 NFT_REG_1 = 1
-NFT_META_NFPROTO, NFT_META_L4PROTO = 15, 16
+NFT_META_IIFNAME, NFT_META_NFPROTO, NFT_META_L4PROTO = 6, 15, 16
+IFNAMSIZ = 16
 NFT_CMP_EQ, NFT_CMP_NEQ = 0, 1
 NFT_PAYLOAD_NETWORK_HEADER = 1
 NFT_FIB_RESULT_ADDRTYPE = 3
-NFTA_FIB_F_DADDR = 2
+NFTA_FIB_F_DADDR, NFTA_FIB_F_IIF = 2, 8
 RTN_LOCAL = 2
 NFT_REJECT_TCP_RST = 1
 NFT_REJECT_ICMPX_UNREACH = 2
@@ -117,6 +118,9 @@ _FAMILIES = {
 
 _CREATES = (NFT_MSG_NEWTABLE, NFT_MSG_NEWCHAIN, NFT_MSG_NEWRULE, NFT_MSG_NEWSET, NFT_MSG_NEWSETELEM)
 _NFGENMSG = struct.Struct("=BBH")
+# The kernel answers at once; the bound is short because the loop thread
+# waits on it in the middle of a VIP change.
+RECV_TIMEOUT_S = 0.25
 _BE32 = struct.Struct(">I")
 _BE32S = struct.Struct(">i")
 _BE64 = struct.Struct(">Q")
@@ -176,30 +180,42 @@ def _tcp_reset() -> list[bytes]:
     ]
 
 
-def refusal_rules(version: int) -> list[bytes]:
+def _not_local(flags: int) -> list[bytes]:
+    return [
+        # fib: DREG 1, RESULT 2, FLAGS 3; the address type is a host-order u32.
+        _expr("fib", _be32(1, NFT_REG_1), _be32(2, NFT_FIB_RESULT_ADDRTYPE), _be32(3, flags)),
+        _cmp(NFT_CMP_NEQ, _U32.pack(RTN_LOCAL)),
+    ]
+
+
+def refusal_rules(version: int, interface: str) -> list[bytes]:
     """The expressions of each rule for one address family, in order.
 
     ``fib daddr type != local`` is what makes the refusal safe to leave in
     place: while this node has the address, those rules do not match,
-    whatever the set holds (a crash, a timeout not yet run out). The closing
-    rule has no such guard, so its elements live about a second at most.
+    whatever the set holds (a crash, a timeout not yet run out). The lookup
+    is made twice, in the main tables and in the arriving interface's (a VRF
+    keeps its local routes in a table of its own), and both must say "not
+    local". ``iifname`` keeps the refusal to clients on the VIP's own network:
+    a packet this node routes on to the new holder (a container, a VM behind
+    it) is never refused. The closing rule has no such guards, so its
+    elements live about a second at most.
     """
-    not_local = [
-        # fib: DREG 1, RESULT 2, FLAGS 3; the address type is a host-order u32.
-        _expr(
-            "fib",
-            _be32(1, NFT_REG_1),
-            _be32(2, NFT_FIB_RESULT_ADDRTYPE),
-            _be32(3, NFTA_FIB_F_DADDR),
-        ),
-        _cmp(NFT_CMP_NEQ, _U32.pack(RTN_LOCAL)),
+    iifname = [
+        _meta(NFT_META_IIFNAME),
+        _cmp(NFT_CMP_EQ, interface.encode().ljust(IFNAMSIZ, b"\0")),
     ]
     unreachable = _expr(  # reject: TYPE 1, ICMP_CODE 2 (one byte)
         "reject",
         _be32(1, NFT_REJECT_ICMPX_UNREACH),
         attr(2, bytes([NFT_REJECT_ICMPX_HOST_UNREACH])),
     )
-    refuse = _match_daddr(REFUSE, version) + not_local
+    refuse = [
+        *_match_daddr(REFUSE, version),
+        *iifname,
+        *_not_local(NFTA_FIB_F_DADDR),
+        *_not_local(NFTA_FIB_F_DADDR | NFTA_FIB_F_IIF),
+    ]
     return [
         b"".join(_match_daddr(CLOSING, version) + _tcp_reset()),
         b"".join(refuse + _tcp_reset()),
@@ -215,22 +231,28 @@ class NftSocket:
     """
 
     def __init__(self) -> None:
-        self._sock = open_socket(NETLINK_NETFILTER)
+        self._sock = open_socket(NETLINK_NETFILTER, RECV_TIMEOUT_S)
         self._seq = itertools.count(1)
 
     def close(self) -> None:
         self._sock.close()
 
-    def create_table(self, table: str) -> None:
+    def create_table(self, table: str, interface: str, fresh: bool = False) -> None:
         """Create ``table`` if missing, with its sets, and its chain's rules afresh.
 
         Refusals an earlier run armed are kept: they are inert where the VIP
         is and run out by themselves, and a restart in the middle of a
         hand-off keeps them answering. Closing elements, the only ones that
-        apply while the VIP is here, are flushed.
+        apply while the VIP is here, are flushed. ``fresh``: delete the table
+        first (an earlier version's sets of another shape).
         """
         t = _name(1, table)  # NFTA_*_TABLE is 1 for chains, sets and rules alike
         messages = [(NFT_MSG_NEWTABLE, 0, _name(NFTA_TABLE_NAME, table))]
+        if fresh:  # created just above if missing, so that the delete finds one
+            messages += [
+                (NFT_MSG_DELTABLE, 0, _name(NFTA_TABLE_NAME, table)),
+                (NFT_MSG_NEWTABLE, 0, _name(NFTA_TABLE_NAME, table)),
+            ]
         for set_id, ((_, version), name) in enumerate(SETS.items(), start=1):
             _, _, length, datatype = _FAMILIES[version]
             body = t + _name(NFTA_SET_NAME, name) + _be32(NFTA_SET_FLAGS, NFT_SET_TIMEOUT)
@@ -249,7 +271,7 @@ class NftSocket:
         # A delete naming only the chain flushes it: the rules are this version's.
         messages.append((NFT_MSG_DELRULE, 0, t + _name(NFTA_RULE_CHAIN, CHAIN)))
         for version in (4, 6):
-            for expressions in refusal_rules(version):
+            for expressions in refusal_rules(version, interface):
                 rule = t + _name(NFTA_RULE_CHAIN, CHAIN)
                 rule += _nest(NFTA_RULE_EXPRESSIONS, expressions)
                 messages.append((NFT_MSG_NEWRULE, NLM_F_APPEND, rule))
@@ -268,7 +290,9 @@ class NftSocket:
         for kind, timeout_ms in ((REFUSE, refuse_ms), (CLOSING, closing_ms)):
             name = SETS[kind, version]
             messages += [
-                (NFT_MSG_NEWSETELEM, 0, self._element(table, name, address, 1)),
+                # No timeout: an element timing out between this add and the
+                # delete would fail the batch; the batch is atomic anyway.
+                (NFT_MSG_NEWSETELEM, 0, self._element(table, name, address, None)),
                 (NFT_MSG_DELSETELEM, 0, self._element(table, name, address, None)),
             ]
             if timeout_ms > 0:
@@ -290,7 +314,8 @@ class NftSocket:
 
     def _batch(self, messages: list[tuple[int, int, bytes]]) -> None:
         """Send ``messages`` as one batch; ``NetlinkError`` with the first refusal's errno."""
-        parts = [self._marker(NFNL_MSG_BATCH_BEGIN)]
+        begin = next(self._seq)
+        parts = [self._marker(NFNL_MSG_BATCH_BEGIN, begin)]
         waiting: set[int] = set()
         for kind, extra, body in messages:
             seq = next(self._seq)
@@ -301,12 +326,18 @@ class NftSocket:
                 flags |= NLM_F_CREATE
             kind_nft = (NFNL_SUBSYS_NFTABLES << 8) | kind
             parts.append(message(kind_nft, flags, seq, payload))
-        parts.append(self._marker(NFNL_MSG_BATCH_END))
+        parts.append(self._marker(NFNL_MSG_BATCH_END, next(self._seq)))
         self._sock.sendall(b"".join(parts))
         error = 0
         while waiting and not error:
             for kind, seq, data, start, _end in receive(self._sock):
-                if kind == NLMSG_ERROR and seq in waiting:
+                if kind != NLMSG_ERROR:
+                    continue
+                if seq == begin:
+                    # The batch as a whole was refused (EPERM, no nf_tables, ...):
+                    # no message of it gets an answer of its own.
+                    error = error or error_code(data, start) or 1
+                elif seq in waiting:
                     waiting.discard(seq)
                     error = error or error_code(data, start)
         if error:
@@ -325,7 +356,8 @@ class NftSocket:
         finally:
             self._sock.settimeout(RECV_TIMEOUT_S)
 
-    def _marker(self, kind: int) -> bytes:
+    @staticmethod
+    def _marker(kind: int, seq: int) -> bytes:
         """A batch's begin or end; ``res_id`` names the subsystem the batch is for."""
         body = _NFGENMSG.pack(0, 0, socket.htons(NFNL_SUBSYS_NFTABLES))
-        return message(kind, NLM_F_REQUEST, next(self._seq), body)
+        return message(kind, NLM_F_REQUEST, seq, body)

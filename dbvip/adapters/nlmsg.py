@@ -60,13 +60,13 @@ def message(kind: int, flags: int, seq: int, body: bytes) -> bytes:
     return HEADER.pack(HEADER.size + len(body), kind, flags, seq, 0) + body
 
 
-def open_socket(protocol: int) -> socket.socket:
+def open_socket(protocol: int, timeout_s: float = RECV_TIMEOUT_S) -> socket.socket:
     """A netlink socket bound to no multicast group (only answers arrive),
     with a receive timeout."""
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, protocol)
     try:
         sock.bind((0, 0))
-        sock.settimeout(RECV_TIMEOUT_S)
+        sock.settimeout(timeout_s)
     except BaseException:
         sock.close()
         raise

@@ -77,11 +77,17 @@ def table_name(cluster: str, interface: str, vip: IPAddress) -> str:
 
 
 class NftRefusal:
-    """The refusal of one VIP in one table; each call is one netlink batch."""
+    """The refusal of one VIP in one table; each call is one netlink batch.
 
-    def __init__(self, table: str, vip: IPAddress, netns: str | None = None) -> None:
+    No call raises: every failure comes back as ``Unknown`` with its cause.
+    """
+
+    def __init__(
+        self, table: str, vip: IPAddress, interface: str, netns: str | None = None
+    ) -> None:
         self.table = table
         self._vip = vip
+        self._interface = interface
         self._netns = netns
         self._nft: NftSocket | None = None
         self._diag: SockDiag | None = None
@@ -112,11 +118,11 @@ class NftRefusal:
                         SockDiag() if self._netns is None else call_in_netns(self._netns, SockDiag)
                     )
                 return self._diag.reset_all(self._vip)
-            except OSError as e:
+            except Exception as e:  # an adapter never raises into the loop
                 if self._diag is not None:
                     self._diag.close()
                     self._diag = None
-                return Unknown(f"ending the connections on {self._vip}: {e.strerror or e}")
+                return Unknown(f"ending the connections on {self._vip}: {_cause(e)}")
 
     def close(self) -> None:
         with self._lock:
@@ -126,7 +132,13 @@ class NftRefusal:
                 self._diag = None
 
     def _create(self, nft: NftSocket) -> None:
-        nft.create_table(self.table)
+        try:
+            nft.create_table(self.table, self._interface)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise
+            # A set of another shape, from another version: start afresh.
+            nft.create_table(self.table, self._interface, fresh=True)
         self._prepared = True
 
     def _set(self, nft: NftSocket, refuse_ms: int, closing_ms: int) -> None:
@@ -149,17 +161,25 @@ class NftRefusal:
                 )
             call(self._nft)
         except NetlinkError as e:
+            self._prepared = False  # rebuilt at the next try
             return Unknown(f"{doing} the refusal of {self._vip} in nftables table "
-                           f"{self.table}: {e.strerror or e}")  # fmt: skip
-        except OSError as e:
+                           f"{self.table}: {_cause(e)}")  # fmt: skip
+        except Exception as e:  # an adapter never raises into the loop
             self._drop()
-            return Unknown(f"{doing} the refusal of {self._vip}: {e.strerror or e}")
+            return Unknown(f"{doing} the refusal of {self._vip}: {_cause(e)}")
         return Done()
 
     def _drop(self) -> None:
+        self._prepared = False
         if self._nft is not None:
             self._nft.close()
             self._nft = None
+
+
+def _cause(e: Exception) -> str:
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return f"{type(e).__name__}: {e}"
 
 
 class Refusal(Protocol):
@@ -187,10 +207,14 @@ class RefusalObserver(Protocol):
 class RefusingVipDriver:
     """A ``VipDriver`` whose removals leave the refusal behind.
 
-    Removal arms the refusal for ``refuse_s`` first, then removes the VIP;
-    adding or refreshing the VIP keeps it armed until ``refuse_s`` past the
-    VIP's kernel lifetime. The refusal's own failures are logged (once per
-    run of failures) and never change what the VIP change returns.
+    The refusal's steps of a removal run inside the inner driver's, once it
+    has checked that the address is the VIP and may be deleted, just before
+    the delete: an address the driver refuses to touch (the node's own) is
+    never closed and its connections never ended. Adding or refreshing the
+    VIP keeps the refusal armed until ``refuse_s`` past its kernel lifetime.
+    Nothing the refusal does (a failure, an exception, its observer's) ever
+    changes what the VIP change does or returns: it is logged once per run of
+    failures, and ``dbvip_refusal_ready`` says it.
     """
 
     def __init__(
@@ -206,9 +230,10 @@ class RefusingVipDriver:
         self._refuse_s = refuse_s
         self.table = refusal.table
         self.last_error = ""  # why the refusal could not be set, "" when it could
+        self._ending_error = ""
 
     def prepare(self) -> None:
-        self._note(self._refusal.prepare())
+        self._step(self._refusal.prepare)
 
     def observe(self) -> VipReading:
         return self._inner.observe()
@@ -217,45 +242,75 @@ class RefusingVipDriver:
         added = self._inner.add(lifetime_s)
         if isinstance(added, VipChanged):
             # Past the instant the kernel may expire the VIP by itself.
-            self._note(
-                self._refusal.refuse_for(lifetime_s + KERNEL_EXPIRY_SLACK_S + self._refuse_s)
-            )
+            seconds = lifetime_s + KERNEL_EXPIRY_SLACK_S + self._refuse_s
+            self._step(lambda: self._refusal.refuse_for(seconds))
         return added
 
-    def remove(self) -> VipChanged | Unknown:
-        # 1. Refused once gone, and closed to new connections meanwhile.
-        self._note(self._refusal.refuse_for(self._refuse_s, closing_s=CLOSING_S))
-        # 2. While the VIP is still here: afterwards nothing sent on these
-        #    connections (their resets included) could leave this node.
-        self._end_connections()
-        removed = self._inner.remove()
-        # 3. Closed no longer: the refusal (or, if the removal failed and the
-        #    VIP is still here, the VIP itself) takes over.
-        self._note(self._refusal.refuse_for(self._refuse_s))
-        return removed
+    def remove(self, before_delete: Callable[[], None] | None = None) -> VipChanged | Unknown:
+        closed = False
+
+        def at_the_delete() -> None:
+            nonlocal closed
+            # 1. Refused once gone, and closed to new connections meanwhile.
+            self._step(lambda: self._refusal.refuse_for(self._refuse_s, closing_s=CLOSING_S))
+            closed = True
+            # 2. While the VIP is still here: afterwards nothing sent on these
+            #    connections (their resets included) could leave this node.
+            self._end_connections()
+            if before_delete is not None:
+                before_delete()
+
+        try:
+            return self._inner.remove(before_delete=at_the_delete)  # 3. the delete
+        finally:
+            if closed:
+                # 4. Closed no longer: the refusal (or, if the delete failed and
+                #    the VIP is still here, the VIP itself) takes over.
+                self._step(lambda: self._refusal.refuse_for(self._refuse_s))
+
+    def close(self) -> None:
+        try:
+            self._inner.close()
+        finally:
+            self._refusal.close()
 
     def _end_connections(self) -> None:
-        ended = self._refusal.end_connections()
+        try:
+            ended = self._refusal.end_connections()
+        except Exception as e:
+            ended = Unknown(f"ending the connections on the VIP: {_cause(e)}")
         if isinstance(ended, Unknown):
-            log.warning("%s", ended.cause)
+            # Not every kernel has it (CONFIG_INET_DIAG_DESTROY): said once.
+            if ended.cause != self._ending_error:
+                log.warning("%s (clients waiting for an answer on them time out instead)",
+                            ended.cause)  # fmt: skip
+            self._ending_error = ended.cause
+            self._tell(lambda o: o.refusal_done(False))
             return
-        if self.observer is not None:
-            self.observer.connections_ended(ended)
+        self._ending_error = ""
+        self._tell(lambda o: o.connections_ended(ended))
         if ended:
             log.info("ended %d connection(s) on the VIP before removing it: their clients "
                      "reconnect at once", ended)  # fmt: skip
 
-    def close(self) -> None:
-        self._inner.close()
-        self._refusal.close()
-
-    def _note(self, result: Done | Unknown) -> None:
+    def _step(self, call: Callable[[], Done | Unknown]) -> None:
+        try:
+            result = call()
+        except Exception as e:  # a refusal never stops a VIP change
+            result = Unknown(f"the refusal failed: {_cause(e)}")
         error = result.cause if isinstance(result, Unknown) else ""
-        if self.observer is not None:
-            self.observer.refusal_done(not error)
+        self._tell(lambda o: o.refusal_done(not error))
         if error and error != self.last_error:
             log.warning("refusal unavailable: %s (clients that still send to this node for "
                         "the VIP wait for their TCP retry instead)", error)  # fmt: skip
         elif not error and self.last_error:
             log.info("refusal available again")
         self.last_error = error
+
+    def _tell(self, event: Callable[[RefusalObserver], None]) -> None:
+        if self.observer is None:
+            return
+        try:
+            event(self.observer)
+        except Exception:  # metrics never stop a VIP change
+            log.exception("the refusal's observer failed")

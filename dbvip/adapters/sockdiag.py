@@ -18,10 +18,15 @@ family u8, protocol u8, ext u8, pad u8, states u32, then ``inet_diag_sockid``
 = sport be16, dport be16, src 16 bytes, dst 16 bytes, interface u32,
 cookie 2 x u32; ``inet_diag_msg`` = family u8, state u8, timer u8, retrans
 u8, then the sockid, then expires, rqueue, wqueue, uid, inode (u32 each).
+
+``SOCK_DESTROY`` needs a kernel built with ``CONFIG_INET_DIAG_DESTROY``
+(distribution kernels have it; without it the request fails with
+EOPNOTSUPP, said once in the log and by ``dbvip_refusal_ready``).
 """
 
 from __future__ import annotations
 
+import errno
 import itertools
 import socket
 import struct
@@ -60,20 +65,27 @@ class SockDiag:
     other than ``NetlinkError`` (an answer may be left unread)."""
 
     def __init__(self) -> None:
-        self._sock = open_socket(NETLINK_SOCK_DIAG)
+        # A short bound: the loop thread waits on it in the middle of a removal.
+        self._sock = open_socket(NETLINK_SOCK_DIAG, timeout_s=0.25)
         self._seq = itertools.count(1)
 
     def close(self) -> None:
         self._sock.close()
 
-    def connections(self, local: IPAddress) -> list[bytes]:
-        """The socket ids (raw ``inet_diag_sockid``) of TCP connections whose
-        local address is ``local``."""
-        family = socket.AF_INET if local.version == 4 else socket.AF_INET6
+    def connections(self, local: IPAddress) -> list[tuple[int, bytes]]:
+        """(family, raw ``inet_diag_sockid``) of each TCP connection whose local
+        address is ``local``; for an IPv4 address, those of dual-stack IPv6
+        sockets too (``::ffff:a.b.c.d``, a proxy listening on ``[::]``)."""
+        found = self._dump(socket.AF_INET6 if local.version == 6 else socket.AF_INET,
+                           local.packed.ljust(16, b"\0"))  # fmt: skip
+        if local.version == 4:
+            found += self._dump(socket.AF_INET6, b"\0" * 10 + b"\xff\xff" + local.packed)
+        return found
+
+    def _dump(self, family: int, want: bytes) -> list[tuple[int, bytes]]:
         body = _REQ.pack(family, socket.IPPROTO_TCP, 0, STATES) + bytes(_SOCKID_SIZE)
         seq = self._send(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, body)
-        want = local.packed.ljust(16, b"\0")
-        found: list[bytes] = []
+        found: list[tuple[int, bytes]] = []
         while True:
             for kind, mseq, data, start, _end in receive(self._sock):
                 if mseq != seq:
@@ -84,12 +96,11 @@ class SockDiag:
                     raise NetlinkError(error_code(data, start))
                 sockid = data[start + _MSG_HEAD.size : start + _MSG_HEAD.size + _SOCKID_SIZE]
                 if len(sockid) == _SOCKID_SIZE and _SOCKID.unpack_from(sockid)[2] == want:
-                    found.append(sockid)
+                    found.append((family, sockid))
 
-    def destroy(self, local: IPAddress, sockid: bytes) -> None:
+    def destroy(self, family: int, sockid: bytes) -> None:
         """Abort one connection (the peer gets a reset); ``NetlinkError`` if refused,
         ENOENT when it closed meanwhile."""
-        family = socket.AF_INET if local.version == 4 else socket.AF_INET6
         body = _REQ.pack(family, socket.IPPROTO_TCP, 0, 0xFFFFFFFF) + sockid
         seq = self._send(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, body)
         while True:
@@ -102,12 +113,12 @@ class SockDiag:
     def reset_all(self, local: IPAddress) -> int:
         """Abort every TCP connection on ``local``; how many were aborted."""
         done = 0
-        for sockid in self.connections(local):
+        for family, sockid in self.connections(local):
             try:
-                self.destroy(local, sockid)
+                self.destroy(family, sockid)
                 done += 1
             except NetlinkError as e:
-                if e.code != 2:  # ENOENT: it closed by itself meanwhile
+                if e.code != errno.ENOENT:  # it closed by itself meanwhile
                     raise
         return done
 

@@ -30,16 +30,20 @@ from typing import IO, Any
 import psycopg
 from psycopg.conninfo import make_conninfo
 
-from integration.lab.writer import Attempt, StopSignal, Target, attempt_json, short_error
+from integration.lab.writer import (
+    CONNECT_TIMEOUT_S,
+    TCP_USER_TIMEOUT_MS,
+    Attempt,
+    StopSignal,
+    Target,
+    attempt_json,
+    short_error,
+)
 
 MODES = ("overlapping", "ordinary", "pooled")
 INSERT = (
     "INSERT INTO dbvip_lab_writes(writer) VALUES (%s) RETURNING current_setting('cluster_name')"
 )
-# What an application typically sets (libpq's default is to wait forever).
-CONNECT_TIMEOUT_S = 10
-# Bounds what a connection lost without FIN or RST can cost (the lab must end).
-TCP_USER_TIMEOUT_MS = 10_000
 POOL_SIZE = 2
 
 

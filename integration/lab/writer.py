@@ -47,6 +47,11 @@ _ERROR_MAX_CHARS = 200
 # `python -m integration.lab.writer` must resolve whatever the lab's cwd is.
 _REPO_ROOT = Path(__file__).resolve().parents[2]
 _STOP_WAIT_S = 10.0
+# The ordinary and pooled clients (integration.lab.clients): what an
+# application typically sets (libpq's default is to wait forever), and a bound
+# on what a connection lost without FIN or RST can cost (the lab must end).
+CONNECT_TIMEOUT_S = 10
+TCP_USER_TIMEOUT_MS = 10_000
 
 
 @dataclass(frozen=True)
@@ -413,7 +418,8 @@ class ClientWriter:
         self.stderr_path = out_path.with_name(out_path.name + ".stderr")
         # How long an attempt in flight may take to end after SIGTERM: the other
         # modes wait for libpq's own connect_timeout (integration.lab.clients).
-        self.timeout_s = timeout_s if mode == "overlapping" else max(timeout_s, 11.0)
+        app_bound_s = CONNECT_TIMEOUT_S + TCP_USER_TIMEOUT_MS / 1000 + 1
+        self.timeout_s = timeout_s if mode == "overlapping" else max(timeout_s, app_bound_s)
         self._argv = _command(
             netns,
             *_target_args(host, port, user, dbname, password_file),

@@ -11,7 +11,9 @@ import errno
 import ipaddress
 import socket
 import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,7 @@ from dbvip.adapters.refusal import NftRefusal, RefusingVipDriver, table_name
 from dbvip.model import IPInterface, VipPresence
 from dbvip.ports import Done, Unknown, VipChanged
 from integration.lab.eventually import eventually
-from integration.lab.netns import NUD_PERMANENT, NetLab, Node
+from integration.lab.netns import NUD_PERMANENT, NetLab, Node, check_ranges_unused, write_sysctl
 
 pytestmark = pytest.mark.real
 
@@ -29,6 +31,12 @@ VIP4 = ipaddress.IPv4Interface("198.51.100.100/32")
 VIP6 = ipaddress.IPv6Interface("2001:db8::100/128")
 PORT = 5432
 TABLE = table_name("c1", "eth0", VIP4.ip)
+HOLDER_V4 = ipaddress.IPv4Interface("198.51.100.12/24")
+BEHIND = ipaddress.IPv4Network("203.0.113.0/24")  # a container's network behind n1
+REPO = Path(__file__).resolve().parents[2]
+# Clients on the VIP's own network only, and only while the address is not
+# local here, in the main tables nor in the arriving interface's (a VRF).
+GUARD = 'iifname "eth0" fib daddr type != local fib daddr . iif type != local'
 
 
 def nft(node: Node, *args: str) -> str:
@@ -37,6 +45,10 @@ def nft(node: Node, *args: str) -> str:
         capture_output=True, text=True, check=True, timeout=10,
     )  # fmt: skip
     return done.stdout
+
+
+def run_in(netns: str, *args: str) -> None:
+    subprocess.run(["ip", "netns", "exec", netns, *args], check=True, timeout=10)
 
 
 def elements(node: Node, table: str, set_name: str) -> str:
@@ -84,7 +96,7 @@ def make_driver(lab_node: Node) -> Iterator[Factory]:
         inner = NetlinkVipDriver("eth0", vip, netns=lab_node.netns)
         table = table_name("c1", "eth0", vip.ip)
         driver = RefusingVipDriver(
-            inner, NftRefusal(table, vip.ip, netns=netns or lab_node.netns), refuse_s
+            inner, NftRefusal(table, vip.ip, "eth0", netns=netns or lab_node.netns), refuse_s
         )
         driver.prepare()
         made.append(driver)
@@ -114,11 +126,11 @@ def test_the_table_is_what_nft_reads_back(lab_node: Node, make_driver: Factory) 
     # The TCP reset comes first: a client's connect fails with ECONNREFUSED.
     assert rules == [
         "ip daddr @closing4 meta l4proto tcp reject with tcp reset",
-        "ip daddr @refuse4 fib daddr type != local meta l4proto tcp reject with tcp reset",
-        "ip daddr @refuse4 fib daddr type != local reject with icmpx host-unreachable",
+        f"ip daddr @refuse4 {GUARD} meta l4proto tcp reject with tcp reset",
+        f"ip daddr @refuse4 {GUARD} reject with icmpx host-unreachable",
         "ip6 daddr @closing6 meta l4proto tcp reject with tcp reset",
-        "ip6 daddr @refuse6 fib daddr type != local meta l4proto tcp reject with tcp reset",
-        "ip6 daddr @refuse6 fib daddr type != local reject with icmpx host-unreachable",
+        f"ip6 daddr @refuse6 {GUARD} meta l4proto tcp reject with tcp reset",
+        f"ip6 daddr @refuse6 {GUARD} reject with icmpx host-unreachable",
     ]
     for name in ("refuse4", "refuse6", "closing4", "closing6"):
         assert "flags timeout" in nft(lab_node, "list", "set", "inet", TABLE, name)
@@ -223,7 +235,7 @@ def test_closing_refuses_new_connections_to_a_vip_still_here_for_a_bounded_time(
 ) -> None:
     netlab, node, client = pair
     server = listen(node, 4)
-    refusal = NftRefusal(TABLE, VIP4.ip, netns=node.netns)
+    refusal = NftRefusal(TABLE, VIP4.ip, "eth0", netns=node.netns)
     try:
         driver = make_driver(VIP4, refuse_s=10)
         driver.add(30)
@@ -247,7 +259,7 @@ def test_a_restart_keeps_the_refusal_and_clears_the_closing(
 ) -> None:
     first = make_driver(VIP4, refuse_s=10)
     first.remove()  # refused for 10 s
-    refusal = NftRefusal(first.table, VIP4.ip, netns=lab_node.netns)
+    refusal = NftRefusal(first.table, VIP4.ip, "eth0", netns=lab_node.netns)
     try:
         refusal.refuse_for(10, closing_s=30)  # as if killed in the middle of a removal
         nft(lab_node, "delete", "rule", "inet", first.table, "prerouting", "handle",
@@ -269,6 +281,7 @@ def test_a_flushed_ruleset_is_rebuilt_at_the_next_refusal(
     lab_node: Node, make_driver: Factory
 ) -> None:
     driver = make_driver(VIP4, refuse_s=10)
+    driver.add(30)
     nft(lab_node, "flush", "ruleset")
     driver.remove()
     assert str(VIP4.ip) in elements(lab_node, driver.table, "refuse4")
@@ -288,13 +301,95 @@ def test_a_refusal_that_cannot_be_set_never_stops_the_removal(
 
 
 def test_refusal_results_say_done_or_why_not(lab_node: Node) -> None:
-    refusal = NftRefusal(TABLE, VIP4.ip, netns=lab_node.netns)
+    refusal = NftRefusal(TABLE, VIP4.ip, "eth0", netns=lab_node.netns)
     try:
         assert isinstance(refusal.prepare(), Done)
         assert isinstance(refusal.refuse_for(1), Done)
     finally:
         refusal.close()
-    missing = NftRefusal(TABLE, VIP4.ip, netns="dbvip-no-such-namespace")
+    missing = NftRefusal(TABLE, VIP4.ip, "eth0", netns="dbvip-no-such-namespace")
     result = missing.refuse_for(1)
     assert isinstance(result, Unknown)
     assert "refusal of 198.51.100.100" in result.cause
+
+
+def test_a_dual_stack_servers_connections_on_an_ipv4_vip_are_ended_too(
+    pair: tuple[NetLab, Node, Node], make_driver: Factory
+) -> None:
+    """A proxy listening on [::] without IPV6_V6ONLY holds IPv4 clients as
+    ::ffff:a.b.c.d sockets: they are ended like the others."""
+    netlab, node, client = pair
+
+    def dual_stack() -> socket.socket:
+        return socket.create_server(("::", PORT), family=socket.AF_INET6, dualstack_ipv6=True)
+
+    server = call_in_netns(node.netns, dual_stack)
+    try:
+        driver = make_driver(VIP4, refuse_s=10)
+        driver.add(30)
+        pin_neighbour(netlab, client, node, VIP4)
+        sock = call_in_netns(client.netns, lambda: socket.create_connection((str(VIP4.ip), PORT)))
+        accepted, peer = server.accept()
+        assert peer[0] == "::ffff:198.51.100.21"
+        try:
+            driver.remove()
+            sock.settimeout(5)
+            with pytest.raises(ConnectionResetError):
+                sock.recv(16)
+        finally:
+            sock.close()
+            accepted.close()
+    finally:
+        server.close()
+
+
+def test_traffic_this_node_routes_on_to_the_new_holder_is_never_refused(
+    netlab: NetLab, make_driver: Factory, lab_node: Node
+) -> None:
+    """A container behind the old holder (routed through it) reaches the VIP on
+    its new holder while the old holder refuses it to clients of its own network."""
+    check_ranges_unused([BEHIND])
+    holder = netlab.add_node("h1", v4=HOLDER_V4)
+    container = netlab.create_netns(f"{netlab.prefix}-k1")
+    run_in(lab_node.netns, "ip", "link", "add", "k0", "type", "veth", "peer", "name", "eth0",
+           "netns", container)  # fmt: skip
+    run_in(lab_node.netns, "ip", "addr", "add", "203.0.113.1/24", "dev", "k0")
+    run_in(lab_node.netns, "ip", "link", "set", "k0", "up")
+    run_in(container, "ip", "addr", "add", "203.0.113.2/24", "dev", "eth0")
+    run_in(container, "ip", "link", "set", "eth0", "up")
+    run_in(container, "ip", "route", "add", "default", "via", "203.0.113.1")
+    run_in(holder.netns, "ip", "route", "add", str(BEHIND), "via", str(lab_node.v4.ip))  # type: ignore[union-attr]
+    write_sysctl(lab_node.netns, "net/ipv4/ip_forward", "1")
+    # The VIP now lives on the new holder; the old one (lab_node) refuses it.
+    run_in(holder.netns, "ip", "addr", "add", str(VIP4), "dev", "eth0")
+    server = listen(holder, 4)
+    try:
+        driver = make_driver(VIP4, refuse_s=10)
+        driver.add(30)
+        driver.remove()
+        assert str(VIP4.ip) in elements(lab_node, driver.table, "refuse4")
+        routed = call_in_netns(
+            container, lambda: socket.create_connection((str(VIP4.ip), PORT), timeout=5)
+        )
+        routed.close()
+    finally:
+        server.close()
+
+
+def test_a_refused_batch_is_an_error_at_once_not_a_wait(lab_node: Node) -> None:
+    """Without CAP_NET_ADMIN the kernel refuses the batch as a whole, under the
+    batch's own sequence number: that is an answer, not a timeout."""
+    script = (
+        "from dbvip.adapters.nfnl import NftSocket\n"
+        "from dbvip.adapters.nlmsg import NetlinkError\n"
+        "try:\n"
+        "    NftSocket().create_table('dbvip_eth0_test', 'eth0')\n"
+        "except NetlinkError as e:\n"
+        "    print('refused', e.code)\n"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", lab_node.netns, "setpriv", "--reuid=nobody", "--regid=nogroup",
+         "--clear-groups", "--inh-caps=-all", sys.executable, "-c", script],
+        capture_output=True, text=True, timeout=30, check=False, cwd=REPO,
+    )  # fmt: skip
+    assert done.stdout.strip() == f"refused {errno.EPERM}", done.stderr[-2000:]

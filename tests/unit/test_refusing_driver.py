@@ -101,9 +101,41 @@ def test_the_observer_hears_every_setting_and_every_ending() -> None:
     assert seen.ready == [True, True, True]  # armed on add; closed, then opened on remove
     assert seen.ended == [0]
     refusal.broken = "nf_tables: no such file"
+    driver.add(7)
     driver.remove()
     assert seen.ready[-1] is False
     assert seen.ended == [0]  # could not look: nothing counted
+
+
+def test_an_address_the_driver_will_not_delete_is_never_closed_nor_its_connections_ended() -> None:
+    driver, inner, _ = make()
+    driver.add(7)
+    inner.ops.clear()
+    inner.fault = "refuse"  # e.g. the node's own address given as the VIP
+    assert isinstance(driver.remove(), Unknown)
+    assert inner.ops == []
+
+
+class Exploding(FakeRefusal):
+    def refuse_for(self, seconds: float, closing_s: float = 0) -> Done | Unknown:
+        raise ValueError("a bug in the refusal")
+
+    def end_connections(self) -> int | Unknown:
+        raise RuntimeError("another one")
+
+
+class Broken(Seen):
+    def refusal_done(self, ready: bool) -> None:
+        raise RuntimeError("metrics broke")
+
+
+def test_nothing_the_refusal_or_its_observer_raises_stops_a_vip_change() -> None:
+    inner = FakeVipDriver(FakeKernel(FakeClock()), "n1")
+    driver = RefusingVipDriver(inner, Exploding(inner.ops), refuse_s=5, observer=Broken())
+    assert driver.add(7) == VipChanged(was_present=False)
+    assert driver.remove() == VipChanged(was_present=True)
+    assert [op for op, _ in inner.ops] == ["add", "remove"]
+    assert "ValueError: a bug in the refusal" in driver.last_error
 
 
 def test_close_closes_both() -> None:
