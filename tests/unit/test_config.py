@@ -14,6 +14,7 @@ from dbvip.config import (
     ConfigError,
     load,
 )
+from dbvip.wiring import refuse_s
 
 GOOD_ENV = {
     "DBVIP_CLUSTER": "c1",
@@ -129,6 +130,27 @@ def test_every_setting_has_a_bad_value_test() -> None:
     untestable = {"etcd_username", "etcd_password", "pg_password"}  # any text is valid
     files = {"etcd_cert_file", "etcd_key_file", "pg_password_file"}  # same parser as ca_file
     assert {s.name for s in SETTINGS} - tested - untestable - files == set()
+
+
+SHORT_TTL = {
+    "DBVIP_TTL_S": "4",
+    "DBVIP_MARGIN_S": "0.5",
+    "DBVIP_RENEW_INTERVAL_S": "0.5",
+    "DBVIP_REQUEST_TIMEOUT_S": "0.25",
+    "DBVIP_PROBE_INTERVAL_S": "0.1",
+    "DBVIP_PROBE_TIMEOUT_S": "0.2",
+    "DBVIP_VIP_OP_TIMEOUT_S": "0.1",
+}
+
+
+def test_the_default_refuse_s_follows_a_shorter_ttl_a_given_one_is_checked() -> None:
+    # A configuration valid before refuse_s existed stays valid.
+    c = cfg(SHORT_TTL)
+    assert refuse_s(c) == 4
+    assert refuse_s(cfg({"DBVIP_REFUSE_S": "3", **SHORT_TTL})) == 3
+    assert refuse_s(cfg()) == 5
+    with pytest.raises(ConfigError, match=r"refuse_s=5 \(environment DBVIP_REFUSE_S\)"):
+        cfg({"DBVIP_REFUSE_S": "5", **SHORT_TTL})
 
 
 def test_refuse_s_past_the_ttl_is_refused() -> None:
