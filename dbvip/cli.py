@@ -13,10 +13,19 @@ from typing import Any
 
 from dbvip import __version__
 from dbvip.config import REQUIRED_FOR_STATUS, REQUIRED_TO_RUN, SETTINGS, Config, ConfigError, load
+from dbvip.parsers import seconds
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
 EXIT_NOT_CONFIRMED = 4
+
+
+def _wait_s(text: str) -> float:
+    """``maintenance --wait-s``: argparse reports the error and exits 2."""
+    try:
+        return seconds(0, False, 3600)(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "maintenance":
             sub.add_argument("state", choices=("on", "off"))
             sub.add_argument(
-                "--wait-s", type=float, default=15.0, metavar="SECONDS",
+                "--wait-s", type=_wait_s, default=15.0, metavar="SECONDS",
                 help="how long to wait for the sidecar's confirmation (0: do not wait)",
             )  # fmt: skip
         group = sub.add_argument_group("settings")
@@ -180,13 +189,18 @@ def _status_table(view: Mapping[str, Any]) -> str:
 
 def _run(config: Config) -> int:
     from dbvip import logs, privileges  # noqa: PLC0415
-    from dbvip.wiring import Sidecar, SystemClock  # noqa: PLC0415
+    from dbvip.wiring import Sidecar, StartError, SystemClock  # noqa: PLC0415
 
     listener = logs.setup(config["log_level"], config["log_format"])
     try:
         privileges.check()
         privileges.keep_from_children()
         sidecar = Sidecar(config, SystemClock())
+    except (StartError, ConfigError) as e:
+        # A setting that cannot work here (a port in use): restarting will not help.
+        print(f"dbvip: configuration error: {e}", file=sys.stderr)
+        listener.stop()
+        return EXIT_CONFIG
     except Exception as e:
         print(f"dbvip: cannot start: {e}", file=sys.stderr)
         listener.stop()

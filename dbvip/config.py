@@ -9,6 +9,7 @@ convention) and are masked wherever settings are printed.
 from __future__ import annotations
 
 import difflib
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -243,8 +244,8 @@ def load(
         try:
             values[name] = BY_NAME[name].parse(_plain(name, text))
         except ValueError as e:
-            shown = "********" if BY_NAME[name].secret else repr(text)
-            raise ConfigError(f"{name} = {shown} from {source}: {e}") from None
+            message = f"{name} = {_shown(BY_NAME[name], text)} from {source}: {e}"
+            raise ConfigError(_URL_CREDENTIALS.sub("://********@", message)) from None
     sources = {name: source for name, (_, source) in raw.items()}
     for name in required:
         if values.get(name) in (None, ""):
@@ -258,6 +259,21 @@ def load(
     if "ttl_s" in required or "node" in required:
         check_timing(config)
     return config
+
+
+# user:password@ in a URL: masked in any message, whatever the setting.
+_URL_CREDENTIALS = re.compile(r"://[^/@\s,]*@")
+
+
+def _shown(setting: Setting, text: str) -> str:
+    """A refused value as an error message may show it: secrets masked, the
+    DSN only as parsed with its passwords masked, and not too long."""
+    if setting.secret:
+        return "********"
+    if setting.name == "pg_dsn":
+        return repr(dsn.shown(text))
+    shown = repr(text)
+    return shown if len(shown) <= 120 else f"{shown[:100]}... ({len(text)} characters)"
 
 
 def _plain(name: str, text: str) -> str:
