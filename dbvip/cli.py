@@ -9,7 +9,6 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from dbvip import __version__
 from dbvip.config import REQUIRED_FOR_STATUS, REQUIRED_TO_RUN, SETTINGS, Config, ConfigError, load
@@ -112,7 +111,9 @@ def _status(config: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps(view, indent=2, sort_keys=True))
         return 0
-    print(_status_table(view))
+    from dbvip.status_view import render  # noqa: PLC0415
+
+    print(render(view))
     return 0
 
 
@@ -156,35 +157,6 @@ def _maintenance(config: Config, on: bool, wait_s: float) -> int:
                   file=sys.stderr)  # fmt: skip
             return EXIT_NOT_CONFIRMED
         time.sleep(0.2)
-
-
-def _status_table(view: Mapping[str, Any]) -> str:
-    writer = view.get("writer") or {}
-    if not writer:
-        head = "writer: none (the writer key is free)"
-    elif writer.get("error"):
-        head = f"writer: INVALID value ({writer['error']}); delete it with etcdctl del"
-    else:
-        head = (
-            f"writer: {writer.get('node')}  vip {writer.get('vip')}  lease "
-            f"{writer.get('lease')}  ttl {writer.get('ttl_s')} s  since {writer.get('since')}"
-        )
-    lines = [f"cluster {view.get('cluster')}  {head}"]
-    if view.get("maintenance"):
-        lines.append(f"maintenance: {', '.join(view['maintenance'])} (stay away from the VIP)")
-    lines.append("")
-    cols = ("node", "role", "timeline", "lsn", "vip", "reason", "ttl_s", "updated")
-    rows = [
-        [str(m.get(c, "")) if m.get(c) is not None else "-" for c in cols]
-        for m in view.get("members", [])
-    ]
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(cols)]
-    lines.append("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-    if not rows:
-        lines.append("(no members reporting)")
-    return "\n".join(lines)
 
 
 def _run(config: Config) -> int:

@@ -49,6 +49,14 @@ from dbvip.ports import (
     Unknown,
 )
 
+# Keys per range request when reading a whole cluster. etcd keeps a value to
+# its --max-request-bytes (1.5 MiB by default), so a page is at most 8 x 1.5
+# MiB = 12 MiB (16 MiB base64), far under the client's 64 MiB reply cap, for
+# any number of members: 70 junk values of 1 MB no longer make the one reply
+# exceed it. Paging keeps memory bounded too; reading dbvip's own ~200-byte
+# values stays one request for up to 8 keys and ceil(n/8) for more.
+PAGE_KEYS = 8
+
 
 @dataclass(frozen=True)
 class MemberStatus:
@@ -66,6 +74,7 @@ class ClusterStatus:
     writer_ttl_s: int | None  # as MemberStatus.ttl_s, for the writer key's lease
     members: tuple[MemberStatus, ...]
     maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
+    writer_value: WriterValue | Garbage | None = None  # the writer key's value, decoded
 
 
 def _writer_view(kv: KeyValue | None, revision: int) -> WriterView:
@@ -224,16 +233,16 @@ class EtcdLeaseStore:
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
-        # One range over the cluster's keys: member reports and maintenance flags.
+        # One paged range over the cluster's keys: member reports and maintenance flags.
         try:
-            result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
+            _, kvs = self._read_all(self._keys.base + "/", timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"members read: {exc.cause}")
         members_prefix = self._keys.members_prefix
         mine = self._keys.maintenance(self._node)
         peers = []
         maintenance = False
-        for kv in result.kvs:
+        for kv in kvs:
             key = kv.key.decode(errors="replace")
             if key == mine:
                 maintenance = True
@@ -259,10 +268,10 @@ class EtcdLeaseStore:
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
         deadline = time.monotonic() + timeout_s
         try:
-            result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
+            revision, kvs = self._read_all(self._keys.base + "/", timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(exc.cause)
-        by_key = {kv.key.decode(errors="replace"): kv for kv in result.kvs}
+        by_key = {kv.key.decode(errors="replace"): kv for kv in kvs}
         writer_kv = by_key.get(self._keys.writer)
 
         def ttl_s(lease_id: int) -> int | None:
@@ -279,7 +288,7 @@ class EtcdLeaseStore:
             for key, kv in sorted(by_key.items())
             if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
         )
-        writer = _writer_view(writer_kv, result.revision)
+        writer = _writer_view(writer_kv, revision)
         maintenance_prefix = self._keys.maintenance_prefix
         maintenance = tuple(
             key[len(maintenance_prefix) :]
@@ -287,8 +296,33 @@ class EtcdLeaseStore:
             if key.startswith(maintenance_prefix) and key != maintenance_prefix
         )
         return ClusterStatus(
-            writer, ttl_s(writer_kv.lease_id) if writer_kv else None, members, maintenance
+            writer,
+            ttl_s(writer_kv.lease_id) if writer_kv else None,
+            members,
+            maintenance,
+            decode_writer(writer_kv.value) if writer_kv else None,
         )
+
+    def _read_all(self, prefix: str, timeout_s: float) -> tuple[int, list[KeyValue]]:
+        """Every key under ``prefix`` as of one revision, PAGE_KEYS at a time,
+        all within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # the first key after the prefix
+        revision = 0
+        kvs: list[KeyValue] = []
+        while True:
+            remaining_s = deadline - time.monotonic()
+            if remaining_s <= 0:
+                raise EtcdUnavailableError(f"reading {prefix} took over {timeout_s:g} s")
+            page = self._client.range(
+                start, remaining_s, range_end=end, limit=PAGE_KEYS, revision=revision
+            )
+            revision = revision or page.revision
+            kvs.extend(page.kvs)
+            if not page.more or not page.kvs:
+                return revision, kvs
+            start = page.kvs[-1].key + b"\0"  # the next key after the last one read
 
     def writer_watcher(self) -> EtcdKeyWatcher:
         return EtcdKeyWatcher(self._client, self._keys.writer)
