@@ -1,6 +1,18 @@
-"""Test TLS material (a CA, and a client certificate and key it signed, valid
-until 2125; made with openssl, see README "Development"), and what a
-credential of a given name should hold for ``check-config`` to accept it."""
+"""Test TLS material, and what a credential of a given name should hold for
+``check-config`` to accept it.
+
+``tls/``: a CA and a client certificate and key it signed, valid for 100
+years, made with::
+
+    openssl req -x509 -newkey rsa:2048 -nodes -keyout ca-key.pem -out ca.pem \\
+        -days 36500 -subj "/CN=dbvip test CA"
+    openssl req -newkey rsa:2048 -nodes -keyout client-key.pem -out client.csr \\
+        -subj "/CN=dbvip"
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca-key.pem \\
+        -CAcreateserial -out client.pem -days 36500
+
+(the CA's key was thrown away: nothing else is ever signed with it).
+"""
 
 from __future__ import annotations
 
