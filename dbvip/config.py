@@ -9,10 +9,12 @@ convention) and are masked wherever settings are printed.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -330,8 +332,8 @@ def _toml_text(setting: Setting, value: object, path: str) -> str:
     if isinstance(value, list):
         return ",".join(value)
     if isinstance(value, float):
-        # repr gives 1e-05 and nan; the seconds parser refuses both, which is right.
-        return repr(value)
+        # Plain decimals (0.00001, not 1e-05); nan and inf stay as they are, refused.
+        return format(Decimal(repr(value)), "f") if math.isfinite(value) else repr(value)
     return str(value)
 
 

@@ -28,7 +28,7 @@ BASE_ENV = {
     "DBVIP_CLUSTER": "c1",
     "DBVIP_NODE": "n1",
     "DBVIP_VIP": "198.51.100.10",
-    # No such interface: if a row were wrongly accepted, run stops at it.
+    # No such interface, no etcd, no database: a sidecar started by mistake holds nothing.
     "DBVIP_INTERFACE": "dbvt-none0",
     "DBVIP_ETCD_ENDPOINTS": "http://127.0.0.1:9",
     "DBVIP_ETCD_USERNAME": "dbvip",
@@ -307,6 +307,11 @@ def test_a_bad_setting_is_refused_with_exit_2_naming_it_and_its_source(
         path.write_bytes(row.toml if isinstance(row.toml, bytes) else row.toml.encode())
         environ["DBVIP_CONFIG"] = str(path)
     argv = [command, *(fill(a, tmp_path) for a in row.flags)]
+    if command == "run":
+        # A row run accepted would start a sidecar that runs until stopped:
+        # the same settings must have been refused by check-config first.
+        assert cli.main(["check-config", *argv[1:]], environ) == 2
+        capsys.readouterr()
 
     code = cli.main(argv, environ)
     out, err = capsys.readouterr()
@@ -361,3 +366,56 @@ def test_check_config_shows_a_uri_dsn_without_its_password(
     assert SECRET not in out
     assert "password=********" in out
     assert "host=127.0.0.1" in out
+
+
+GOOD: dict[str, Row] = {
+    "IPv6 VIP": env("DBVIP_VIP", "2001:db8::10"),
+    "VIP with a prefix": env("DBVIP_VIP", "198.51.100.10/24"),
+    "VIP in a /31": env("DBVIP_VIP", "198.51.100.10/31"),
+    "endpoints by name and IPv6": env(
+        "DBVIP_ETCD_ENDPOINTS", "https://etcd-1.example.internal:2379, http://[2001:db8::2]:2379/"
+    ),
+    "longest ttl_s": env("DBVIP_TTL_S", "3600"),
+    "interval without a leading 0": env("DBVIP_PROBE_INTERVAL_S", ".1"),
+    "node with every allowed character": env("DBVIP_NODE", "n-1.a_B"),
+    "URI DSN without a password": env("DBVIP_PG_DSN", "postgresql://dbvip@127.0.0.1:5432/postgres"),
+    "TOML float seconds": toml("probe_interval_s = 0.00005\nrole_grace_s = 2\n", "role_grace_s"),
+    "TOML endpoints list": Row(
+        env={"DBVIP_ETCD_ENDPOINTS": None},
+        toml='etcd_endpoints = ["http://127.0.0.1:9", "http://127.0.0.2:9"]\n',
+        names=("etcd_endpoints", "{tmp}/dbvip.toml"),
+    ),
+    "TLS files with https": Row(
+        env={
+            "DBVIP_ETCD_ENDPOINTS": "https://127.0.0.1:9",
+            "DBVIP_ETCD_CA_FILE": "{ca}",
+            "DBVIP_ETCD_CERT_FILE": "{cert}",
+            "DBVIP_ETCD_KEY_FILE": "{key}",
+        },
+        names=("etcd_key_file",),
+    ),
+    "password from a file with a trailing newline": Row(
+        env={"DBVIP_ETCD_PASSWORD": None, "DBVIP_ETCD_PASSWORD_FILE": "{tmp}/secret"},
+        make=("secret",),
+        names=("etcd_password_file",),
+    ),
+}
+
+
+@pytest.mark.parametrize("row", GOOD.values(), ids=GOOD.keys())
+def test_what_is_right_is_accepted_and_shown_with_its_source(
+    row: Row, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_files(tmp_path, row.make)
+    environ = {k: v for k, v in BASE_ENV.items() if row.env.get(k, "") is not None}
+    environ.update({k: fill(v, tmp_path) for k, v in row.env.items() if v is not None})
+    if isinstance(row.toml, str):
+        (tmp_path / "dbvip.toml").write_text(row.toml)
+        environ["DBVIP_CONFIG"] = str(tmp_path / "dbvip.toml")
+    code = cli.main(["check-config", *row.flags], environ)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    setting, *source = row.names
+    line = next(x for x in out.splitlines() if x.startswith(setting + " "))
+    assert line.endswith(fill(source[0], tmp_path) if source else line.split()[-1])
+    assert SECRET not in out
