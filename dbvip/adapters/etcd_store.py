@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dbvip.adapters.etcd_client import (
@@ -56,6 +56,15 @@ from dbvip.ports import (
 # exceed it. Paging keeps memory bounded too; reading dbvip's own ~200-byte
 # values stays one request for up to 8 keys and ceil(n/8) for more.
 PAGE_KEYS = 8
+# A member report dbvip writes is about 200 bytes: one past this is not one,
+# and only this much of it is kept while the other pages are read.
+MAX_MEMBER_VALUE_BYTES = 64 * 1024
+
+
+def _member_value(kv: KeyValue) -> dict[str, Any] | Garbage:
+    if len(kv.value) > MAX_MEMBER_VALUE_BYTES:
+        return Garbage(f"over {MAX_MEMBER_VALUE_BYTES} bytes: not a member report")
+    return decode_member(kv.value)
 
 
 @dataclass(frozen=True)
@@ -248,7 +257,7 @@ class EtcdLeaseStore:
                 maintenance = True
             elif key.startswith(members_prefix):
                 node = key[len(members_prefix) :]
-                peer = peer_view(node, decode_member(kv.value))
+                peer = peer_view(node, _member_value(kv))
                 if peer is not None and node != self._node:
                     peers.append(peer)
         return MembersReading(tuple(peers), maintenance)
@@ -284,7 +293,7 @@ class EtcdLeaseStore:
 
         members_prefix = self._keys.members_prefix
         members = tuple(
-            MemberStatus(name, decode_member(kv.value), kv.lease_id, ttl_s(kv.lease_id))
+            MemberStatus(name, _member_value(kv), kv.lease_id, ttl_s(kv.lease_id))
             for key, kv in sorted(by_key.items())
             if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
         )
@@ -305,7 +314,8 @@ class EtcdLeaseStore:
 
     def _read_all(self, prefix: str, timeout_s: float) -> tuple[int, list[KeyValue]]:
         """Every key under ``prefix`` as of one revision, PAGE_KEYS at a time,
-        all within ``timeout_s``."""
+        all within ``timeout_s``; member values cut just past the longest a
+        report may be, so junk costs one page of memory, not all of it."""
         deadline = time.monotonic() + timeout_s
         start = prefix.encode()
         end = start[:-1] + bytes([start[-1] + 1])  # the first key after the prefix
@@ -319,7 +329,13 @@ class EtcdLeaseStore:
                 start, remaining_s, range_end=end, limit=PAGE_KEYS, revision=revision
             )
             revision = revision or page.revision
-            kvs.extend(page.kvs)
+            members = self._keys.members_prefix.encode()
+            kvs.extend(
+                replace(kv, value=kv.value[: MAX_MEMBER_VALUE_BYTES + 1])
+                if kv.key.startswith(members)
+                else kv
+                for kv in page.kvs
+            )
             if not page.more or not page.kvs:
                 return revision, kvs
             start = page.kvs[-1].key + b"\0"  # the next key after the last one read
