@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import difflib
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,6 +37,7 @@ HOOK_FACTS = frozenset(
      "ROLE", "TIMELINE", "AT"}
 )  # fmt: skip
 MAX_VALUE_CHARS = 4096
+MAX_FILE_BYTES = 1024 * 1024
 # What a TOML value of each kind may be: a string is never read as a number.
 TOML_TYPES: dict[str, tuple[type, ...]] = {
     "text": (str,),
@@ -291,9 +294,15 @@ def _plain(name: str, text: str) -> str:
 
 def _read_file(path: str, source: str) -> dict[str, tuple[str, str]]:
     try:
-        raw = Path(path).read_bytes()
+        # A FIFO or /dev/zero would block or never end: a regular file only.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"config file {path} (from {source}) is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"config file from {source}: {e.strerror}: {path}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"config file {path} (from {source}) is over {MAX_FILE_BYTES} bytes")
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:

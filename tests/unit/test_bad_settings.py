@@ -192,6 +192,19 @@ ROWS: dict[str, Row] = {
     "TOML key twice": Row(
         toml="ttl_s = 10\nttl_s = 11\n", names=("not valid TOML", "{tmp}/dbvip.toml")
     ),
+    "config file is a FIFO": Row(
+        env={"DBVIP_CONFIG": "{tmp}/fifo"},
+        make=("fifo",),
+        names=("config file", "DBVIP_CONFIG={tmp}/fifo", "regular file"),
+    ),
+    "config file is /dev/zero": Row(
+        env={"DBVIP_CONFIG": "/dev/zero"}, names=("config file", "DBVIP_CONFIG=/dev/zero")
+    ),
+    "config file of 2 MB": Row(
+        env={"DBVIP_CONFIG": "{tmp}/huge"},
+        make=("huge",),
+        names=("config file", "DBVIP_CONFIG={tmp}/huge", "over"),
+    ),
     "config file is a directory": Row(
         env={"DBVIP_CONFIG": "{tmp}"}, names=("config file", "DBVIP_CONFIG={tmp}")
     ),
@@ -265,7 +278,7 @@ def make_files(tmp: Path, names: tuple[str, ...]) -> None:
         "empty": b"",
         "two-lines": f"{SECRET}-1\n{SECRET}-2\n".encode(),
         "latin1": f"{SECRET}-caf\xe9".encode("latin-1"),
-        "huge": (SECRET * 100000).encode(),
+        "huge": (SECRET * 350000).encode(),
         "secret": f"{SECRET}-file\n".encode(),
     }
     for name in names:
