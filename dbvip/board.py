@@ -25,10 +25,11 @@ from typing import Any
 
 from dbvip.identity import Identity
 from dbvip.keys import member_value
-from dbvip.members import member_row, report_of
+from dbvip.members import report_of
 from dbvip.model import Role, Timing
 from dbvip.ports import Clock
 from dbvip.runner import Snapshot
+from dbvip.status_view import member_row
 
 
 def liveness_window_s(t: Timing) -> float:

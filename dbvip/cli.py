@@ -9,10 +9,10 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from dbvip import __version__
 from dbvip.config import REQUIRED_FOR_STATUS, REQUIRED_TO_RUN, SETTINGS, Config, ConfigError, load
+from dbvip.parsers import seconds
 
 EXIT_CONFIG = 2
 EXIT_UNAVAILABLE = 3
@@ -32,6 +32,14 @@ def _interval(text: str) -> float:
             f"a number of seconds >= {MIN_INTERVAL_S:g} is needed, not {text!r}"
         )
     return value
+
+
+def _wait_s(text: str) -> float:
+    """``maintenance --wait-s``: argparse reports the error and exits 2."""
+    try:
+        return seconds(0, False, 3600)(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         if name == "maintenance":
             sub.add_argument("state", choices=("on", "off"))
             sub.add_argument(
-                "--wait-s", type=float, default=15.0, metavar="SECONDS",
+                "--wait-s", type=_wait_s, default=15.0, metavar="SECONDS",
                 help="how long to wait for the sidecar's confirmation (0: do not wait)",
             )  # fmt: skip
         group = sub.add_argument_group("settings")
@@ -132,11 +140,14 @@ def _status(config: Config, as_json: bool) -> int:
     if as_json:
         print(json.dumps(view, indent=2, sort_keys=True))
         return 0
-    print(_status_table(view))
+    from dbvip.status_view import render  # noqa: PLC0415
+
+    print(render(view))
     return 0
 
 
 def _watch(config: Config, as_json: bool, interval_s: float) -> int:
+    from dbvip.status_view import render  # noqa: PLC0415
     from dbvip.watch import utc_now, watch  # noqa: PLC0415
     from dbvip.wiring import read_cluster  # noqa: PLC0415
 
@@ -149,7 +160,7 @@ def _watch(config: Config, as_json: bool, interval_s: float) -> int:
             return f"dbvip: cannot read the cluster from etcd: {e}"
         if as_json:
             return json.dumps({"at": utc_now(), **view}, sort_keys=True)
-        return _status_table(view)
+        return render(view)
 
     terminal = sys.stdout.isatty() and not as_json
     try:
@@ -201,44 +212,20 @@ def _maintenance(config: Config, on: bool, wait_s: float) -> int:
         time.sleep(0.2)
 
 
-def _status_table(view: Mapping[str, Any]) -> str:
-    writer = view.get("writer") or {}
-    if not writer:
-        head = "writer: none (the writer key is free)"
-    elif writer.get("error"):
-        head = f"writer: INVALID value ({writer['error']}); delete it with etcdctl del"
-    else:
-        head = (
-            f"writer: {writer.get('node')}  vip {writer.get('vip')}  lease "
-            f"{writer.get('lease')}  ttl {writer.get('ttl_s')} s  since {writer.get('since')}"
-        )
-    lines = [f"cluster {view.get('cluster')}  {head}"]
-    if view.get("maintenance"):
-        lines.append(f"maintenance: {', '.join(view['maintenance'])} (stay away from the VIP)")
-    lines.append("")
-    cols = ("node", "role", "timeline", "lsn", "vip", "reason", "ttl_s", "updated")
-    rows = [
-        [str(m.get(c, "")) if m.get(c) is not None else "-" for c in cols]
-        for m in view.get("members", [])
-    ]
-    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(cols)]
-    lines.append("  ".join(c.upper().ljust(w) for c, w in zip(cols, widths, strict=True)))
-    for r in rows:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-    if not rows:
-        lines.append("(no members reporting)")
-    return "\n".join(lines)
-
-
 def _run(config: Config) -> int:
     from dbvip import logs, privileges  # noqa: PLC0415
-    from dbvip.wiring import Sidecar, SystemClock  # noqa: PLC0415
+    from dbvip.wiring import Sidecar, StartError, SystemClock  # noqa: PLC0415
 
     listener = logs.setup(config["log_level"], config["log_format"])
     try:
         privileges.check()
         privileges.keep_from_children()
         sidecar = Sidecar(config, SystemClock())
+    except (StartError, ConfigError) as e:
+        # A setting that cannot work here (a port in use): restarting will not help.
+        print(f"dbvip: configuration error: {e}", file=sys.stderr)
+        listener.stop()
+        return EXIT_CONFIG
     except Exception as e:
         print(f"dbvip: cannot start: {e}", file=sys.stderr)
         listener.stop()

@@ -9,160 +9,42 @@ convention) and are masked wherever settings are printed.
 from __future__ import annotations
 
 import difflib
-import ipaddress
 import math
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
-from dbvip.model import KERNEL_EXPIRY_SLACK_S, IPInterface, Timing
+from dbvip import dsn
+from dbvip import parsers as p
+from dbvip.config_checks import check_pairs, check_secrets, check_timing
+from dbvip.model import Timing
+from dbvip.parsers import ConfigError, Listen
+
+__all__ = ["BY_NAME", "SETTINGS", "Config", "ConfigError", "Listen", "check_timing", "load"]
 
 ENV_PREFIX = "DBVIP_"
 CONFIG_ENV = "DBVIP_CONFIG"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
-
-
-class ConfigError(Exception):
-    """A setting is wrong; the message names it and its source."""
-
-
-# -- parsers: str -> value, raising ValueError with a reason -----------------
-
-
-def _name(text: str) -> str:
-    if not NAME_RE.match(text):
-        raise ValueError("must be 1-63 letters, digits, '.', '_' or '-', starting alphanumeric")
-    return text
-
-
-def _vip(text: str) -> IPInterface:
-    text = text.strip()
-    if "/" not in text:  # a host route by default: never the interface's primary address
-        text = f"{text}/{ipaddress.ip_address(text).max_prefixlen}"
-    iface = ipaddress.ip_interface(text)
-    if iface.ip.is_unspecified or iface.ip.is_multicast or iface.ip.is_loopback:
-        raise ValueError("must be a unicast host address")
-    if (
-        iface.version == 4
-        and iface.network.prefixlen < 31
-        and iface.ip in (iface.network.network_address, iface.network.broadcast_address)
-    ):
-        raise ValueError("is the network or broadcast address of its prefix")
-    return iface
-
-
-def _interface(text: str) -> str:
-    if not 1 <= len(text) <= 15 or "/" in text or text.strip() != text:
-        raise ValueError("must be an interface name of 1-15 characters")
-    return text
-
-
-def _endpoints(text: str) -> tuple[str, ...]:
-    urls = tuple(u.strip().rstrip("/") for u in text.split(",") if u.strip())
-    if not urls:
-        raise ValueError("needs at least one http:// or https:// URL")
-    for url in urls:
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname or not parts.port:
-            raise ValueError(f"{url!r} is not http(s)://host:port")
-    return urls
-
-
-def _prefix(text: str) -> str:
-    if not text.startswith("/") or text.endswith("/") or "//" in text:
-        raise ValueError("must start with '/' and not end with '/'")
-    return text
-
-
-def _file(text: str) -> str:
-    if not Path(text).is_file():
-        raise ValueError(f"{text!r} is not a readable file")
-    return text
-
-
-def _executable(text: str) -> str:
-    path = Path(text)
-    if not path.is_absolute():
-        raise ValueError("must be an absolute path")
-    if not path.is_file():
-        raise ValueError(f"{text!r} does not exist or is not a file")
-    if not os.access(path, os.X_OK):
-        raise ValueError(f"{text!r} is not executable")
-    return text
-
-
-def _dsn(text: str) -> str:
-    from psycopg.conninfo import conninfo_to_dict  # noqa: PLC0415  (heavy import, only here)
-
-    try:
-        conninfo_to_dict(text)
-    except Exception as e:
-        raise ValueError(f"is not a libpq connection string: {e}") from None
-    return text
-
-
-@dataclass(frozen=True)
-class Listen:
-    """An address to serve HTTP on; ``port`` 0 lets the kernel choose."""
-
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-def _listen(text: str) -> Listen:
-    host, sep, port = text.strip().rpartition(":")
-    if not sep or not port.isdigit() or int(port) > 65535:
-        raise ValueError("must be host:port, e.g. 127.0.0.1:8008 or [::1]:8008")
-    bracketed = host.startswith("[") and host.endswith("]")
-    host = host[1:-1] if bracketed else host
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"host {host!r} must be an IP address (IPv6 in brackets)") from None
-    if (address.version == 6) != bracketed:
-        raise ValueError("an IPv6 host goes in brackets, e.g. [::1]:8008, an IPv4 one not")
-    return Listen(address.compressed, int(port))
-
-
-def _text(text: str) -> str:
-    return text
-
-
-def _int(low: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < low:
-            raise ValueError(f"must be at least {low}")
-        return value
-
-    return parse
-
-
-def _seconds(low: float, strict: bool) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        value = float(text)
-        if not math.isfinite(value) or value < low or (strict and value == low):
-            raise ValueError(f"must be a number of seconds {'>' if strict else '>='} {low:g}")
-        return value
-
-    return parse
-
-
-def _choice(*options: str) -> Callable[[str], str]:
-    def parse(text: str) -> str:
-        if text not in options:
-            raise ValueError(f"must be one of {', '.join(options)}")
-        return text
-
-    return parse
+# The facts a hook gets (dbvip.hooks): a hook that calls dbvip passes them on,
+# and they must not read as misspelt settings.
+HOOK_FACTS = frozenset(
+    {"EVENT", "NODE", "CLUSTER", "VIP", "INTERFACE", "REASON", "DETAIL", "LEASE_ID", "HOLDER",
+     "ROLE", "TIMELINE", "AT"}
+)  # fmt: skip
+MAX_VALUE_CHARS = 4096
+MAX_FILE_BYTES = 1024 * 1024
+# What a TOML value of each kind may be: a string is never read as a number.
+TOML_TYPES: dict[str, tuple[type, ...]] = {
+    "text": (str,),
+    "int": (int,),
+    "seconds": (int, float),
+    "list": (str, list),
+}
 
 
 @dataclass(frozen=True)
@@ -174,6 +56,15 @@ class Setting:
     secret: bool = False
 
     @property
+    def kind(self) -> str:
+        """What a TOML value may be: text, int, seconds or list."""
+        if self.name in ("ttl_s", "announce_count"):
+            return "int"
+        if self.name == "etcd_endpoints":
+            return "list"
+        return "seconds" if self.name.endswith("_s") else "text"
+
+    @property
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
@@ -182,62 +73,73 @@ class Setting:
         return ENV_PREFIX + self.name.upper()
 
 
+def _seconds(strict: bool, high: float) -> Callable[[str], float]:
+    return p.seconds(0, strict, high)
+
+
 REQUIRED_TO_RUN = ("cluster", "node", "vip", "interface", "etcd_endpoints", "pg_dsn")
 REQUIRED_FOR_STATUS = ("cluster", "etcd_endpoints")
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("cluster", _name, None, "cluster name; every key lives under <etcd_prefix>/<cluster>"),
-    Setting("node", _name, None, "this node's name, unique in the cluster"),
+    Setting("cluster", p.name, None, "cluster name; every key lives under <etcd_prefix>/<cluster>"),
+    Setting("node", p.name, None, "this node's name, unique in the cluster"),
     Setting(
         "vip",
-        _vip,
+        p.vip,
         None,
         "the writer VIP, e.g. 198.51.100.10; /32 (or /128) unless a prefix is given",
     ),
-    Setting("interface", _interface, None, "interface that carries the VIP"),
+    Setting("interface", p.interface, None, "interface that carries the VIP"),
     Setting(
         "etcd_endpoints",
-        _endpoints,
+        p.endpoints,
         None,
         "comma-separated etcd URLs http(s)://host:port, failover between them",
     ),
-    Setting("etcd_prefix", _prefix, "/dbvip", "top of dbvip's keys in etcd"),
-    Setting("etcd_username", _text, "", "etcd user (user/password authentication)"),
+    Setting("etcd_prefix", p.prefix, "/dbvip", "top of dbvip's keys in etcd"),
+    Setting("etcd_username", p.text, "", "etcd user (user/password authentication)"),
     Setting(
-        "etcd_password", _text, "", "etcd password (user/password authentication)", secret=True
+        "etcd_password", p.text, "", "etcd password (user/password authentication)", secret=True
     ),
-    Setting("etcd_password_file", _file, "", "file holding the etcd password"),
-    Setting("etcd_ca_file", _file, "", "CA bundle that signed etcd's certificate"),
-    Setting("etcd_cert_file", _file, "", "client certificate for etcd"),
-    Setting("etcd_key_file", _file, "", "client key for etcd"),
-    Setting("pg_dsn", _dsn, None, "libpq connection string of the local PostgreSQL"),
-    Setting("pg_password", _text, "", "PostgreSQL password, given apart from pg_dsn", secret=True),
-    Setting("pg_password_file", _file, "", "file holding the PostgreSQL password"),
-    Setting("ttl_s", _int(2), "10", "etcd lease TTL (whole seconds)"),
-    Setting("probe_interval_s", _seconds(0, True), "0.2", "time between two looks at the world"),
-    Setting("probe_timeout_s", _seconds(0, True), "0.5", "hard bound on one PostgreSQL role probe"),
-    Setting("request_timeout_s", _seconds(0, True), "1", "hard bound on one etcd request"),
+    Setting("etcd_password_file", p.secret_file, "", "file holding the etcd password"),
+    Setting("etcd_ca_file", p.ca_file, "", "CA bundle that signed etcd's certificate"),
+    Setting("etcd_cert_file", p.cert_file, "", "client certificate for etcd"),
+    Setting("etcd_key_file", p.readable_file, "", "client key for etcd"),
+    Setting("pg_dsn", dsn.check, None, "libpq connection string of the local PostgreSQL"),
+    Setting("pg_password", p.text, "", "PostgreSQL password, given apart from pg_dsn", secret=True),
+    Setting("pg_password_file", p.secret_file, "", "file holding the PostgreSQL password"),
+    Setting("ttl_s", p.integer(2, 3600), "10", "etcd lease TTL (whole seconds)"),
+    Setting("probe_interval_s", _seconds(True, 60), "0.2", "time between two looks at the world"),
+    Setting(
+        "probe_timeout_s", _seconds(True, 60), "0.5", "hard bound on one PostgreSQL role probe"
+    ),
+    Setting("request_timeout_s", _seconds(True, 60), "1", "hard bound on one etcd request"),
     Setting(
         "margin_s",
-        _seconds(0, True),
+        _seconds(True, 3600),
         "2",
         "deadline = instant the grant/keepalive was sent + ttl_s - margin_s",
     ),
-    Setting("renew_interval_s", _seconds(0, True), "2", "time between lease renewals"),
-    Setting("vip_op_timeout_s", _seconds(0, True), "0.5", "budget for one netlink call"),
+    Setting("renew_interval_s", _seconds(True, 3600), "2", "time between lease renewals"),
+    Setting("vip_op_timeout_s", _seconds(True, 60), "0.5", "budget for one netlink call"),
     Setting(
         "role_grace_s",
-        _seconds(0, False),
+        _seconds(False, 3600),
         "1",
         "how long a primary's database may fail to answer before the VIP goes "
         "(none when it is definitely down: nothing listens, or it is starting or stopping)",
     ),
-    Setting("announce_count", _int(0), "3", "gratuitous ARP/NA rounds after adding the VIP"),
-    Setting("announce_interval_s", _seconds(0, False), "0.05", "spacing of those rounds"),
-    Setting("announce_refresh_s", _seconds(0, False), "0", "re-announce period (0: never)"),
+    Setting(
+        "announce_count",
+        p.integer(0, 100),
+        "3",
+        "gratuitous ARP/NA rounds after adding the VIP",
+    ),
+    Setting("announce_interval_s", _seconds(False, 10), "0.05", "spacing of those rounds"),
+    Setting("announce_refresh_s", _seconds(False, 86400), "0", "re-announce period (0: never)"),
     Setting(
         "refuse_s",
-        _seconds(0, False),
+        _seconds(False, 3600),
         "5",
         "after this node loses a VIP, connections that still reach it for the VIP are "
         "refused (TCP reset) this long, so clients retry at once (0: never; at most ttl_s; "
@@ -245,40 +147,40 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting(
         "eager_probe_interval_s",
-        _seconds(0, True),
+        _seconds(True, 60),
         "0.01",
         "probe interval of a replica that saw the writer key free (a promotion may be coming)",
     ),
     Setting(
         "eager_window_s",
-        _seconds(0, False),
+        _seconds(False, 86400),
         "30",
         "how long after seeing the key free a replica probes at the eager interval (0: never)",
     ),
-    Setting("hook_acquire", _executable, "", "run after this node added the VIP"),
-    Setting("hook_release", _executable, "", "run after this node removed the VIP"),
+    Setting("hook_acquire", p.executable, "", "run after this node added the VIP"),
+    Setting("hook_release", p.executable, "", "run after this node removed the VIP"),
     Setting(
         "hook_conflict",
-        _executable,
+        p.executable,
         "",
         "run when the database is primary but another node holds the key",
     ),
-    Setting("hook_timeout_s", _seconds(0, True), "10", "bound on one hook run"),
+    Setting("hook_timeout_s", _seconds(True, 3600), "10", "bound on one hook run"),
     Setting(
         "log_level",
-        _choice("debug", "info", "warning", "error"),
+        p.choice("debug", "info", "warning", "error"),
         "info",
         "log level: debug, info, warning or error",
     ),
     Setting(
         "log_format",
-        _choice("text", "json"),
+        p.choice("text", "json"),
         "text",
         "log line format: text, or json for JSON lines",
     ),
     Setting(
         "http_listen",
-        _listen,
+        p.listen,
         "",
         "host:port of the HTTP endpoints (/healthz, /readyz, /status, /metrics), "
         "e.g. 127.0.0.1:8008 or [::1]:8008; empty: no HTTP server",
@@ -316,7 +218,7 @@ class Config:
             if s.secret and shown:
                 shown = "********"
             if s.name == "pg_dsn" and shown:
-                shown = re.sub(r"(password\s*=\s*)('[^']*'|\S+)", r"\1********", shown)
+                shown = dsn.shown(shown)
             rows.append((s.name, shown, self.sources.get(s.name, "default")))
         return rows
 
@@ -338,6 +240,8 @@ def load(
     for key in environ:
         if key.startswith(ENV_PREFIX) and key != CONFIG_ENV:
             name = key[len(ENV_PREFIX) :].lower()
+            if name not in BY_NAME and key.removeprefix("DBVIP_HOOK_") in HOOK_FACTS:
+                continue  # a hook's fact, passed on by a hook that calls dbvip
             if name not in BY_NAME:
                 raise ConfigError(f"unknown environment variable {key}{_hint(name, True)}")
             raw[name] = (environ[key], f"environment {key}")
@@ -351,10 +255,10 @@ def load(
             values[name] = ""  # optional and not set
             continue
         try:
-            values[name] = BY_NAME[name].parse(text)
+            values[name] = BY_NAME[name].parse(_plain(name, text))
         except ValueError as e:
-            shown = "********" if BY_NAME[name].secret else repr(text)
-            raise ConfigError(f"{name} = {shown} from {source}: {e}") from None
+            message = f"{name} = {_shown(BY_NAME[name], text)} from {source}: {e}"
+            raise ConfigError(_URL_CREDENTIALS.sub("://********@", message)) from None
     sources = {name: source for name, (_, source) in raw.items()}
     for name in required:
         if values.get(name) in (None, ""):
@@ -363,28 +267,91 @@ def load(
                 f"{name} is required: set {s.flag}, {s.env} or '{name}' in a config file"
             )
     config = Config(values, sources)
-    _check_pairs(config)
+    check_pairs(config)
+    check_secrets(config)
     if "ttl_s" in required or "node" in required:
         check_timing(config)
     return config
 
 
+# user:password@ in a URL: masked in any message, whatever the setting.
+_URL_CREDENTIALS = re.compile(r"://[^/@\s,]*@")
+
+
+def _shown(setting: Setting, text: str) -> str:
+    """A refused value as an error message may show it: secrets masked, the
+    DSN only as parsed with its passwords masked, and not too long."""
+    if setting.secret:
+        return "********"
+    if setting.name == "pg_dsn":
+        return repr(dsn.shown(text))
+    shown = repr(text)
+    return shown if len(shown) <= 120 else f"{shown[:100]}... ({len(text)} characters)"
+
+
+def _plain(name: str, text: str) -> str:
+    """Refuse what no setting may hold: control characters, overlong text."""
+    if len(text) > MAX_VALUE_CHARS:
+        raise ValueError(f"is longer than {MAX_VALUE_CHARS} characters")
+    # A DSN may span lines in a TOML file; nothing else has a use for them.
+    allowed = "\t\n\r" if name == "pg_dsn" else ""
+    if any(not c.isprintable() and c not in allowed for c in text):
+        raise ValueError("contains a control character (a NUL, a newline, an escape...)")
+    return text
+
+
 def _read_file(path: str, source: str) -> dict[str, tuple[str, str]]:
     try:
-        data = tomllib.loads(Path(path).read_text())
+        # A FIFO or /dev/zero would block or never end: a regular file only.
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise ConfigError(f"config file {path} (from {source}) is not a regular file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"config file from {source}: {e.strerror}: {path}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(f"config file {path} (from {source}) is over {MAX_FILE_BYTES} bytes")
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"config file {path} (from {source}) is not UTF-8 (byte {e.start}); TOML is UTF-8"
+        ) from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} (from {source}) is not valid TOML: {e}") from None
     out = {}
     for key, value in data.items():
         if key not in BY_NAME:
             raise ConfigError(f"unknown key {key!r} in {path}{_hint(key, False)}")
-        if isinstance(value, bool | dict):
-            raise ConfigError(f"{key} in {path} must be a string, a number or a list")
-        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
-        out[key] = (text, f"file {path}")
+        out[key] = (_toml_text(BY_NAME[key], value, path), f"file {path}")
     return out
+
+
+def _toml_text(setting: Setting, value: object, path: str) -> str:
+    """A TOML value as the text the parsers take, if its type fits the setting."""
+    kind = setting.kind
+    wanted = {
+        "text": "a string",
+        "int": "an integer (not a string, not a float)",
+        "seconds": "a number of seconds (not a string)",
+        "list": "a string or a list of strings",
+    }[kind]
+    # bool is an int in Python; in TOML it is neither a number nor a string.
+    ok = isinstance(value, TOML_TYPES[kind]) and not isinstance(value, bool)
+    if ok and isinstance(value, list):
+        ok = bool(value) and all(isinstance(v, str) for v in value)
+    if not ok:
+        shown = "********" if setting.secret else repr(value)[:80]
+        raise ConfigError(
+            f"{setting.name} = {shown} from file {path}: must be {wanted}, "
+            f"not {type(value).__name__}"
+        )
+    if isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, float):
+        # Plain decimals (0.00001, not 1e-05); nan and inf stay as they are, refused.
+        return format(Decimal(repr(value)), "f") if math.isfinite(value) else repr(value)
+    return str(value)
 
 
 def _hint(name: str, env: bool) -> str:
@@ -392,76 +359,3 @@ def _hint(name: str, env: bool) -> str:
     if not close:
         return ""
     return f" (did you mean {BY_NAME[close[0]].env if env else close[0]}?)"
-
-
-def _check_pairs(config: Config) -> None:
-    def given(name: str) -> bool:
-        return bool(config.values.get(name))
-
-    for secret in ("etcd_password", "pg_password"):
-        if given(secret) and given(f"{secret}_file"):
-            raise ConfigError(
-                f"{secret} (from {config.sources[secret]}) and {secret}_file "
-                f"(from {config.sources[secret + '_file']}) are both set; "
-                "give one"
-            )
-    if given("etcd_cert_file") != given("etcd_key_file"):
-        raise ConfigError("etcd_cert_file and etcd_key_file go together; only one is set")
-    if (given("etcd_password") or given("etcd_password_file")) and not given("etcd_username"):
-        raise ConfigError("an etcd password is set but etcd_username is not")
-
-
-def check_timing(config: Config) -> None:
-    """Refuse timings under which the lease promise cannot be kept."""
-    t = config.timing
-
-    def show(*names: str) -> str:
-        return ", ".join(
-            f"{n}={config.values[n]:g} ({config.sources.get(n, 'default')})" for n in names
-        )
-
-    retry = t.renew_interval_s + t.request_timeout_s + t.release_lead_s + t.margin_s
-    if retry >= t.ttl_s:
-        raise ConfigError(
-            "timing check failed: renew_interval_s + request_timeout_s + probe_interval_s + "
-            "probe_timeout_s + vip_op_timeout_s + margin_s must be below ttl_s so a failed "
-            f"renewal can be retried before the VIP must come down ({retry:g} >= {t.ttl_s}); "
-            + show(
-                "ttl_s",
-                "renew_interval_s",
-                "request_timeout_s",
-                "probe_interval_s",
-                "probe_timeout_s",
-                "vip_op_timeout_s",
-                "margin_s",
-            )
-        )
-    if config.values.get("refuse_s", 0) > t.ttl_s and config.sources.get("refuse_s") not in (
-        None,
-        "default",
-    ):
-        # Within a TTL the VIP has a new holder that announced it, or none.
-        raise ConfigError(
-            "timing check failed: refuse_s must be at most ttl_s; " + show("refuse_s", "ttl_s")
-        )
-    # The VIP's kernel lifetime, set right after a renewal, must outlast the
-    # time until the next renewal and refresh, or the VIP would blink.
-    lifetime = math.floor(
-        t.ttl_s - t.margin_s - t.request_timeout_s - KERNEL_EXPIRY_SLACK_S - t.vip_op_timeout_s
-    )
-    needed = t.renew_interval_s + t.request_timeout_s + t.probe_interval_s
-    if lifetime <= needed:
-        raise ConfigError(
-            f"timing check failed: the VIP's kernel lifetime after a renewal ({lifetime} s = "
-            f"ttl_s - margin_s - request_timeout_s - vip_op_timeout_s - {KERNEL_EXPIRY_SLACK_S:g}"
-            " s kernel slack, rounded down) must exceed renew_interval_s + request_timeout_s "
-            f"+ probe_interval_s ({needed:g} s); "
-            + show(
-                "ttl_s",
-                "margin_s",
-                "renew_interval_s",
-                "request_timeout_s",
-                "vip_op_timeout_s",
-                "probe_interval_s",
-            )
-        )

@@ -9,25 +9,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
-from dbvip.keys import Garbage
 from dbvip.ports import LeaseStore, MemberReport, Unknown
 from dbvip.runner import Snapshot
 
 log = logging.getLogger("dbvip.members")
-
-
-def member_row(node: str, value: Mapping[str, Any] | Garbage, ttl_s: int | None) -> dict[str, Any]:
-    """One member as ``dbvip status --json`` and ``/status`` show it."""
-    row: dict[str, Any] = {"node": node, "ttl_s": ttl_s}
-    if isinstance(value, Garbage):
-        row["error"] = value.detail
-    else:
-        row.update(value)
-    return row
 
 
 def report_of(snapshot: Snapshot, vip: str) -> MemberReport:

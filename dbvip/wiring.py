@@ -19,10 +19,11 @@ from dbvip.config import Config, Listen
 from dbvip.events import EventKind
 from dbvip.hooks import HookObserver, HookRunner
 from dbvip.identity import Identity
-from dbvip.members import MemberPublisher, member_row
+from dbvip.members import MemberPublisher
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
 from dbvip.ports import Announcer, Clock, Unknown, VipDriver
 from dbvip.runner import EventWaiter, Observer, Ports, Runner, Snapshot
+from dbvip.status_view import member_row, writer_row
 
 if TYPE_CHECKING:
     from dbvip.health import HealthServer
@@ -253,19 +254,12 @@ def set_maintenance(config: Config, node: str, on: bool) -> None:
 
 
 def cluster_dict(cluster: str, status: ClusterStatus) -> dict[str, Any]:
-    writer: dict[str, Any] = {}
-    if isinstance(status.writer, KeyHeld):
-        writer = {
-            "node": status.writer.holder,
-            "lease": f"{status.writer.lease_id:x}",
-            "ttl_s": status.writer_ttl_s,
-        }
-    elif isinstance(status.writer, KeyInvalid):
-        writer = {"error": status.writer.detail, "lease": f"{status.writer.lease_id:x}"}
-    members = [member_row(m.node, m.value, m.ttl_s) for m in status.members]
+    lease_id = None
+    if isinstance(status.writer, KeyHeld | KeyInvalid):
+        lease_id = status.writer.lease_id
     return {
         "cluster": cluster,
-        "writer": writer,
-        "members": members,
+        "writer": writer_row(status.writer_value, lease_id, status.writer_ttl_s),
+        "members": [member_row(m.node, m.value, m.ttl_s) for m in status.members],
         "maintenance": list(status.maintenance),
     }

@@ -1,8 +1,8 @@
 """A small synchronous client of etcd's v3 JSON gateway, on the standard library.
 
 Why not a gRPC client: the maintained ones talk to one endpoint or give no
-control over timeouts (see LAB.md). The gateway is served on etcd's client
-port; keys and values travel base64-encoded, int64 fields come back as
+control over timeouts (see docs/DESIGN.md, "etcd clients"). The gateway is
+served on etcd's client port; keys and values travel base64-encoded, int64 fields come back as
 strings and zero values are left out.
 
 Two promises:
@@ -89,6 +89,7 @@ class KeyValue:
 class RangeResult:
     revision: int  # store revision of the read
     kvs: tuple[KeyValue, ...]
+    more: bool = False  # a ``limit`` left keys out
 
 
 @dataclass(frozen=True)
@@ -267,11 +268,30 @@ class EtcdClient:
 
     # -- kv -----------------------------------------------------------------
 
-    def range(self, key: bytes | str, timeout_s: float, *, prefix: bool = False) -> RangeResult:
-        body = _key_range(key, prefix)
-        return self._ask(
-            "/v3/kv/range", body, timeout_s, lambda r: RangeResult(_revision(r), _kvs(r))
-        )
+    def range(
+        self,
+        key: bytes | str,
+        timeout_s: float,
+        *,
+        prefix: bool = False,
+        range_end: bytes | None = None,
+        limit: int = 0,
+        revision: int = 0,
+    ) -> RangeResult:
+        """Keys at ``key`` (with ``prefix``: under it; with ``range_end``: up
+        to it), at most ``limit`` of them (0: all), as of ``revision`` (0: now)."""
+        body: Json = _key_range(key, prefix)
+        if range_end is not None:
+            body["range_end"] = _b64(range_end)
+        if limit:
+            body["limit"] = limit
+        if revision:
+            body["revision"] = revision
+
+        def parse(r: Json) -> RangeResult:
+            return RangeResult(_revision(r), _kvs(r), bool(r.get("more")))
+
+        return self._ask("/v3/kv/range", body, timeout_s, parse)
 
     def put(
         self, key: bytes | str, value: bytes | str, timeout_s: float, *, lease_id: int = 0

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from dbvip.adapters.etcd_client import (
@@ -50,6 +50,23 @@ from dbvip.ports import (
     Unknown,
 )
 
+# Keys per range request when reading a whole cluster. etcd keeps a value to
+# its --max-request-bytes (1.5 MiB by default), so a page is at most 8 x 1.5
+# MiB = 12 MiB (16 MiB base64), far under the client's 64 MiB reply cap, for
+# any number of members: 70 junk values of 1 MB no longer make the one reply
+# exceed it. Paging keeps memory bounded too; reading dbvip's own ~200-byte
+# values stays one request for up to 8 keys and ceil(n/8) for more.
+PAGE_KEYS = 8
+# A member report dbvip writes is about 200 bytes: one past this is not one,
+# and only this much of it is kept while the other pages are read.
+MAX_MEMBER_VALUE_BYTES = 64 * 1024
+
+
+def _member_value(kv: KeyValue) -> dict[str, Any] | Garbage:
+    if len(kv.value) > MAX_MEMBER_VALUE_BYTES:
+        return Garbage(f"over {MAX_MEMBER_VALUE_BYTES} bytes: not a member report")
+    return decode_member(kv.value)
+
 
 @dataclass(frozen=True)
 class MemberStatus:
@@ -67,6 +84,7 @@ class ClusterStatus:
     writer_ttl_s: int | None  # as MemberStatus.ttl_s, for the writer key's lease
     members: tuple[MemberStatus, ...]
     maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
+    writer_value: WriterValue | Garbage | None = None  # the writer key's value, decoded
 
 
 def _writer_view(kv: KeyValue | None, revision: int, claim: KeyValue | None = None) -> WriterView:
@@ -282,9 +300,9 @@ class EtcdLeaseStore:
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
-        # One range over the cluster's keys: member reports and maintenance flags.
+        # One paged range over the cluster's keys: member reports and maintenance flags.
         try:
-            result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
+            _, kvs = self._read_all(self._keys.base + "/", timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"members read: {exc.cause}")
         members_prefix = self._keys.members_prefix
@@ -292,13 +310,13 @@ class EtcdLeaseStore:
         peers = []
         same_name: list[Identity] = []
         maintenance = False
-        for kv in result.kvs:
+        for kv in kvs:
             key = kv.key.decode(errors="replace")
             if key == mine:
                 maintenance = True
             elif key.startswith(members_prefix):
                 node = key[len(members_prefix) :]
-                value = decode_member(kv.value)
+                value = _member_value(kv)
                 if node == self._node:
                     identity = member_identity(node, value)
                     if identity is not None and kv.lease_id != 0:
@@ -324,10 +342,10 @@ class EtcdLeaseStore:
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
         deadline = boot_s() + timeout_s
         try:
-            result = self._client.range(self._keys.base + "/", timeout_s, prefix=True)
+            revision, kvs = self._read_all(self._keys.base + "/", timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(exc.cause)
-        by_key = {kv.key.decode(errors="replace"): kv for kv in result.kvs}
+        by_key = {kv.key.decode(errors="replace"): kv for kv in kvs}
         writer_kv = by_key.get(self._keys.writer)
 
         def ttl_s(lease_id: int) -> int | None:
@@ -340,11 +358,11 @@ class EtcdLeaseStore:
 
         members_prefix = self._keys.members_prefix
         members = tuple(
-            MemberStatus(name, decode_member(kv.value), kv.lease_id, ttl_s(kv.lease_id))
+            MemberStatus(name, _member_value(kv), kv.lease_id, ttl_s(kv.lease_id))
             for key, kv in sorted(by_key.items())
             if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
         )
-        writer = _writer_view(writer_kv, result.revision, by_key.get(self._keys.claim))
+        writer = _writer_view(writer_kv, revision, by_key.get(self._keys.claim))
         maintenance_prefix = self._keys.maintenance_prefix
         maintenance = tuple(
             key[len(maintenance_prefix) :]
@@ -352,8 +370,40 @@ class EtcdLeaseStore:
             if key.startswith(maintenance_prefix) and key != maintenance_prefix
         )
         return ClusterStatus(
-            writer, ttl_s(writer_kv.lease_id) if writer_kv else None, members, maintenance
+            writer,
+            ttl_s(writer_kv.lease_id) if writer_kv else None,
+            members,
+            maintenance,
+            decode_writer(writer_kv.value) if writer_kv else None,
         )
+
+    def _read_all(self, prefix: str, timeout_s: float) -> tuple[int, list[KeyValue]]:
+        """Every key under ``prefix`` as of one revision, PAGE_KEYS at a time,
+        all within ``timeout_s``; member values cut just past the longest a
+        report may be, so junk costs one page of memory, not all of it."""
+        deadline = boot_s() + timeout_s
+        start = prefix.encode()
+        end = start[:-1] + bytes([start[-1] + 1])  # the first key after the prefix
+        revision = 0
+        kvs: list[KeyValue] = []
+        while True:
+            remaining_s = deadline - boot_s()
+            if remaining_s <= 0:
+                raise EtcdUnavailableError(f"reading {prefix} took over {timeout_s:g} s")
+            page = self._client.range(
+                start, remaining_s, range_end=end, limit=PAGE_KEYS, revision=revision
+            )
+            revision = revision or page.revision
+            members = self._keys.members_prefix.encode()
+            kvs.extend(
+                replace(kv, value=kv.value[: MAX_MEMBER_VALUE_BYTES + 1])
+                if kv.key.startswith(members)
+                else kv
+                for kv in page.kvs
+            )
+            if not page.more or not page.kvs:
+                return revision, kvs
+            start = page.kvs[-1].key + b"\0"  # the next key after the last one read
 
     def writer_watcher(self) -> EtcdKeyWatcher:
         return EtcdKeyWatcher(self._client, self._keys.writer)

@@ -78,6 +78,7 @@ from tests.examples.deploy import (
     value_of,
 )
 from tests.observed import ObservedNode
+from tests.support.tls import credential_text
 
 CAPABILITIES = {"NET_ADMIN", "NET_RAW"}
 DEFAULT_TIMING = Timing()
@@ -90,7 +91,7 @@ def with_secret_files(env: dict[str, str], where: Path) -> dict[str, str]:
     for key in env:
         if key.startswith("DBVIP_") and key.endswith("_FILE"):
             path = where / key.lower()
-            path.write_text("example-secret\n")
+            path.write_text(credential_text(key))
             out[key] = str(path)
     return out
 
@@ -457,7 +458,8 @@ def test_the_unit_gives_dbvip_two_capabilities_and_time_to_release() -> None:
     assert set(unit_value("CapabilityBoundingSet").split()) == wanted
     assert unit_value("NoNewPrivileges") == "yes"
     assert unit_value("KillSignal") == "SIGTERM"
-    timing = load({}, {}, config_file=str(TOML)).timing
+    # The password is one of the unit's credentials (LoadCredential), not in the file.
+    timing = load({}, {"DBVIP_ETCD_PASSWORD": "x"}, config_file=str(TOML)).timing
     assert seconds(unit_value("TimeoutStopSec")) > release_bound_s(timing)
     assert unit_value("Restart") == "on-failure"
     assert str(EXIT_CONFIG) in unit_value("RestartPreventExitStatus").split()
@@ -477,7 +479,8 @@ def test_the_unit_s_command_and_environment_pass_check_config(tmp_path: Path) ->
     credentials = tmp_path / "credentials"
     credentials.mkdir()
     for spec in unit_values("LoadCredential"):
-        (credentials / spec.split(":")[0]).write_text("example-secret\n")
+        name = spec.split(":")[0]
+        (credentials / name).write_text(credential_text(name))
     env = {}
     for assignment in unit_values("Environment"):
         key, _, value = assignment.partition("=")
@@ -491,10 +494,13 @@ def test_the_unit_s_command_and_environment_pass_check_config(tmp_path: Path) ->
 
 
 @pytest.mark.tools
-def test_every_key_of_the_example_toml_is_a_setting_shown_as_given() -> None:
+def test_every_key_of_the_example_toml_is_a_setting_shown_as_given(tmp_path: Path) -> None:
     settings = tomllib.loads(TOML.read_text())
     assert set(settings) <= set(BY_NAME)
-    run = dbvip("check-config", "--config", TOML, env={})
+    # The password is the unit's credential, not in the file (see the unit test above).
+    password = tmp_path / "etcd-password"
+    password.write_text("example-secret\n")
+    run = dbvip("check-config", "--config", TOML, env={"DBVIP_ETCD_PASSWORD_FILE": str(password)})
     assert run.code == 0, run.text
     for name, given in settings.items():
         shown = value_of(run.out, name)

@@ -15,6 +15,7 @@ from dbvip.config import (
     load,
 )
 from dbvip.wiring import refuse_s
+from tests.support.tls import CLIENT_CERT
 
 GOOD_ENV = {
     "DBVIP_CLUSTER": "c1",
@@ -231,7 +232,6 @@ def test_secrets_are_masked_and_read_from_files(tmp_path: Path) -> None:
             "DBVIP_ETCD_USERNAME": "root",
             "DBVIP_ETCD_PASSWORD_FILE": str(pw),
             "DBVIP_PG_PASSWORD": "pg-s3cret",
-            "DBVIP_PG_DSN": "host=/tmp password=dsn-s3cret user=postgres",
         }
     )
     assert c.secret("etcd_password") == "s3cret-from-file"
@@ -261,10 +261,9 @@ def test_bad_secret_file_names_the_setting() -> None:
     assert "pg_password_file" in str(err.value)
 
 
-def test_cert_without_key_and_password_without_user(tmp_path: Path) -> None:
-    cert = tmp_path / "c.pem"
-    cert.write_text("x")
+def test_cert_without_key_and_password_without_user() -> None:
+    https = {"DBVIP_ETCD_ENDPOINTS": "https://127.0.0.1:2379"}
     with pytest.raises(ConfigError, match="go together"):
-        cfg({"DBVIP_ETCD_CERT_FILE": str(cert)})
+        cfg({**https, "DBVIP_ETCD_CERT_FILE": str(CLIENT_CERT)})
     with pytest.raises(ConfigError, match="etcd_username"):
         cfg({"DBVIP_ETCD_PASSWORD": "x"})

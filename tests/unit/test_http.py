@@ -183,8 +183,8 @@ def test_dbvip_run_on_a_port_in_use_exits_with_a_clear_error() -> None:
             timeout=30,  # were the bind to succeed, the sidecar would run on: fail
             check=False,
         )
-    assert done.returncode == 3, done.stderr
+    assert done.returncode == 2, done.stderr  # a setting that cannot work: no restart loop
     assert done.stderr.strip() == (
-        f"dbvip: cannot start: http_listen = 127.0.0.1:{port} from environment "
+        f"dbvip: configuration error: http_listen = 127.0.0.1:{port} from environment "
         "DBVIP_HTTP_LISTEN: cannot listen: Address already in use"
     )

@@ -52,10 +52,22 @@ def capture() -> Iterator[Capture]:
         c.restore()
 
 
-def environment(tmp_path: Path, endpoint: str, pg_port: int, log_format: str) -> dict[str, str]:
+def environment(
+    tmp_path: Path, endpoint: str, pg_port: int, log_format: str, pg_password_in: str
+) -> dict[str, str]:
+    """``pg_password_in``: "dsn" (a URI-form DSN with the password in it) or
+    "file" (pg_password_file); dbvip refuses both at once."""
     etcd_file, pg_file = tmp_path / "etcd-password", tmp_path / "pg-password"
     etcd_file.write_text(ETCD_SECRET + "\n")
     pg_file.write_text(PG_SECRET + "\n")
+    pg = (
+        {"DBVIP_PG_DSN": f"postgresql://postgres:{DSN_SECRET}@127.0.0.1:{pg_port}/postgres"}
+        if pg_password_in == "dsn"
+        else {
+            "DBVIP_PG_DSN": f"host=127.0.0.1 port={pg_port} user=postgres",
+            "DBVIP_PG_PASSWORD_FILE": str(pg_file),
+        }
+    )
     return {
         "DBVIP_CLUSTER": f"s{secrets.token_hex(4)}",
         "DBVIP_NODE": "n1",
@@ -64,8 +76,7 @@ def environment(tmp_path: Path, endpoint: str, pg_port: int, log_format: str) ->
         "DBVIP_ETCD_ENDPOINTS": endpoint,
         "DBVIP_ETCD_USERNAME": "dbvip",
         "DBVIP_ETCD_PASSWORD_FILE": str(etcd_file),
-        "DBVIP_PG_DSN": f"host=127.0.0.1 port={pg_port} user=postgres password={DSN_SECRET}",
-        "DBVIP_PG_PASSWORD_FILE": str(pg_file),
+        **pg,
         "DBVIP_HTTP_LISTEN": "127.0.0.1:0",
         # A refused etcd request is retried until its timeout: keep the test short.
         "DBVIP_REQUEST_TIMEOUT_S": "0.3",
@@ -118,7 +129,7 @@ def assert_no_secret(said: list[str]) -> None:
 def test_no_password_shows_with_etcd_and_postgres_unreachable(
     tmp_path: Path, closed_port: int, capture: Capture, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    env = environment(tmp_path, f"http://127.0.0.1:{closed_port}", closed_port, "text")
+    env = environment(tmp_path, f"http://127.0.0.1:{closed_port}", closed_port, "text", "dsn")
     said = run_sidecar(
         env, capture, lambda: "member report not published" in capture.stream.getvalue()
     )
@@ -141,7 +152,7 @@ def test_no_password_shows_with_etcd_auth_in_use(
         pytest.fail("etcd and etcdctl are needed (Debian etcd-server, etcd-client)")
     with EtcdCluster(size=1) as etcd:
         etcd.enable_auth("dbvip", ETCD_SECRET, prefix="/dbvip/")
-        env = environment(tmp_path, etcd.endpoints[0], closed_port, "json")
+        env = environment(tmp_path, etcd.endpoints[0], closed_port, "json", "file")
         members = f"/dbvip/{env['DBVIP_CLUSTER']}/members/n1"
         # Ready once the member report went in: the password was in use.
         said = run_sidecar(

@@ -89,7 +89,7 @@ TIMINGS = {
 # a runner that asks to be woken "now" again and again cannot stall fake time.
 MIN_SLEEP_S = 0.01
 STALL_TICKS = 2000  # that many ticks without the clock moving: the scheduler is stuck
-MAX_LATENESS_S = 1.0  # the kernel's expiry lateness measured in LAB.md
+MAX_LATENESS_S = 1.0  # the kernel's expiry lateness (docs/DESIGN.md, "Facts measured")
 NicFault = Literal["ok", "missing", "refuse"]
 RoleName = Literal["primary", "replica", "down", "unknown"]
 StoreFault = Literal["ok", "refuse", "hang", "lose_reply", "late"]
