@@ -157,16 +157,6 @@ def footprint_table(results: dict[str, Any]) -> str:
 
 def goals(results: dict[str, Any], key: str = "dbvip/default") -> str:
     """The issue's goals for dbvip at its defaults, met or not, from the numbers."""
-    handoff = [
-        v
-        for sc in ("switchover", "crash")
-        for v in values(samples_of(results, key, sc), "write_ms")
-    ]
-    ordinary = [
-        v
-        for sc in ("switchover", "crash")
-        for v in values(samples_of(results, key, sc), "ordinary_write_ms")
-    ]
     samples = [s for s in results["samples"] if s["setup"] == key]
     if not samples:
         return f"No runs of {key}: goals not evaluated."
@@ -178,34 +168,23 @@ def goals(results: dict[str, Any], key: str = "dbvip/default") -> str:
     def line(goal: str, measured: str, met: bool) -> None:
         lines.append(f"| {goal} | {measured} | {'met' if met else '**not met**'} |")
 
-    if handoff:
-        p50, p99 = percentile(handoff, 50), percentile(handoff, 99)
-        line(
-            f"handoff to the first write p50 <= {GOAL_P50_MS:.0f} ms, overlapping client "
-            "(switchover + crash)",
-            f"{_ms(p50)} ms",
-            p50 <= GOAL_P50_MS,
-        )
-        line(
-            f"handoff to the first write p99 <= {GOAL_P99_MS:.0f} ms, overlapping client "
-            "(switchover + crash)",
-            f"{_ms(p99)} ms",
-            p99 <= GOAL_P99_MS,
-        )
-    if ordinary:
-        p50, p99 = percentile(ordinary, 50), percentile(ordinary, 99)
-        line(
-            f"handoff to the first write p50 <= {GOAL_ORDINARY_P50_MS:.0f} ms, ordinary client "
-            "(switchover + crash)",
-            f"{_ms(p50)} ms",
-            p50 <= GOAL_ORDINARY_P50_MS,
-        )
-        line(
-            f"handoff to the first write p99 <= {GOAL_ORDINARY_P99_MS:.0f} ms, ordinary client "
-            "(switchover + crash)",
-            f"{_ms(p99)} ms",
-            p99 <= GOAL_ORDINARY_P99_MS,
-        )
+    for field, client, goal_p50, goal_p99 in (
+        ("write_ms", "overlapping", GOAL_P50_MS, GOAL_P99_MS),
+        ("ordinary_write_ms", "ordinary", GOAL_ORDINARY_P50_MS, GOAL_ORDINARY_P99_MS),
+    ):
+        handoff = [
+            v for sc in ("switchover", "crash") for v in values(samples_of(results, key, sc), field)
+        ]
+        if not handoff:
+            continue
+        for q, goal in ((50, goal_p50), (99, goal_p99)):
+            measured = percentile(handoff, q)
+            line(
+                f"handoff to the first write p{q} <= {goal:.0f} ms, {client} client "
+                "(switchover + crash)",
+                f"{_ms(measured)} ms",
+                measured <= goal,
+            )
     line("zero double-holder samples, every scenario", f"{doubles} interval(s)", doubles == 0)
     line("zero writes acknowledged by a non-primary", str(wrong), wrong == 0)
     if prints:

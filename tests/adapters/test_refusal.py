@@ -113,6 +113,17 @@ class Factory:
     ) -> RefusingVipDriver: ...
 
 
+def hold(
+    pair: tuple[NetLab, Node, Node], make_driver: Factory, vip: IPInterface, refuse_s: float
+) -> RefusingVipDriver:
+    """A driver whose VIP is on the node, the client sending to the node's MAC."""
+    netlab, node, client = pair
+    driver = make_driver(vip, refuse_s=refuse_s)
+    assert isinstance(driver.add(30), VipChanged)
+    pin_neighbour(netlab, client, node, vip)
+    return driver
+
+
 def pin_neighbour(netlab: NetLab, client: Node, node: Node, vip: IPInterface) -> None:
     """The client keeps sending to the node's MAC, as a client does until an announcement."""
     netlab.set_neighbour(client, vip.ip, node.mac, state=NUD_PERMANENT)
@@ -140,12 +151,10 @@ def test_the_table_is_what_nft_reads_back(lab_node: Node, make_driver: Factory) 
 def test_a_removed_vip_is_refused_then_dropped_once_the_refusal_ran_out(
     pair: tuple[NetLab, Node, Node], make_driver: Factory, vip: IPInterface
 ) -> None:
-    netlab, node, client = pair
+    _netlab, node, client = pair
     server = listen(node, vip.version)
     try:
-        driver = make_driver(vip, refuse_s=1)
-        assert isinstance(driver.add(30), VipChanged)
-        pin_neighbour(netlab, client, node, vip)
+        driver = hold(pair, make_driver, vip, 1)
         # Armed while held (past the VIP's own lifetime), yet never applied: it is local.
         assert str(vip.ip) in elements(node, driver.table, f"refuse{vip.version}")
         assert connect(client, vip) == "ok"
@@ -164,12 +173,10 @@ def test_a_removed_vip_is_refused_then_dropped_once_the_refusal_ran_out(
 def test_the_refusal_never_applies_while_this_node_holds_the_vip_again(
     pair: tuple[NetLab, Node, Node], make_driver: Factory
 ) -> None:
-    netlab, node, client = pair
+    _netlab, node, client = pair
     server = listen(node, 4)
     try:
-        driver = make_driver(VIP4, refuse_s=10)
-        driver.add(30)
-        pin_neighbour(netlab, client, node, VIP4)
+        driver = hold(pair, make_driver, VIP4, 10)
         driver.remove()
         assert connect(client, VIP4) == "refused"
         # Taken back within the refusal's time: served at once.
@@ -185,12 +192,10 @@ def test_a_connection_waiting_for_an_answer_is_reset_when_the_vip_goes(
     """A client in the middle of a login waits for the server's answer; once
     the VIP is gone nothing the server sends could leave, so dbvip ends the
     connection while it still can: the client gets a reset without sending."""
-    netlab, node, client = pair
+    _netlab, node, client = pair
     server = listen(node, 4)
     try:
-        driver = make_driver(VIP4, refuse_s=10)
-        driver.add(30)
-        pin_neighbour(netlab, client, node, VIP4)
+        driver = hold(pair, make_driver, VIP4, 10)
         sock = call_in_netns(client.netns, lambda: socket.create_connection((str(VIP4.ip), PORT)))
         accepted, _ = server.accept()
         try:
@@ -233,13 +238,11 @@ def test_a_server_listening_on_the_vip_keeps_listening(
 def test_closing_refuses_new_connections_to_a_vip_still_here_for_a_bounded_time(
     pair: tuple[NetLab, Node, Node], make_driver: Factory
 ) -> None:
-    netlab, node, client = pair
+    _netlab, node, client = pair
     server = listen(node, 4)
     refusal = NftRefusal(TABLE, VIP4.ip, "eth0", netns=node.netns)
     try:
-        driver = make_driver(VIP4, refuse_s=10)
-        driver.add(30)
-        pin_neighbour(netlab, client, node, VIP4)
+        hold(pair, make_driver, VIP4, 10)
         assert isinstance(refusal.refuse_for(10, closing_s=30), Done)
         assert connect(client, VIP4) == "refused"  # the VIP is here, yet closed
         assert isinstance(refusal.refuse_for(10), Done)
@@ -318,16 +321,14 @@ def test_a_dual_stack_servers_connections_on_an_ipv4_vip_are_ended_too(
 ) -> None:
     """A proxy listening on [::] without IPV6_V6ONLY holds IPv4 clients as
     ::ffff:a.b.c.d sockets: they are ended like the others."""
-    netlab, node, client = pair
+    _netlab, node, client = pair
 
     def dual_stack() -> socket.socket:
         return socket.create_server(("::", PORT), family=socket.AF_INET6, dualstack_ipv6=True)
 
     server = call_in_netns(node.netns, dual_stack)
     try:
-        driver = make_driver(VIP4, refuse_s=10)
-        driver.add(30)
-        pin_neighbour(netlab, client, node, VIP4)
+        driver = hold(pair, make_driver, VIP4, 10)
         sock = call_in_netns(client.netns, lambda: socket.create_connection((str(VIP4.ip), PORT)))
         accepted, peer = server.accept()
         assert peer[0] == "::ffff:198.51.100.21"
