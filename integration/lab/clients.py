@@ -28,7 +28,6 @@ from functools import partial
 from typing import IO, Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
 
 from integration.lab.writer import (
     CONNECT_TIMEOUT_S,
@@ -45,22 +44,6 @@ INSERT = (
     "INSERT INTO dbvip_lab_writes(writer) VALUES (%s) RETURNING current_setting('cluster_name')"
 )
 POOL_SIZE = 2
-
-
-def conninfo(target: Target, application: str) -> str:
-    return make_conninfo(
-        "",
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        dbname=target.dbname,
-        password=target.password or None,
-        application_name=application,
-        sslmode="disable",
-        gssencmode="disable",
-        connect_timeout=CONNECT_TIMEOUT_S,
-        tcp_user_timeout=TCP_USER_TIMEOUT_MS,
-    )
 
 
 def _node(row: tuple[Any, ...] | None) -> str:
@@ -94,7 +77,8 @@ def run_clients(
 ) -> None:
     """Write every ``interval_s`` (one write at a time) until ``count``,
     ``duration_s`` or a signal; after a failure, try again at once."""
-    dsn = conninfo(target, f"dbvip-lab-{mode}")
+    dsn = target.conninfo(f"dbvip-lab-{mode}", connect_timeout=CONNECT_TIMEOUT_S,
+                          tcp_user_timeout=TCP_USER_TIMEOUT_MS)  # fmt: skip
     stop = StopSignal()
     pool: Any = None
     try:

@@ -284,14 +284,7 @@ class EtcdCluster:
 
     def snapshot_save(self, path: Path) -> None:
         """``etcdctl snapshot save`` from the first member."""
-        cmd = [ETCDCTL, f"--endpoints={self.members[0].client_url}", "--dial-timeout=3s"]
-        if self.tls_files is not None:
-            files = self.tls_files
-            cmd += [f"--cacert={files.ca}", f"--cert={files.client_cert}",
-                    f"--key={files.client_key}"]  # fmt: skip
-        if self.auth_user is not None:
-            cmd.append(f"--user=root:{ROOT_PASSWORD}")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        cmd, env = self._etcdctl_base([self.members[0].client_url])
         subprocess.run(
             self._in_netns([*cmd, "snapshot", "save", str(path)]),
             check=True, capture_output=True, timeout=30, env={**env, "ETCDCTL_API": "3"},
@@ -332,8 +325,10 @@ class EtcdCluster:
 
     # -- etcdctl ------------------------------------------------------------
 
-    def etcdctl(self, *args: str, check: bool = True) -> str:
-        cmd = [ETCDCTL, f"--endpoints={','.join(self.endpoints)}", "--dial-timeout=3s"]
+    def _etcdctl_base(self, endpoints: list[str]) -> tuple[list[str], dict[str, str]]:
+        """etcdctl with this cluster's endpoints, TLS and root login, and an
+        environment without the caller's ETCDCTL_* settings."""
+        cmd = [ETCDCTL, f"--endpoints={','.join(endpoints)}", "--dial-timeout=3s"]
         if self.tls_files is not None:
             files = self.tls_files
             cmd += [f"--cacert={files.ca}", f"--cert={files.client_cert}",
@@ -341,6 +336,10 @@ class EtcdCluster:
         if self.auth_user is not None:
             cmd.append(f"--user=root:{ROOT_PASSWORD}")
         env = {k: v for k, v in os.environ.items() if not k.startswith("ETCDCTL_")}
+        return cmd, env
+
+    def etcdctl(self, *args: str, check: bool = True) -> str:
+        cmd, env = self._etcdctl_base(self.endpoints)
         done = subprocess.run(
             self._in_netns([*cmd, *args]),
             capture_output=True,

@@ -74,6 +74,22 @@ class Target:
     dbname: str
     password: str = field(repr=False)
 
+    def conninfo(self, application: str, **options: Any) -> str:
+        """libpq's connection string for this target, as the lab's clients use it."""
+        return make_conninfo(
+            "",
+            host=self.host,
+            port=self.port,
+            user=self.user,
+            dbname=self.dbname,
+            password=self.password or None,
+            application_name=application,
+            # No TLS or GSS negotiation: one round trip less, and the lab has neither.
+            sslmode="disable",
+            gssencmode="disable",
+            **options,
+        )
+
 
 class _AttemptError(Exception):
     """The attempt failed; ``args[0]`` is the cause, already one short line."""
@@ -107,17 +123,8 @@ def _connect_start(target: Target, timeout_s: float) -> pq.abc.PGconn:
     # The server ends what the client abandoned (a write stuck on a lock),
     # later than the client gives up, so what a client sees is its own deadline.
     statement_timeout_ms = math.ceil(timeout_s * 1000) + 1000
-    conninfo = make_conninfo(
-        "",
-        host=target.host,
-        port=target.port,
-        user=target.user,
-        dbname=target.dbname,
-        password=target.password or None,
-        application_name="dbvip-lab-writer",
-        # No TLS or GSS negotiation: one round trip less, and the lab has neither.
-        sslmode="disable",
-        gssencmode="disable",
+    conninfo = target.conninfo(
+        "dbvip-lab-writer",
         # A peer that vanished never sends FIN or RST: let the kernel give up on it.
         keepalives=1,
         keepalives_idle=1,
