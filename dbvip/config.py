@@ -185,6 +185,33 @@ SETTINGS: tuple[Setting, ...] = (
         "host:port of the HTTP endpoints (/healthz, /readyz, /status, /metrics), "
         "e.g. 127.0.0.1:8008 or [::1]:8008; empty: no HTTP server",
     ),
+    Setting(
+        "failsafe",
+        p.choice("off", "on"),
+        "off",
+        "keep the writer VIP through an etcd outage while every peer last seen in etcd "
+        "promises not to take it (on or off; see the README's Failsafe section)",
+    ),
+    Setting(
+        "failsafe_window_s",
+        _seconds(True, 3600),
+        "10",
+        "how long one failsafe acknowledgement lets the holder keep the VIP",
+    ),
+    Setting(
+        "failsafe_listen",
+        p.listen,
+        "",
+        "host:port of this node's failsafe peer endpoint, published in its member report "
+        "(required with failsafe on)",
+    ),
+    Setting(
+        "failsafe_secret_file",
+        p.secret_file,
+        "",
+        "file holding the secret every peer shares to sign failsafe requests and answers "
+        "(required with failsafe on)",
+    ),
 )
 BY_NAME = {s.name: s for s in SETTINGS}
 TIMING_FIELDS = tuple(f for f in Timing.__dataclass_fields__)
@@ -200,7 +227,10 @@ class Config:
 
     @property
     def timing(self) -> Timing:
-        return Timing(**{name: self.values[name] for name in TIMING_FIELDS})
+        values = {name: self.values[name] for name in TIMING_FIELDS}
+        if self.values.get("failsafe", "off") != "on":
+            values["failsafe_window_s"] = 0.0  # off: the core never asks
+        return Timing(**values)
 
     def secret(self, name: str) -> str:
         """A secret's value, read from its ``*_file`` setting when given."""

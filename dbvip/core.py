@@ -15,19 +15,20 @@ rule that applies gives the reason.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import replace
 
+from dbvip import failsafe
+from dbvip.failsafe import promised, record_blocks, vip_lifetime_until_s, window_end_s
 from dbvip.identity import Identity
 from dbvip.model import (
-    KERNEL_EXPIRY_SLACK_S,
     AcquireLease,
     Action,
     AddVip,
     AdoptLease,
     Announce,
     Announced,
+    AskPeers,
     Decision,
     Failed,
     KeyAbsent,
@@ -43,6 +44,7 @@ from dbvip.model import (
     NodeState,
     Observation,
     Outcome,
+    PeersAcked,
     Reason,
     ReleaseLease,
     RemoveVip,
@@ -88,21 +90,24 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
 
     lease = state.lease
     # A lease past its deadline is lost, whatever etcd may still say: the
-    # deadline is the only promise this node can keep while etcd is silent.
+    # deadline is the only promise this node can keep while etcd is silent
+    # (with failsafe, its peers' promises may outlast it: see below).
     if lease is not None and now >= lease.deadline_s:
-        return done(
-            take_down(),
-            Reason.LEASE_EXPIRED,
-            "lease deadline passed unrenewed",
-            replace(state, lease=None),
-        )
+        state, lease = replace(state, lease=None), None
+        if not failsafe.holds(state, obs):
+            return done(
+                take_down(),
+                Reason.LEASE_EXPIRED,
+                "lease deadline passed unrenewed",
+                _dropped(state),
+            )
 
     if obs.etcd_reset is not None:
         # Wiped or restored: a lease id may name another lease now, and an
         # old lease may live again. Treat ours as lost and start afresh. No
         # release by lease id (it may be another's now): a key of ours that a
         # restore brought back is released later, proven ours by a fresh read.
-        quiet = replace(state, lease=None, reset_until_s=now + timing.ttl_s)
+        quiet = replace(_dropped(state), reset_until_s=now + timing.ttl_s)
         return done(
             take_down(),
             Reason.ETCD_RESET,
@@ -116,7 +121,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             take_down(release),
             Reason.STOPPING if vip_maybe or release else Reason.STOPPED,
             "shutting down",
-            replace(state, lease=None),
+            _dropped(state),
         )
 
     if lease is not None:
@@ -127,7 +132,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
                 take_down((ReleaseLease(lease.lease_id),)),
                 reason,
                 detail,
-                replace(state, lease=None),
+                _dropped(state),
             )
 
     twin = name_conflict(obs, me)
@@ -138,7 +143,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             take_down(release_chain(state, obs, me)),
             Reason.NAME_CONFLICT,
             twin,
-            replace(state, lease=None),
+            _dropped(state),
         )
 
     if obs.maintenance:
@@ -146,7 +151,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             take_down(release_chain(state, obs, me)),
             Reason.MAINTENANCE,
             "in maintenance: stays away from the VIP until `dbvip maintenance off`",
-            replace(state, lease=None),
+            _dropped(state),
         )
 
     role = _effective_role(state, obs, timing)
@@ -165,7 +170,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
         else:
             reason = Reason.DEMOTED if busy else Reason.REPLICA
             detail = "database is in recovery"
-        return done(take_down(release), reason, detail, replace(state, lease=None))
+        return done(take_down(release), reason, detail, _dropped(state))
 
     # Two primaries: a replica was promoted while this database still thinks
     # it is primary. The one on the newer timeline is the one that was chosen
@@ -178,11 +183,14 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             Reason.SUPERSEDED,
             f"{newer.node} was seen primary on timeline {newer.timeline}, "
             f"this database is on {obs.role.timeline}",
-            replace(state, lease=None),
+            _dropped(state),
         )
 
     if lease is not None:
         return _while_holding(state, lease, obs, timing, role, done)
+    if failsafe.holds(state, obs):
+        return failsafe.hold(state, obs, timing, role, me, done, take_down)
+    state = replace(state, failsafe_until_s=None)
 
     # Not holding; the database is primary or was primary within the grace.
     view = obs.writer
@@ -198,6 +206,18 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             f"etcd's history went back; taking no lease for {state.reset_until_s - now:.1f} s",
             state,
         )
+    if role is Role.PRIMARY and promised(obs.promised_until_s, now):
+        assert obs.promised_until_s is not None  # promised() says so
+        return done(
+            take_down(),
+            Reason.FAILSAFE_PROMISE,
+            f"promised a failsafe holder not to take the writer VIP for "
+            f"{obs.promised_until_s - now:.1f} s more",
+            state,
+        )
+    blocked = record_blocks(obs.failsafe_record, me) if role is Role.PRIMARY else None
+    if blocked is not None and not isinstance(view, KeyUnknown):
+        return done(take_down(), Reason.FAILSAFE, blocked, state)
     mine = left_over(view, me)
     if (
         role is Role.PRIMARY
@@ -306,6 +326,9 @@ def absorb(
                 next_announce_s=done_s + timing.announce_interval_s,
                 last_announce_s=done_s,
             ), obs
+        case PeersAcked(sent_s, window_s, _):
+            until = max(state.failsafe_until_s or sent_s, window_end_s(sent_s, window_s))
+            return replace(state, failsafe_until_s=until), obs
         case Failed(action, cause):
             failed = replace(state, last_failure=f"{type(action).__name__}: {cause}")
             if isinstance(action, Announce):
@@ -324,7 +347,7 @@ def vip_lifetime_s(lease: Lease, now_s: float, timing: Timing) -> int:
     Cut short by the kernel's expiry lateness and the netlink budget, so the
     kernel has removed the VIP by the deadline even if this process freezes.
     """
-    return math.floor(lease.deadline_s - now_s - KERNEL_EXPIRY_SLACK_S - timing.vip_op_timeout_s)
+    return vip_lifetime_until_s(lease.deadline_s, now_s, timing)
 
 
 # --------------------------------------------------------------------------
@@ -334,7 +357,8 @@ def _while_holding(
     state: NodeState, lease: Lease, obs: Observation, timing: Timing, role: Role, done: _Done
 ) -> Decision:
     now = obs.now_s
-    release_at = lease.deadline_s - timing.release_lead_s
+    hold_until = max(lease.deadline_s, state.failsafe_until_s or lease.deadline_s)
+    release_at = hold_until - timing.release_lead_s
     renew: tuple[Action, ...] = ()
     if now >= lease.renewed_s + timing.renew_interval_s and not _backing_off(state, "renew", now):
         renew = (RenewLease(lease.lease_id),)
@@ -350,12 +374,15 @@ def _while_holding(
             f"lease unrenewed, deadline in {lease.deadline_s - now:.2f} s",
             state,
         )
+    ask = failsafe.ask(state, obs, timing, hold_until)
+    if ask:
+        return done(ask, Reason.FAILSAFE, failsafe.ASKING, state)
     if renew:
         return done(renew, Reason.HOLDING, "renewing the lease", state)
     if role is not Role.PRIMARY:
         # Within the grace: keep what we have, add and refresh nothing.
         return done((), Reason.HOLDING_ROLE_UNSURE, obs.role.cause or "role unknown", state)
-    lifetime = vip_lifetime_s(lease, now, timing)
+    lifetime = vip_lifetime_until_s(hold_until, now, timing)
     if lifetime >= 1 and not _backing_off(state, "vip", now):
         if obs.vip is not VipPresence.PRESENT:
             reason = Reason.TAKING_OVER if state.vip_valid_until_s is None else Reason.VIP_RESTORED
@@ -371,6 +398,11 @@ def _while_holding(
     ):
         return done((Announce(),), Reason.HOLDING, "refreshing the announcement", state)
     return done((), Reason.HOLDING, "holding the writer lease", state)
+
+
+def _dropped(state: NodeState) -> NodeState:
+    """Neither the lease nor a failsafe window: this node holds nothing."""
+    return replace(state, lease=None, failsafe_until_s=None)
 
 
 def _track_role(state: NodeState, obs: Observation) -> NodeState:
@@ -440,6 +472,10 @@ def _facts(state: NodeState, obs: Observation) -> dict[str, str]:
     if state.lease is not None:
         facts["lease"] = f"{state.lease.lease_id:x}"
         facts["deadline_in_s"] = f"{state.lease.deadline_s - obs.now_s:.2f}"
+    if state.failsafe_until_s is not None and state.failsafe_until_s > obs.now_s:
+        facts["failsafe_window_in_s"] = f"{state.failsafe_until_s - obs.now_s:.2f}"
+    if obs.promised_until_s is not None and obs.promised_until_s > obs.now_s:
+        facts["promised_for_s"] = f"{obs.promised_until_s - obs.now_s:.2f}"
     if obs.role.cause:
         facts["role_cause"] = obs.role.cause
     if obs.vip_cause:
@@ -472,6 +508,8 @@ def _kind(action: Action) -> str:
             return "release"
         case AddVip() | RemoveVip():
             return "vip"
+        case AskPeers():
+            return "failsafe"
     return "announce"
 
 

@@ -111,6 +111,9 @@ class PeerView:
     node: str
     role: Role
     timeline: int | None
+    # Who wrote the report (None: a value this version cannot read): the
+    # failsafe asks seats, never names.
+    identity: Identity | None = None
 
 
 @dataclass(frozen=True)
@@ -135,6 +138,12 @@ class Observation:
     # below one already seen, another cluster id): etcd was wiped or
     # restored from a snapshot, and every lease of before is in doubt.
     etcd_reset: str | None = None
+    # Failsafe (``dbvip.failsafe``): this node promised a holder not to take
+    # the writer VIP until then (None: no promise running).
+    promised_until_s: float | None = None
+    # The failsafe record as last read (None: none, or not read yet): a node
+    # it does not list takes no writer key while it names another holder.
+    failsafe_record: FailsafeRecord | None = None
 
 
 # --------------------------------------------------------------------------
@@ -189,7 +198,17 @@ class Announce:
     """Gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6)."""
 
 
-Action = AcquireLease | AdoptLease | RenewLease | ReleaseLease | AddVip | RemoveVip | Announce
+@dataclass(frozen=True)
+class AskPeers:
+    """Failsafe: ask every last-known peer to promise, for ``window_s``, not
+    to take the writer VIP (etcd is unreachable and this node holds it)."""
+
+    window_s: float
+
+
+Action = (
+    AcquireLease | AdoptLease | RenewLease | ReleaseLease | AddVip | RemoveVip | Announce | AskPeers
+)
 
 
 # --------------------------------------------------------------------------
@@ -256,6 +275,16 @@ class Announced:
 
 
 @dataclass(frozen=True)
+class PeersAcked:
+    """Every peer asked promised; this node may keep the VIP until
+    ``sent_s + window_s`` (``sent_s`` read before the first request left)."""
+
+    sent_s: float
+    window_s: float
+    peers: int
+
+
+@dataclass(frozen=True)
 class Failed:
     """The action's result is unknown or it failed; nothing is assumed."""
 
@@ -272,6 +301,7 @@ Outcome = (
     | VipAdded
     | VipRemoved
     | Announced
+    | PeersAcked
     | Failed
 )
 
@@ -310,6 +340,10 @@ class Reason(enum.Enum):
     REPLICA = "replica"
     ROLE_UNKNOWN = "role_unknown"
     STOPPED = "stopped"
+    # Failsafe: holding the VIP through an etcd outage on every peer's
+    # promise, and (on a peer) keeping such a promise.
+    FAILSAFE = "failsafe"
+    FAILSAFE_PROMISE = "failsafe_promise"
 
 
 @dataclass(frozen=True)
@@ -349,6 +383,9 @@ class NodeState:
     # Facts of the last decision, kept for status and logging.
     reason: Reason | None = None
     detail: str = ""
+    # Failsafe: every last-known peer promised not to take the VIP before
+    # this instant (measured from before the asks were sent).
+    failsafe_until_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -370,6 +407,8 @@ class Timing:
     # a free key is the strongest hint that a promotion is coming.
     eager_probe_interval_s: float = 0.01
     eager_window_s: float = 30.0
+    # Failsafe window asked of the peers (0: failsafe off).
+    failsafe_window_s: float = 0.0
 
     @property
     def release_lead_s(self) -> float:
@@ -390,3 +429,30 @@ class Decision:
     # renewals, the release point); the runner also wakes on watch events.
     wake_s: float
     facts: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------
+# Failsafe record.
+# --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seat:
+    """A sidecar across restarts: its node name, host and interface."""
+
+    node: str
+    host: str
+    interface: str
+
+    @staticmethod
+    def of(identity: Identity) -> Seat:
+        return Seat(identity.node, identity.host, identity.interface)
+
+
+@dataclass(frozen=True)
+class FailsafeRecord:
+    """``/<prefix>/<cluster>/failsafe``, put without a lease by a holder with
+    failsafe on: the peers it would ask for a failsafe acknowledgement."""
+
+    holder: Seat
+    members: tuple[Seat, ...]
