@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from dbvip.core import vip_lifetime_s
+from dbvip.guard import vip_lifetime_s
 from dbvip.model import (
     AcquireLease,
     Action,
