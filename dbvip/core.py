@@ -19,9 +19,11 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from dbvip import failsafe
-from dbvip.failsafe import promised, record_blocks, vip_lifetime_until_s, window_end_s
+from dbvip.failsafe import promised, record_blocks, window_end_s
+from dbvip.guard import keep_vip, lease_deadline_s, release_at_s
 from dbvip.identity import Identity
 from dbvip.model import (
+    WRITER_VIP,
     AcquireLease,
     Action,
     AddVip,
@@ -283,13 +285,13 @@ def absorb(
     now = obs.now_s
     match outcome:
         case LeaseGranted(lease_id, ttl_s, sent_s, revision):
-            lease = Lease(lease_id, sent_s + ttl_s - timing.margin_s, sent_s, revision)
+            lease = Lease(lease_id, lease_deadline_s(sent_s, ttl_s, timing), sent_s, revision)
             view = KeyHeld(me.node, lease_id, revision, revision, me)
             return (replace(state, lease=lease, adopt_failed_lease=None), replace(obs, writer=view))
         case LeaseRenewed(lease_id, ttl_s, sent_s) if (
             state.lease is not None and state.lease.lease_id == lease_id
         ):
-            deadline = max(state.lease.deadline_s, sent_s + ttl_s - timing.margin_s)
+            deadline = max(state.lease.deadline_s, lease_deadline_s(sent_s, ttl_s, timing))
             return replace(
                 state, lease=replace(state.lease, deadline_s=deadline, renewed_s=sent_s)
             ), obs
@@ -341,15 +343,6 @@ def absorb(
     raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
 
-def vip_lifetime_s(lease: Lease, now_s: float, timing: Timing) -> int:
-    """Whole seconds the kernel may keep the VIP without a refresh.
-
-    Cut short by the kernel's expiry lateness and the netlink budget, so the
-    kernel has removed the VIP by the deadline even if this process freezes.
-    """
-    return vip_lifetime_until_s(lease.deadline_s, now_s, timing)
-
-
 # --------------------------------------------------------------------------
 
 
@@ -357,8 +350,10 @@ def _while_holding(
     state: NodeState, lease: Lease, obs: Observation, timing: Timing, role: Role, done: _Done
 ) -> Decision:
     now = obs.now_s
-    hold_until = max(lease.deadline_s, state.failsafe_until_s or lease.deadline_s)
-    release_at = hold_until - timing.release_lead_s
+    # With failsafe, the peers' promises may outlast the lease's deadline:
+    # the VIP is kept, refreshed and brought down by whichever ends later.
+    held = replace(lease, deadline_s=max(lease.deadline_s, state.failsafe_until_s or 0.0))
+    release_at = release_at_s(held, timing)
     renew: tuple[Action, ...] = ()
     if now >= lease.renewed_s + timing.renew_interval_s and not _backing_off(state, "renew", now):
         renew = (RenewLease(lease.lease_id),)
@@ -374,7 +369,7 @@ def _while_holding(
             f"lease unrenewed, deadline in {lease.deadline_s - now:.2f} s",
             state,
         )
-    ask = failsafe.ask(state, obs, timing, hold_until)
+    ask = failsafe.ask(state, obs, timing, held.deadline_s)
     if ask:
         return done(ask, Reason.FAILSAFE, failsafe.ASKING, state)
     if renew:
@@ -382,15 +377,23 @@ def _while_holding(
     if role is not Role.PRIMARY:
         # Within the grace: keep what we have, add and refresh nothing.
         return done((), Reason.HOLDING_ROLE_UNSURE, obs.role.cause or "role unknown", state)
-    lifetime = vip_lifetime_until_s(hold_until, now, timing)
-    if lifetime >= 1 and not _backing_off(state, "vip", now):
-        if obs.vip is not VipPresence.PRESENT:
+    step = keep_vip(
+        held,
+        obs.vip,
+        state.vip_valid_until_s,
+        state.announces_left,
+        state.next_announce_s,
+        now,
+        timing,
+        WRITER_VIP,
+        _backing_off(state, "vip", now),
+    )
+    if step is not None:
+        action, detail = step
+        reason = Reason.HOLDING
+        if isinstance(action, AddVip) and obs.vip is not VipPresence.PRESENT:
             reason = Reason.TAKING_OVER if state.vip_valid_until_s is None else Reason.VIP_RESTORED
-            return done((AddVip(lifetime),), reason, f"VIP {obs.vip.value}, adding it", state)
-        if state.vip_valid_until_s is None or (now + lifetime - state.vip_valid_until_s >= 1):
-            return done((AddVip(lifetime),), Reason.HOLDING, "refreshing the VIP lifetime", state)
-    if state.announces_left > 0 and now >= state.next_announce_s:
-        return done((Announce(),), Reason.HOLDING, "announcing the VIP", state)
+        return done((action,), reason, detail, state)
     if (
         timing.announce_refresh_s > 0
         and state.last_announce_s is not None

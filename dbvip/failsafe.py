@@ -43,6 +43,7 @@ from dbvip.model import (
     KeyAbsent,
     KeyHeld,
     KeyUnknown,
+    Lease,
     NodeState,
     Observation,
     Reason,
@@ -124,20 +125,38 @@ def record_for(me: Identity, peers: tuple[Seat, ...]) -> FailsafeRecord:
 
 
 def ask_set(
-    confirmed: FailsafeRecord | None, seen: tuple[Seat, ...], me: Identity
+    confirmed: FailsafeRecord | None,
+    read: FailsafeRecord | None,
+    seen: tuple[Seat, ...],
+    me: Identity,
 ) -> tuple[Seat, ...] | None:
-    """The peers a holder must ask: every one its confirmed record lists and
+    """The peers a holder must ask: every one its confirmed record lists,
+    every one the record last read lists (another holder's, written late),
     every one seen since; None when it has no record of its own (then a node
     it does not know of could take: no failsafe)."""
-    if confirmed is None or confirmed.holder != Seat.of(me):
-        return None
     mine = Seat.of(me)
-    return tuple(sorted({*confirmed.members, *seen} - {mine}, key=_order))
+    if confirmed is None or confirmed.holder != mine:
+        return None
+    others: set[Seat] = {*confirmed.members, *seen}
+    if read is not None:
+        others |= {read.holder, *read.members}
+    return tuple(sorted(others - {mine}, key=_order))
 
 
 def window_end_s(sent_s: float, window_s: float) -> float:
     """The end of the window a holder may use, on its own clock."""
     return sent_s + window_s * (1 - CLOCK_RATE_SLACK)
+
+
+def held_lease(state: NodeState) -> Lease | None:
+    """The lease the VIP rests on, its deadline moved to the end of an
+    acknowledged window when that is later (a stand-in without an id when
+    the lease itself has run out): what the VIP's kernel lifetime is cut to."""
+    until = hold_until_s(state)
+    if until is None:
+        return None
+    lease = state.lease or Lease(0, until, until, 0)
+    return replace(lease, deadline_s=until)
 
 
 def hold_until_s(state: NodeState) -> float | None:

@@ -227,4 +227,4 @@ def peer_view(node: str, value: dict[str, Any] | Garbage) -> PeerView | None:
     timeline = value.get("timeline")
     if isinstance(timeline, bool) or not isinstance(timeline, int) or timeline < 1:
         timeline = None
-    return PeerView(node, role, timeline)
+    return PeerView(node, role, timeline, member_identity(node, value))

@@ -21,7 +21,8 @@ from dbvip.board import Board
 from dbvip.events import EventKind
 from dbvip.hooks import HookResult
 from dbvip.model import Action, Reason, Role
-from dbvip.runner import ActionResult, EtcdOperation, Snapshot, snake_case
+from dbvip.reporting import Snapshot, snake_case
+from dbvip.shell import ActionResult, EtcdOperation
 
 # From a fast loopback answer up to the longest timeouts one would configure.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from dbvip.identity import Identity
-from dbvip.model import PeerView, RoleReading, VipPresence, WriterView
+from dbvip.model import FailsafeRecord, PeerView, RoleReading, VipPresence, WriterView
 
 # --------------------------------------------------------------------------
 # Results of adapters.
@@ -80,6 +80,8 @@ class MembersReading:
     # The identity in a live report under this node's name, if it has one
     # this version reads (this process's own, an earlier one's, or a twin's).
     same_name: tuple[Identity, ...] = ()
+    # The failsafe record (``dbvip.failsafe``), if there is one.
+    failsafe_record: FailsafeRecord | None = None
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Literal
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import Garbage, decode_writer, encode_writer
 from dbvip.model import (
+    FailsafeRecord,
     KeyAbsent,
     KeyHeld,
     KeyInvalid,
@@ -98,6 +99,7 @@ class FakeEtcd:
         self.member_ids: dict[str, Identity] = {}
         self.lease_owner: dict[int, Identity] = {}  # who put the writer key under each lease
         self.maintenance: set[str] = set()  # nodes an operator put in maintenance
+        self.failsafe_record: FailsafeRecord | None = None  # put without a lease
 
     def expire(self) -> None:
         now = self.clock.now_s
@@ -145,6 +147,7 @@ class FakeEtcd:
         """etcd's data directory deleted: empty, revisions and lease ids anew."""
         self.kv.clear()
         self.leases.clear()
+        self.failsafe_record = None
         self.revision = 1
         self._next_lease = 0x1000  # the same ids will be granted again
 
@@ -326,13 +329,22 @@ class FakeLeaseStore:
         if failed is not None:
             return failed
         peers = tuple(
-            PeerView(node, Role(r.role), r.timeline)
+            PeerView(node, Role(r.role), r.timeline, self.etcd.member_ids.get(node))
             for node, r in sorted(self.etcd.members.items())
             if node != self.node
         )
         there = self.etcd.member_ids.get(self.node)
         same_name = (there,) if there is not None else ()
-        return MembersReading(peers, self.node in self.etcd.maintenance, same_name)
+        maintenance = self.node in self.etcd.maintenance
+        return MembersReading(peers, maintenance, same_name, self.etcd.failsafe_record)
+
+    def write_failsafe_record(self, record: FailsafeRecord, timeout_s: float) -> Done | Unknown:
+        self.calls.append("failsafe_record")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        self.etcd.failsafe_record = record
+        return self._reply() or Done()
 
     def close(self) -> None:
         pass

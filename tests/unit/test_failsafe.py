@@ -337,11 +337,13 @@ def test_the_record_lets_only_its_holder_and_the_peers_it_lists_take() -> None:
 def test_the_ask_set_is_the_confirmed_record_and_every_peer_seen_since() -> None:
     mine = record_for(ME, (N3, N2, N2))
     assert mine == FailsafeRecord(Seat.of(ME), (N2, N3))
-    assert ask_set(None, (N2,), ME) is None  # no record: no failsafe
-    assert ask_set(OTHERS_RECORD, (N2,), ME) is None  # another's record
-    n4 = Seat("n4", "h4", "eth0")
-    assert ask_set(mine, (n4, Seat.of(ME)), ME) == (N2, N3, n4)
-    assert ask_set(FailsafeRecord(Seat.of(ME), ()), (), ME) == ()
+    assert ask_set(None, None, (N2,), ME) is None  # no record: no failsafe
+    assert ask_set(OTHERS_RECORD, None, (N2,), ME) is None  # another's record
+    n4, n5 = Seat("n4", "h4", "eth0"), Seat("n5", "h5", "eth0")
+    assert ask_set(mine, mine, (n4, Seat.of(ME)), ME) == (N2, N3, n4)
+    assert ask_set(FailsafeRecord(Seat.of(ME), ()), None, (), ME) == ()
+    # Another holder's record, written late over ours: everyone it lets take is asked.
+    assert ask_set(mine, FailsafeRecord(n5, (Seat.of(ME), n4)), (), ME) == (N2, N3, n4, n5)
 
 
 def test_an_identity_restarted_keeps_its_seat() -> None:

@@ -1,0 +1,210 @@
+"""The failsafe's shell: this node's promises to holders, and its asks as a
+holder, between the loop and the peer channel.
+
+One lock guards the promise and what the loop is doing: an ask is answered
+(the check and the promise in one step) only while no take is under way,
+and the loop starts a take (acquire, adopt, add the VIP) only while no
+promise runs. So an acknowledgement never races a take in progress.
+
+At start a promise is assumed to run for one whole window: this process
+cannot know what the one before it promised.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+from dbvip.failsafe import Acked, Declined, PeerLocal, answer, ask_set, promised, record_for
+from dbvip.identity import Identity
+from dbvip.model import (
+    AcquireLease,
+    Action,
+    AddVip,
+    AdoptLease,
+    AskPeers,
+    Failed,
+    FailsafeRecord,
+    KeyUnknown,
+    NodeState,
+    Observation,
+    Outcome,
+    PeersAcked,
+    PeerView,
+    Role,
+    Seat,
+    Timing,
+    VipPresence,
+)
+from dbvip.ports import Clock, Done, Unknown
+
+log = logging.getLogger("dbvip.failsafe")
+
+PeerAnswer = Acked | Declined | Unknown
+
+
+class PeerChannel(Protocol):
+    """Asks peers for a failsafe acknowledgement (``dbvip.adapters.peers``)."""
+
+    def ask_all(
+        self, holder: Identity, peers: tuple[Seat, ...], window_s: float, timeout_s: float
+    ) -> tuple[tuple[Seat, PeerAnswer], ...]:
+        """Every peer's answer, all asked at once and back by ``timeout_s``;
+        Unknown for a peer that could not be reached or whose answer could
+        not be proven to come from it."""
+        ...
+
+
+class RecordStore(Protocol):
+    def write_failsafe_record(self, record: FailsafeRecord, timeout_s: float) -> Done | Unknown: ...
+
+
+@dataclass(frozen=True)
+class PromiseView:
+    """For status and metrics."""
+
+    promised_until_s: float | None
+    promised_to: str
+    asked: int
+    acked: int
+    unreachable: int
+    declined: int
+
+
+class Failsafe:
+    def __init__(
+        self,
+        me: Identity,
+        timing: Timing,
+        clock: Clock,
+        channel: PeerChannel,
+        store: RecordStore,
+    ) -> None:
+        self.me = me
+        self.timing = timing
+        self.clock = clock
+        self.channel = channel
+        self.store = store
+        self._lock = threading.Lock()
+        self._promised_until_s: float | None = clock.monotonic_s() + timing.failsafe_window_s
+        self._promised_to = "an earlier process of this sidecar, maybe"
+        self._local = PeerLocal(Role.UNKNOWN, False, VipPresence.UNKNOWN, False)
+        self._confirmed: FailsafeRecord | None = None
+        self._read: FailsafeRecord | None = None
+        self._seen: tuple[Seat, ...] = ()
+        self.last_asks: tuple[tuple[Seat, PeerAnswer], ...] = ()
+
+    # -- a peer's side (the peer channel's server thread) ---------------------
+
+    def answer(self, holder: Identity, window_s: float) -> Acked | Declined:
+        with self._lock:
+            now = self.clock.monotonic_s()
+            if Seat.of(holder) == Seat.of(self.me):
+                return Declined("asked by itself")
+            result = answer(self._local, window_s, now, self.timing.failsafe_window_s)
+            if isinstance(result, Acked) and (
+                self._promised_until_s is None or result.until_s > self._promised_until_s
+            ):
+                self._promised_until_s = result.until_s
+                self._promised_to = holder.short()
+        log.info(
+            "failsafe ask from %s window_s=%g answer=%s",
+            holder.short(),
+            window_s,
+            result,
+            extra={"reason": "failsafe_promise"},
+        )
+        return result
+
+    # -- the loop's side ----------------------------------------------------------
+
+    def look(self, obs: Observation, peers: tuple[PeerView, ...]) -> Observation:
+        """The promise this node runs under, and the record as last read."""
+        self._seen = tuple(Seat.of(p.identity) for p in peers if p.identity is not None)
+        with self._lock:
+            until = self._promised_until_s
+        if until is not None and not promised(until, obs.now_s):
+            until = None
+        return replace(obs, promised_until_s=until, failsafe_record=self._read)
+
+    def record_read(self, record: FailsafeRecord | None) -> None:
+        """The record as a members read found it (None: there is none)."""
+        self._read = record
+        if record is not None and record == self._confirmed:
+            return
+        if record is not None and record.holder == Seat.of(self.me):
+            self._confirmed = record
+
+    def keep_record(self, state: NodeState, obs: Observation, timeout_s: float) -> None:
+        """While holding the writer lease and reading etcd, keep the record
+        listing exactly the peers seen; the asks go to what it lists."""
+        if state.lease is None or isinstance(obs.writer, KeyUnknown) or timeout_s <= 0:
+            return
+        want = record_for(self.me, self._seen)
+        if want == self._read and want == self._confirmed:
+            return
+        written = self.store.write_failsafe_record(want, timeout_s)
+        if isinstance(written, Unknown):
+            log.warning("failsafe record not written cause=%r", written.cause)
+            return
+        self._confirmed = self._read = want
+
+    def may_start(self, action: Action) -> str | None:
+        """Before a take: why it must not start (a promise runs), or None
+        (and the take counts as under way until ``settle``)."""
+        if not isinstance(action, AcquireLease | AdoptLease | AddVip):
+            return None
+        with self._lock:
+            now = self.clock.monotonic_s()
+            if promised(self._promised_until_s, now):
+                assert self._promised_until_s is not None
+                return (
+                    f"failsafe promise to {self._promised_to} runs "
+                    f"{self._promised_until_s - now:.2f} s more"
+                )
+            self._local = replace(self._local, taking=True)
+        return None
+
+    def settle(self, state: NodeState, obs: Observation) -> None:
+        """After a tick: what this node holds, for the next answer."""
+        holds = state.lease is not None or state.failsafe_until_s is not None
+        with self._lock:
+            self._local = PeerLocal(obs.role.role, holds, obs.vip, taking=False)
+
+    def ask(self, action: AskPeers, deadline_s: float) -> Outcome:
+        peers = ask_set(self._confirmed, self._read, self._seen, self.me)
+        if peers is None:
+            return Failed(action, "no failsafe record of this node in etcd: nobody to ask")
+        sent = self.clock.monotonic_s()
+        timeout = min(self.timing.request_timeout_s, deadline_s - sent)
+        if timeout <= 0:
+            return Failed(action, "no time left to ask")
+        answers = self.channel.ask_all(self.me, peers, action.window_s, timeout)
+        self.last_asks = answers
+        got = dict(answers)
+        missing = [f"{s.node}: not asked" for s in peers if s not in got]
+        bad = [
+            f"{s.node}: {a.reason if isinstance(a, Declined) else a.cause}"
+            for s, a in answers
+            if not isinstance(a, Acked)
+        ]
+        if missing or bad:
+            return Failed(action, "; ".join(missing + bad))
+        granted = min((a.window_s for a in got.values() if isinstance(a, Acked)), default=0.0)
+        window = min(action.window_s, granted) if peers else action.window_s
+        return PeersAcked(sent, window, len(peers))
+
+    def view(self) -> PromiseView:
+        with self._lock:
+            until, to = self._promised_until_s, self._promised_to
+        answers = [a for _, a in self.last_asks]
+        return PromiseView(
+            until,
+            to,
+            len(answers),
+            sum(isinstance(a, Acked) for a in answers),
+            sum(isinstance(a, Unknown) for a in answers),
+            sum(isinstance(a, Declined) for a in answers),
+        )
