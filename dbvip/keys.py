@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dbvip.identity import FORMAT, OLDEST_FORMAT, Identity
-from dbvip.model import PeerView, Role
+from dbvip.model import FailsafeRecord, PeerView, Role, Seat
 from dbvip.ports import MemberReport
 
 DEFAULT_PREFIX = "/dbvip"
@@ -53,6 +53,11 @@ class KeyLayout:
         """Written with the writer key, under the same lease: a writer key
         deleted by hand frees nothing until the holder's lease ends."""
         return f"{self.base}/claim"
+
+    @property
+    def failsafe(self) -> str:
+        """The failsafe record (no lease): see ``dbvip.failsafe``."""
+        return f"{self.base}/failsafe"
 
     @property
     def members_prefix(self) -> str:
@@ -107,6 +112,7 @@ def member_value(
         "vip": list(report.vips),
         "reason": report.reason,
         "updated": updated,
+        **({"failsafe": report.failsafe} if report.failsafe else {}),
     }
 
 
@@ -227,4 +233,42 @@ def peer_view(node: str, value: dict[str, Any] | Garbage) -> PeerView | None:
     timeline = value.get("timeline")
     if isinstance(timeline, bool) or not isinstance(timeline, int) or timeline < 1:
         timeline = None
-    return PeerView(node, role, timeline, member_identity(node, value))
+    endpoint = value.get("failsafe")
+    endpoint = endpoint if isinstance(endpoint, str) else ""
+    return PeerView(node, role, timeline, member_identity(node, value), endpoint)
+
+
+def encode_failsafe_record(record: FailsafeRecord, since: str) -> bytes:
+    def seat(s: Seat) -> dict[str, str]:
+        return {"node": s.node, "host": s.host, "interface": s.interface}
+
+    return _compact(
+        {
+            "holder": seat(record.holder),
+            "members": [seat(m) for m in record.members],
+            "since": since,
+        }
+    )
+
+
+def decode_failsafe_record(raw: bytes) -> FailsafeRecord | Garbage:
+    """The record, or Garbage (which a reader treats as a record listing
+    nobody: only a holder it names may take; see ``dbvip.failsafe``)."""
+    obj = _json_object(raw)
+    if isinstance(obj, Garbage):
+        return obj
+
+    def seat(raw_seat: Any) -> Seat | None:
+        if not isinstance(raw_seat, dict):
+            return None
+        parts = [raw_seat.get(k) for k in ("node", "host", "interface")]
+        strings = [p for p in parts if isinstance(p, str) and p]
+        return Seat(*strings) if len(strings) == 3 else None
+
+    holder = seat(obj.get("holder"))
+    members = obj.get("members")
+    seats = [seat(m) for m in members] if isinstance(members, list) else [None]
+    listed = [s for s in seats if s is not None]
+    if holder is None or len(listed) != len(seats):
+        return Garbage("not a failsafe record")
+    return FailsafeRecord(holder, tuple(listed))

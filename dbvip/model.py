@@ -114,8 +114,9 @@ class PeerView:
     role: Role
     timeline: int | None
     # Who wrote the report (None: a value this version cannot read): the
-    # failsafe asks seats, never names.
+    # failsafe asks seats, never names, at the endpoint the report gives.
     identity: Identity | None = None
+    failsafe: str = ""
 
 
 @dataclass(frozen=True)

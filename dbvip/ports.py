@@ -93,6 +93,7 @@ class MemberReport:
     lsn: str | None
     vips: tuple[str, ...]
     reason: str
+    failsafe: str = ""  # host:port of its failsafe peer endpoint ("" if off)
 
 
 # --------------------------------------------------------------------------

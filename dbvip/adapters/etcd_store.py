@@ -29,15 +29,25 @@ from dbvip.keys import (
     Garbage,
     KeyLayout,
     WriterValue,
+    decode_failsafe_record,
     decode_member,
     decode_writer,
+    encode_failsafe_record,
     encode_maintenance,
     encode_member,
     encode_writer,
     member_identity,
     peer_view,
 )
-from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, WriterView
+from dbvip.model import (
+    FailsafeRecord,
+    KeyAbsent,
+    KeyHeld,
+    KeyInvalid,
+    KeyUnknown,
+    Seat,
+    WriterView,
+)
 from dbvip.ports import (
     Alive,
     Clock,
@@ -49,6 +59,10 @@ from dbvip.ports import (
     Refused,
     Unknown,
 )
+
+# What a failsafe record that is not one stands for: no seat is its holder,
+# none is listed, so nobody takes the writer key past it.
+GARBLED_RECORD = FailsafeRecord(Seat("", "", ""), ())
 
 # Keys per range request when reading a whole cluster. etcd keeps a value to
 # its --max-request-bytes (1.5 MiB by default), so a page is at most 8 x 1.5
@@ -310,10 +324,16 @@ class EtcdLeaseStore:
         peers = []
         same_name: list[Identity] = []
         maintenance = False
+        record: FailsafeRecord | None = None
         for kv in kvs:
             key = kv.key.decode(errors="replace")
             if key == mine:
                 maintenance = True
+            elif key == self._keys.failsafe:
+                found = decode_failsafe_record(kv.value)
+                # Garbage lists nobody and names no seat: nobody takes the key
+                # until an operator deletes it (safe, and loud in the logs).
+                record = found if isinstance(found, FailsafeRecord) else GARBLED_RECORD
             elif key.startswith(members_prefix):
                 node = key[len(members_prefix) :]
                 value = _member_value(kv)
@@ -325,7 +345,16 @@ class EtcdLeaseStore:
                 peer = peer_view(node, value)
                 if peer is not None:
                     peers.append(peer)
-        return MembersReading(tuple(peers), maintenance, tuple(same_name))
+        return MembersReading(tuple(peers), maintenance, tuple(same_name), record)
+
+    def write_failsafe_record(self, record: FailsafeRecord, timeout_s: float) -> Done | Unknown:
+        """Put the failsafe record, without a lease (it must outlive one)."""
+        value = encode_failsafe_record(record, self._clock.wall_iso())
+        try:
+            self._client.put(self._keys.failsafe, value, timeout_s)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"failsafe record: {exc.cause}")
+        return Done()
 
     def set_maintenance(self, node: str, on: bool, timeout_s: float) -> Done | Unknown:
         """Put (no lease: it stays until removed) or delete ``node``'s flag."""

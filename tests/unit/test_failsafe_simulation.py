@@ -264,7 +264,7 @@ def _examples(default: int) -> int:
 # --------------------------------------------------------------------------
 
 
-@settings(SIM_SETTINGS, max_examples=_examples(1500))
+@settings(SIM_SETTINGS, max_examples=_examples(800))
 @given(setup=setups, steps=scenarios(_failsafe_events, 25))  # type: ignore[arg-type]
 def test_failsafe_safety_under_random_faults_outages_and_partitions(
     setup: Setup, steps: list[FsStep]
