@@ -22,7 +22,7 @@ from typing import Any
 
 from dbvip import dsn
 from dbvip import parsers as p
-from dbvip.config_checks import check_pairs, check_secrets, check_timing
+from dbvip.config_checks import check_failsafe, check_pairs, check_secrets, check_timing
 from dbvip.model import Timing
 from dbvip.parsers import ConfigError, Listen
 
@@ -301,6 +301,8 @@ def load(
     check_secrets(config)
     if "ttl_s" in required or "node" in required:
         check_timing(config)
+    if "node" in required:
+        check_failsafe(config)
     return config
 
 

@@ -120,3 +120,27 @@ def check_timing(config: Config) -> None:
                 "probe_interval_s",
             )
         )
+
+
+def check_failsafe(config: Config) -> None:
+    """Failsafe on needs its endpoint and its secret, and a window long
+    enough to ask again (and take the VIP down) before it ends."""
+    if config.values.get("failsafe") != "on":
+        return
+    source = config.sources.get("failsafe", "default")
+    for name in ("failsafe_listen", "failsafe_secret_file"):
+        if not config.values.get(name):
+            setting = name.upper()
+            raise ConfigError(
+                f"failsafe = on (from {source}) needs {name}: set --{name.replace('_', '-')}, "
+                f"DBVIP_{setting} or '{name}' in a config file"
+            )
+    t = config.timing
+    needed = 2 * (t.request_timeout_s + t.release_lead_s)
+    if t.failsafe_window_s < needed:
+        window_source = config.sources.get("failsafe_window_s", "default")
+        raise ConfigError(
+            f"failsafe_window_s = {t.failsafe_window_s:g} (from {window_source}) must be at "
+            f"least twice request_timeout_s + probe_interval_s + probe_timeout_s + "
+            f"vip_op_timeout_s ({needed:g}): the holder asks again half a window before it ends"
+        )

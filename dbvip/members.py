@@ -28,9 +28,12 @@ def report_of(snapshot: Snapshot, vip: str) -> MemberReport:
 
 
 class MemberPublisher:
-    def __init__(self, store: LeaseStore, vip: str, period_s: float, timeout_s: float) -> None:
+    def __init__(
+        self, store: LeaseStore, vip: str, period_s: float, timeout_s: float, failsafe: str = ""
+    ) -> None:
         self._store = store
         self._vip = vip
+        self._failsafe = failsafe  # the failsafe endpoint peers ask this node at
         self._period_s = period_s
         self._timeout_s = timeout_s
         self._latest: MemberReport | None = None
@@ -42,7 +45,7 @@ class MemberPublisher:
         self._thread.start()
 
     def offer(self, snapshot: Snapshot) -> None:
-        report = report_of(snapshot, self._vip)
+        report = replace(report_of(snapshot, self._vip), failsafe=self._failsafe)
         with self._changed:
             # A replica's LSN moves on every look (every 10 ms while eager):
             # it rides along with the periodic report, only other changes are

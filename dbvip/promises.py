@@ -79,13 +79,13 @@ class Failsafe:
         me: Identity,
         timing: Timing,
         clock: Clock,
-        channel: PeerChannel,
+        channel: PeerChannel | None,
         store: RecordStore,
     ) -> None:
         self.me = me
         self.timing = timing
         self.clock = clock
-        self.channel = channel
+        self.channel = channel  # None until the wiring gives it one
         self.store = store
         self._lock = threading.Lock()
         self._promised_until_s: float | None = clock.monotonic_s() + timing.failsafe_window_s
@@ -94,6 +94,7 @@ class Failsafe:
         self._confirmed: FailsafeRecord | None = None
         self._read: FailsafeRecord | None = None
         self._seen: tuple[Seat, ...] = ()
+        self._endpoints: dict[Seat, str] = {}
         self.last_asks: tuple[tuple[Seat, PeerAnswer], ...] = ()
 
     # -- a peer's side (the peer channel's server thread) ---------------------
@@ -123,6 +124,9 @@ class Failsafe:
     def look(self, obs: Observation, peers: tuple[PeerView, ...]) -> Observation:
         """The promise this node runs under, and the record as last read."""
         self._seen = tuple(Seat.of(p.identity) for p in peers if p.identity is not None)
+        for p in peers:
+            if p.identity is not None and p.failsafe:
+                self._endpoints[Seat.of(p.identity)] = p.failsafe
         with self._lock:
             until = self._promised_until_s
         if until is not None and not promised(until, obs.now_s):
@@ -177,6 +181,8 @@ class Failsafe:
         peers = ask_set(self._confirmed, self._read, self._seen, self.me)
         if peers is None:
             return Failed(action, "no failsafe record of this node in etcd: nobody to ask")
+        if self.channel is None:
+            return Failed(action, "no peer channel")
         sent = self.clock.monotonic_s()
         timeout = min(self.timing.request_timeout_s, deadline_s - sent)
         if timeout <= 0:
@@ -195,6 +201,16 @@ class Failsafe:
         granted = min((a.window_s for a in got.values() if isinstance(a, Acked)), default=0.0)
         window = min(action.window_s, granted) if peers else action.window_s
         return PeersAcked(sent, window, len(peers))
+
+    def endpoint_of(self, seat: Seat) -> tuple[str, int] | None:
+        """Where a peer's failsafe endpoint is, as its member report said."""
+        endpoint = self._endpoints.get(seat)
+        if endpoint is None:
+            return None
+        host, _, port = endpoint.rpartition(":")
+        if not port.isdigit():
+            return None
+        return host.strip("[]"), int(port)
 
     def view(self) -> PromiseView:
         with self._lock:

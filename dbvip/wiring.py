@@ -26,8 +26,10 @@ from dbvip.runner import EventWaiter, Observer, Ports, Runner, Snapshot
 from dbvip.status_view import member_row, writer_row
 
 if TYPE_CHECKING:
+    from dbvip.adapters.peers import PeerServer
     from dbvip.health import HealthServer
     from dbvip.metrics import Metrics
+    from dbvip.promises import Failsafe
 
 log = logging.getLogger("dbvip")
 
@@ -157,6 +159,7 @@ class Sidecar:
             str(vip),
             period_s=timing.renew_interval_s,
             timeout_s=timing.request_timeout_s,
+            failsafe=str(config["failsafe_listen"] or "") if config["failsafe"] == "on" else "",
         )
         self.hooks = hook_runner(config, self.metrics.hook_done if self.metrics else None)
         sinks = [self.publisher.offer, self.board.offer]
@@ -173,6 +176,9 @@ class Sidecar:
             observer=observer,
             on_event=self.hooks.on_event,
         )
+        self.peers: PeerServer | None = None
+        if config["failsafe"] == "on":
+            self.runner.failsafe, self.peers = _failsafe(config, self.identity, clock, self.store)
         self.watcher = self.store.writer_watcher()
         log.info(
             "starting node=%s instance=%s host=%s cluster=%s vip=%s interface=%s etcd=%s hooks=%s",
@@ -196,6 +202,8 @@ class Sidecar:
         self.hooks.start()
         if self.http is not None:
             self.http.start()
+        if self.peers is not None:
+            self.peers.start()
         self.publisher.start()
         self.watcher.start(self.runner.key_changed)
         state = self.runner.run()
@@ -205,6 +213,8 @@ class Sidecar:
     def close(self) -> None:
         if self.http is not None:
             self.http.close()
+        if self.peers is not None:
+            self.peers.close()
         # The loop is over: the VIP is down and the key released. Hooks still
         # queued or running (the release hook among them) get hook_timeout_s
         # more, and no longer.
@@ -229,6 +239,29 @@ def _listen(config: Config, board: Board, metrics: Metrics) -> HealthServer:
         ) from None
     log.info("serving HTTP on %s", Listen(listen.host, server.port))
     return server
+
+
+def _failsafe(
+    config: Config, identity: Identity, clock: Clock, store: EtcdLeaseStore
+) -> tuple[Failsafe, PeerServer]:
+    """The promise book, the client that asks peers, the endpoint they ask.
+    Imported here: hashlib and hmac stay out of a sidecar without failsafe."""
+    from dbvip.adapters.peers import PeerClient, PeerServer  # noqa: PLC0415
+    from dbvip.promises import Failsafe  # noqa: PLC0415
+
+    secret = config.secret("failsafe_secret").encode()
+    book = Failsafe(identity, config.timing, clock, None, store)
+    book.channel = PeerClient(secret, book.endpoint_of)
+    listen = config["failsafe_listen"]
+    try:
+        server = PeerServer(listen, identity, secret, book.answer)
+    except OSError as e:
+        source = config.sources.get("failsafe_listen", "default")
+        raise StartError(
+            f"failsafe_listen = {listen} from {source}: cannot listen: {e.strerror or e}"
+        ) from None
+    log.info("failsafe on: serving peers on %s", Listen(listen.host, server.port))
+    return book, server
 
 
 def read_cluster(config: Config) -> dict[str, Any]:

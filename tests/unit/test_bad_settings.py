@@ -269,6 +269,32 @@ ROWS: dict[str, Row] = {
     ),
     "http_listen multicast": env("DBVIP_HTTP_LISTEN", "224.0.0.1:8008"),
     "http_listen negative port": env("DBVIP_HTTP_LISTEN", "127.0.0.1:-1"),
+    # -- failsafe ---------------------------------------------------------------
+    "failsafe neither on nor off": env("DBVIP_FAILSAFE", "true"),
+    "failsafe on without its endpoint": Row(
+        env={"DBVIP_FAILSAFE": "on", "DBVIP_FAILSAFE_SECRET_FILE": "{tmp}/secret"},
+        names=("failsafe_listen", "environment DBVIP_FAILSAFE"),
+        make=("secret",),
+    ),
+    "failsafe on without its secret": Row(
+        env={"DBVIP_FAILSAFE": "on", "DBVIP_FAILSAFE_LISTEN": "127.0.0.1:8009"},
+        names=("failsafe_secret_file", "environment DBVIP_FAILSAFE"),
+    ),
+    "failsafe secret file empty": Row(
+        env={"DBVIP_FAILSAFE_SECRET_FILE": "{tmp}/empty"},
+        names=("failsafe_secret_file", "environment DBVIP_FAILSAFE_SECRET_FILE"),
+        make=("empty",),
+    ),
+    "failsafe window too short to ask again": Row(
+        env={
+            "DBVIP_FAILSAFE": "on",
+            "DBVIP_FAILSAFE_LISTEN": "127.0.0.1:8009",
+            "DBVIP_FAILSAFE_SECRET_FILE": "{tmp}/secret",
+            "DBVIP_FAILSAFE_WINDOW_S": "2",
+        },
+        names=("failsafe_window_s", "environment DBVIP_FAILSAFE_WINDOW_S"),
+        make=("secret",),
+    ),
 }
 
 
