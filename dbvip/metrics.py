@@ -132,6 +132,20 @@ METRICS: tuple[MetricDoc, ...] = (
         "removing it; absent when refuse_s is 0",
     ),
     MetricDoc(
+        "dbvip_failsafe_window_remaining_seconds",
+        "gauge",
+        (),
+        "failsafe: seconds left of the window every peer acknowledged, at scrape time; "
+        "absent while there is none",
+    ),
+    MetricDoc(
+        "dbvip_failsafe_promise_remaining_seconds",
+        "gauge",
+        (),
+        "failsafe: seconds left of the promise this node gave a holder not to take the "
+        "writer VIP, at scrape time; absent while there is none",
+    ),
+    MetricDoc(
         "dbvip_hook_runs_total",
         "counter",
         ("event", "result"),
@@ -306,6 +320,14 @@ class _SnapshotCollector:
         if snap:
             age.add_metric([], now_s - snap.tick_s)
         yield age
+        for name, fact in (
+            ("dbvip_failsafe_window_remaining_seconds", "failsafe_window_in_s"),
+            ("dbvip_failsafe_promise_remaining_seconds", "promised_for_s"),
+        ):
+            left = gauge(name)
+            if snap and fact in snap.facts:
+                left.add_metric([], float(snap.facts[fact]) - (now_s - snap.tick_s))
+            yield left
 
 
 @dataclass(frozen=True)

@@ -191,9 +191,12 @@ class Runner:
         """Run one action; an adapter that raises is a failure, never a crash."""
         fs = self.failsafe
         if isinstance(action, AskPeers):
-            if fs is None:
-                return Failed(action, "failsafe is off")
-            return fs.ask(action, request_deadline_s)
+            started = self.ports.clock.monotonic_s()
+            outcome = fs.ask(action, request_deadline_s) if fs else Failed(action, "failsafe off")
+            seconds = self.ports.clock.monotonic_s() - started
+            result = action_result(outcome)
+            self.telemetry.tell(lambda o: o.action_done("ask_peers", result, seconds))
+            return outcome
         why = fs.may_start(action) if fs is not None else None
         if why is not None:
             return Failed(action, why)
