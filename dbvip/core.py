@@ -372,11 +372,6 @@ def _while_holding(
     ask = failsafe.ask(state, obs, timing, held.deadline_s)
     if ask:
         return done(ask, Reason.FAILSAFE, failsafe.ASKING, state)
-    if renew:
-        return done(renew, Reason.HOLDING, "renewing the lease", state)
-    if role is not Role.PRIMARY:
-        # Within the grace: keep what we have, add and refresh nothing.
-        return done((), Reason.HOLDING_ROLE_UNSURE, obs.role.cause or "role unknown", state)
     step = keep_vip(
         held,
         obs.vip,
@@ -388,6 +383,15 @@ def _while_holding(
         WRITER_VIP,
         _backing_off(state, "vip", now),
     )
+    # Within an acknowledged window beyond the deadline, the VIP's lifetime is
+    # refreshed before renewals that may hang to their timeout: it must not
+    # run out on the way (with a short ttl_s it is only seconds long).
+    extended = held.deadline_s > lease.deadline_s and isinstance(step, tuple)
+    if renew and not (extended and role is Role.PRIMARY):
+        return done(renew, Reason.HOLDING, "renewing the lease", state)
+    if role is not Role.PRIMARY:
+        # Within the grace: keep what we have, add and refresh nothing.
+        return done((), Reason.HOLDING_ROLE_UNSURE, obs.role.cause or "role unknown", state)
     if step is not None:
         action, detail = step
         reason = Reason.HOLDING

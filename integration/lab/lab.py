@@ -46,6 +46,7 @@ ETCD_ADDRESSES = ("198.51.100.2", "198.51.100.3", "198.51.100.4")
 CLIENT_V4 = ipaddress.IPv4Interface("198.51.100.21/24")
 CLIENT_V6 = ipaddress.IPv6Interface("2001:db8::21/64")
 DEFAULT_VIP = "198.51.100.100/32"
+FAILSAFE_PORT = 8009  # each node's failsafe peer endpoint, on its own address
 SIDECAR_USER = "dbvip"
 HBA_REFUSE = f"local all {SIDECAR_USER} reject  # dbvip-lab: refuse the sidecar\n"
 SIDECAR_GRANTS = (f"CREATE ROLE {SIDECAR_USER} LOGIN", f"GRANT pg_monitor TO {SIDECAR_USER}")
@@ -306,7 +307,20 @@ class Lab:
         }
         env.update(dict(self.spec.sidecar_settings))
         env.update(self._extra_settings)
+        if env.get("DBVIP_FAILSAFE") == "on":
+            # Failsafe needs a peer endpoint and the shared secret: the lab
+            # gives each node its own address and one secret for all.
+            i = self.spec.nodes.index(node) + 1
+            env.setdefault("DBVIP_FAILSAFE_LISTEN", f"{node_v4(i).ip}:{FAILSAFE_PORT}")
+            env.setdefault("DBVIP_FAILSAFE_SECRET_FILE", str(self._failsafe_secret()))
         return env
+
+    def _failsafe_secret(self) -> Path:
+        path = self.dir / "failsafe.secret"
+        if not path.exists():
+            path.write_text(os.urandom(16).hex() + "\n")
+            path.chmod(0o644)  # a sidecar may run as an unprivileged user
+        return path
 
     def settings_for_sidecars(self, **settings: str) -> None:
         """More DBVIP_* settings for sidecars started from now on."""

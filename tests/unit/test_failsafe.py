@@ -128,6 +128,18 @@ FAILSAFE_CASES: list[tuple[str, NodeState, Observation, tuple[Action, ...], Reas
         TF,
     ),
     (
+        "a window beyond the deadline: the VIP is refreshed before a renewal that may hang",
+        replace(
+            ACKED,
+            lease=replace(LEASE, deadline_s=NOW + 2.5, renewed_s=NOW - 3.0),
+            vip_valid_until_s=NOW + 1.0,
+        ),
+        obs(writer=GONE),
+        (AddVip(vip_lifetime_until_s(NOW + 9.0, NOW, TF)),),
+        Reason.HOLDING,
+        TF,
+    ),
+    (
         "window within the ask lead: ask again",
         replace(ACKED, failsafe_until_s=NOW + 4.0),
         obs(writer=GONE),
