@@ -53,6 +53,14 @@ class Snapshot:
     # answer came (monotonic), and why the latest request got none ("" if it did).
     etcd_answered_s: float | None = None
     etcd_error: str = "no etcd request yet"
+    # The reader pool (empty when no reader VIPs are configured): the reader
+    # VIPs this node has, its place in the pool ("in_pool" or why not), its
+    # lag behind the primary, and the reader policy's reason and detail.
+    reader_vips: tuple[str, ...] = ()
+    pool: str = ""
+    lag_bytes: int | None = None
+    reader_reason: str = ""
+    reader_detail: str = ""
 
 
 class Reporter:

@@ -29,8 +29,19 @@ MIN_REQUEST_S = 0.005
 ActionResult = Literal["ok", "refused", "gone", "failed"]
 # The loop's etcd requests: the writer key read, and the lease actions.
 EtcdOperation = Literal[
-    "read_writer", "read_members", "acquire_lease", "adopt_lease", "renew_lease", "release_lease"
+    "read_writer",
+    "read_members",
+    "acquire_lease",
+    "adopt_lease",
+    "renew_lease",
+    "release_lease",
+    "read_pool",
+    "grant_reader_lease",
+    "take_reader",
+    "give_back_reader",
+    "revoke_reader_lease",
 ]
+ReaderChange = Literal["taken", "given_back"]
 
 
 class Observer(Protocol):
@@ -46,6 +57,11 @@ class Observer(Protocol):
 
     def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None: ...
 
+    def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
+        """A reader VIP was added to (``taken``) or removed from (``given_back``)
+        this node, for ``reason`` (the reader policy's)."""
+        ...
+
 
 class NoObserver:
     def action_done(self, kind: str, result: ActionResult, seconds: float) -> None:
@@ -55,6 +71,9 @@ class NoObserver:
         pass
 
     def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None:
+        pass
+
+    def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
         pass
 
 
