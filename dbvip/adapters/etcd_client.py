@@ -103,6 +103,18 @@ class TxnResult:
 class LeaseGrant:
     lease_id: int
     ttl_s: int  # as granted: etcd raises a TTL below its minimum
+    revision: int = 0  # store revision of the reply
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by a watch with ``prev_kv``: ``value`` None when the
+    key was deleted, ``prev`` None when it was created (or etcd no longer had
+    the previous value)."""
+
+    key: bytes
+    value: bytes | None
+    prev: bytes | None
 
 
 @dataclass(frozen=True)
@@ -318,7 +330,7 @@ class EtcdClient:
 
     def grant(self, ttl_s: int, timeout_s: float) -> LeaseGrant:
         def parse(r: Json) -> LeaseGrant:
-            return LeaseGrant(_int(r, "ID"), _int(r, "TTL"))
+            return LeaseGrant(_int(r, "ID"), _int(r, "TTL"), _revision(r))
 
         return self._ask("/v3/lease/grant", {"TTL": ttl_s}, timeout_s, parse)
 
@@ -463,9 +475,16 @@ class Watch:
         *,
         prefix: bool = False,
         idle_s: float = 5.0,
+        wants: Callable[[WatchEvent], bool] | None = None,
     ) -> None:
+        """``wants``: wake for an event batch only if it holds an event this
+        says yes to (the watch then asks etcd for each key's previous value);
+        a (re)connect always wakes."""
         self._client = client
         self._body = {"create_request": _key_range(key, prefix)}
+        if wants is not None:
+            self._body["create_request"]["prev_kv"] = True
+        self._wants = wants
         self._on_wake = on_wake
         self._idle_s = idle_s
         self._stopping = threading.Event()
@@ -546,7 +565,24 @@ class Watch:
                 raise _TransientError(f"watch canceled: {self._client.hide(reason, token)}")
             if result.get("created") or result.get("events"):
                 self._confirmed = True
-                self._wake()
+                if result.get("created") or self._wanted(result.get("events", ())):
+                    self._wake()
+
+    def _wanted(self, events: Sequence[Json]) -> bool:
+        if self._wants is None:
+            return True
+        for event in events:
+            kv = event.get("kv", {})
+            prev = event.get("prev_kv")
+            deleted = event.get("type") == "DELETE"  # PUT is the default, left out
+            seen = WatchEvent(
+                base64.b64decode(kv.get("key", "")),
+                None if deleted else base64.b64decode(kv.get("value", "")),
+                None if prev is None else base64.b64decode(prev.get("value", "")),
+            )
+            if self._wants(seen):
+                return True
+        return False
 
     def _wake(self) -> None:
         try:
