@@ -57,39 +57,45 @@ def _vip_of(key: str, prefix: str) -> str | None:
     return name if address.compressed == name else None
 
 
-def _reader_value(kv: KeyValue, vip: str) -> ReaderValue | Garbage:
+def reader_value(kv: KeyValue, vip: str) -> ReaderValue | Garbage:
     if len(kv.value) > MAX_VALUE_BYTES:
         return Garbage(f"over {MAX_VALUE_BYTES} bytes: not a reader value")
     return decode_reader(kv.value, vip)
 
 
-def _reader_key(vip: str, kv: KeyValue, claim_only: bool = False) -> ReaderKey:
-    value = _reader_value(kv, vip)
-    if isinstance(value, Garbage):
-        return ReaderKey(vip, None, None, kv.lease_id, kv.mod_revision, claim_only)
-    return ReaderKey(vip, value.node, value.identity, kv.lease_id, kv.mod_revision, claim_only)
-
-
-def reader_keys(keys: KeyLayout, kvs: list[KeyValue]) -> tuple[ReaderKey, ...]:
-    """The reader keys among a cluster's keys, by address; a claim whose key
-    is gone stands in for it (``claim_only``) while its lease lives. A claim
-    attached to no lease was put by hand and backs no VIP: left out."""
-    found: dict[str, ReaderKey] = {}
+def reader_entries(keys: KeyLayout, kvs: list[KeyValue]) -> list[tuple[str, KeyValue, bool]]:
+    """(address, key, claim only) of each reader key among a cluster's keys,
+    by address; a claim whose key is gone stands in for it while its lease
+    lives. A claim attached to no lease was put by hand and backs no VIP:
+    left out, as are keys whose last part is not an address as dbvip
+    spells it."""
+    found: dict[str, tuple[str, KeyValue, bool]] = {}
     claims: dict[str, KeyValue] = {}
     for kv in kvs:
         key = kv.key.decode(errors="replace")
         if key.startswith(keys.readers_prefix):
             vip = _vip_of(key, keys.readers_prefix)
             if vip is not None:
-                found[vip] = _reader_key(vip, kv)
+                found[vip] = (vip, kv, False)
         elif key.startswith(keys.reader_claims_prefix):
             vip = _vip_of(key, keys.reader_claims_prefix)
             if vip is not None and kv.lease_id != 0:
                 claims[vip] = kv
     for vip, kv in claims.items():
-        if vip not in found:
-            found[vip] = _reader_key(vip, kv, claim_only=True)
-    return tuple(found[vip] for vip in sorted(found))
+        found.setdefault(vip, (vip, kv, True))
+    return [found[vip] for vip in sorted(found)]
+
+
+def reader_keys(keys: KeyLayout, kvs: list[KeyValue]) -> tuple[ReaderKey, ...]:
+    """The reader keys among a cluster's keys, as the pool reads them."""
+    out = []
+    for vip, kv, claim_only in reader_entries(keys, kvs):
+        value = reader_value(kv, vip)
+        holder, identity = (
+            (None, None) if isinstance(value, Garbage) else (value.node, value.identity)
+        )
+        out.append(ReaderKey(vip, holder, identity, kv.lease_id, kv.mod_revision, claim_only))
+    return tuple(out)
 
 
 def _writer_holder(writer: KeyValue | None, claim: KeyValue | None) -> str | None:
@@ -193,7 +199,7 @@ class EtcdReaderStore:
         """Who the key names, else who the claim names; None for garbage."""
         for kv in (key, claim):
             if kv is not None:
-                value = _reader_value(kv, vip)
+                value = reader_value(kv, vip)
                 if isinstance(value, WriterValue):
                     return value.node
         return None

@@ -27,6 +27,7 @@ from dbvip.adapters.etcd_pages import (
     read_all,
     revoke_quietly,
 )
+from dbvip.adapters.etcd_readers import reader_entries, reader_value
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (
@@ -65,6 +66,17 @@ class MemberStatus:
 
 
 @dataclass(frozen=True)
+class ReaderStatus:
+    """One reader key (or its claim alone) as ``dbvip status`` shows it."""
+
+    vip: str  # the address, from the key
+    value: WriterValue | Garbage
+    lease_id: int
+    ttl_s: int | None  # as MemberStatus.ttl_s
+    claim_only: bool = False
+
+
+@dataclass(frozen=True)
 class ClusterStatus:
     """What ``dbvip status`` shows: one consistent read plus lease TTLs."""
 
@@ -73,6 +85,7 @@ class ClusterStatus:
     members: tuple[MemberStatus, ...]
     maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
     writer_value: WriterValue | Garbage | None = None  # the writer key's value, decoded
+    readers: tuple[ReaderStatus, ...] = ()  # every reader key, by address
 
 
 def _writer_view(kv: KeyValue | None, revision: int, claim: KeyValue | None = None) -> WriterView:
@@ -358,12 +371,17 @@ class EtcdLeaseStore:
             for key in sorted(by_key)
             if key.startswith(maintenance_prefix) and key != maintenance_prefix
         )
+        readers = tuple(
+            ReaderStatus(vip, reader_value(kv, vip), kv.lease_id, ttl_s(kv.lease_id), claim_only)
+            for vip, kv, claim_only in reader_entries(self._keys, kvs)
+        )
         return ClusterStatus(
             writer,
             ttl_s(writer_kv.lease_id) if writer_kv else None,
             members,
             maintenance,
             decode_writer(writer_kv.value) if writer_kv else None,
+            readers,
         )
 
     def writer_watcher(self) -> EtcdKeyWatcher:

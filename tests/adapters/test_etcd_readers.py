@@ -13,9 +13,9 @@ import pytest
 
 from dbvip.adapters.etcd_client import EtcdClient, WatchEvent
 from dbvip.adapters.etcd_readers import EtcdPoolWatcher, EtcdReaderStore
-from dbvip.adapters.etcd_store import EtcdLeaseStore
+from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.identity import Identity
-from dbvip.keys import KeyLayout
+from dbvip.keys import Garbage, KeyLayout, WriterValue
 from dbvip.model import Role
 from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, Refused, Taken, Unknown
 from dbvip.reader_model import PoolMember, PoolReading, ReaderKey
@@ -330,3 +330,29 @@ def test_the_pool_watcher_wakes_for_the_pool_but_not_for_an_lsn_refresh(
         eventually(lambda: count() > before + 1)
     finally:
         watcher.stop()
+
+
+def test_status_reads_every_reader_key_with_its_lease_ttl(
+    etcd_single: EtcdCluster, nodes: NodeFactory
+) -> None:
+    n1, n2 = nodes(etcd_single, "n1"), nodes(etcd_single, "n2")
+    keys = n1.leases.keys
+    lease1, lease2 = n1.lease(ttl_s=30), n2.lease(ttl_s=30)
+    assert isinstance(n1.readers.take_reader(R1, lease1, 0, TIMEOUT_S), Taken)
+    assert isinstance(n2.readers.take_reader(R2, lease2, 0, TIMEOUT_S), Taken)
+    etcd_single.etcdctl("del", keys.reader(R2))  # its claim lives on
+    etcd_single.etcdctl("put", keys.reader("198.51.100.23"), "junk")
+
+    status = n1.leases.read_cluster(TIMEOUT_S * 3)
+    assert isinstance(status, ClusterStatus), status
+    by_vip = {r.vip: r for r in status.readers}
+    assert list(by_vip) == [R1, R2, "198.51.100.23"]
+    held = by_vip[R1]
+    assert isinstance(held.value, WriterValue) and held.value.node == "n1"
+    assert held.lease_id == lease1 and held.ttl_s is not None and 0 < held.ttl_s <= 30
+    assert not held.claim_only
+    claimed = by_vip[R2]
+    assert claimed.claim_only and isinstance(claimed.value, WriterValue)
+    assert claimed.value.node == "n2" and claimed.lease_id == lease2
+    junk = by_vip["198.51.100.23"]
+    assert isinstance(junk.value, Garbage) and (junk.lease_id, junk.ttl_s) == (0, None)
