@@ -18,7 +18,6 @@ log = logging.getLogger("dbvip.members")
 
 
 def report_of(snapshot: Snapshot, vip: str) -> MemberReport:
-    """``vip`` is the writer VIP; the reader VIPs this node has follow it."""
     return MemberReport(
         role=snapshot.role.value,
         timeline=snapshot.timeline,
@@ -47,9 +46,9 @@ class MemberPublisher:
     def offer(self, snapshot: Snapshot) -> None:
         report = report_of(snapshot, self._vip)
         with self._changed:
-            # A replica's LSN (and so its lag) moves on every look (every 10
-            # ms while eager): it rides along with the periodic report, only
-            # other changes are sent at once.
+            # A replica's LSN moves on every look (every 10 ms while eager):
+            # it rides along with the periodic report, only other changes are
+            # sent at once.
             news = not _same(report, self._latest)
             self._latest = report
             if news:
@@ -87,8 +86,7 @@ class MemberPublisher:
 
 
 def _same(a: MemberReport | None, b: MemberReport | None) -> bool:
-    """Equal but for the LSN and the lag (a lag past the limit changes
-    ``pool``, which is news)."""
+    """Equal but for the LSN and the lag (both move on every look)."""
     if a is None or b is None:
         return a is b
     return replace(a, lsn=None, lag_bytes=None) == replace(b, lsn=None, lag_bytes=None)

@@ -198,6 +198,8 @@ def decide_readers(
                 )
         for v, k in sorted(keys.items()):
             old = _left_over(k, state, me)
+            if k.claim_only and k.holder is not None and ours(whose(k.holder, k.identity, me)):
+                old = k.lease_id  # the key was deleted by hand: free the claim, then retake
             if old is not None and v not in maybe and not _backing_off(state, "give:" + v, now):
                 return done(
                     (GiveBackReader(v, old),),
