@@ -20,8 +20,6 @@ from dbvip.adapters.etcd_client import (
     EtcdClient,
     EtcdUnavailableError,
     KeyValue,
-    Watch,
-    WatchEvent,
     compare_lease,
     compare_mod_revision,
     delete_op,
@@ -29,6 +27,7 @@ from dbvip.adapters.etcd_client import (
     range_op,
 )
 from dbvip.adapters.etcd_pages import MAX_VALUE_BYTES, member_value, read_all
+from dbvip.adapters.etcd_watch import Watch, WatchEvent
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity
 from dbvip.keys import (

@@ -15,7 +15,6 @@ from dbvip.adapters.etcd_client import (
     EtcdClient,
     EtcdUnavailableError,
     KeyValue,
-    Watch,
     compare_lease,
     compare_mod_revision,
     delete_op,
@@ -28,6 +27,7 @@ from dbvip.adapters.etcd_pages import (
     revoke_quietly,
 )
 from dbvip.adapters.etcd_readers import reader_entries, reader_value
+from dbvip.adapters.etcd_watch import Watch
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (

@@ -11,9 +11,10 @@ from typing import Any, TypeVar
 
 import pytest
 
-from dbvip.adapters.etcd_client import EtcdClient, WatchEvent
+from dbvip.adapters.etcd_client import EtcdClient
 from dbvip.adapters.etcd_readers import EtcdPoolWatcher, EtcdReaderStore
 from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.etcd_watch import WatchEvent
 from dbvip.identity import Identity
 from dbvip.keys import Garbage, KeyLayout, WriterValue
 from dbvip.model import Role
