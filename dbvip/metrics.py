@@ -10,7 +10,7 @@ client library's own short lock, so the loop never waits on a scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
@@ -20,9 +20,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from dbvip.board import Board
 from dbvip.events import EventKind
 from dbvip.hooks import HookResult
+from dbvip.keys import IN_POOL
 from dbvip.model import Action, Reason, Role
 from dbvip.reporting import Snapshot, snake_case
-from dbvip.shell import ActionResult, EtcdOperation
+from dbvip.shell import ActionResult, EtcdOperation, ReaderChange
 
 # From a fast loopback answer up to the longest timeouts one would configure.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -146,6 +147,35 @@ METRICS: tuple[MetricDoc, ...] = (
         "writer VIP, at scrape time; absent while there is none",
     ),
     MetricDoc(
+        "dbvip_reader_vip_held",
+        "gauge",
+        ("reader_vip",),
+        "1 when this node had the reader VIP on its interface at the last decision, 0 "
+        "when not; one series per configured reader VIP (none without reader_vips)",
+    ),
+    MetricDoc(
+        "dbvip_reader_moves_total",
+        "counter",
+        ("reader_vip", "change", "reason"),
+        "reader VIPs added to (change taken) or removed from (given_back) this node, "
+        "by the reader policy's reason (lagging, maintenance, rebalance, ...)",
+    ),
+    MetricDoc(
+        "dbvip_lag_bytes",
+        "gauge",
+        (),
+        "this replica's replay position behind the primary's WAL position as published "
+        "in etcd, in bytes; absent when unknown or without reader_vips",
+    ),
+    MetricDoc(
+        "dbvip_in_pool",
+        "gauge",
+        ("why",),
+        "1 while this node is in the reader pool (why in_pool), else 0 with why saying "
+        "why not (lagging, rejoining, not_streaming, maintenance, primary, ...); "
+        "absent without reader_vips",
+    ),
+    MetricDoc(
         "dbvip_hook_runs_total",
         "counter",
         ("event", "result"),
@@ -165,6 +195,14 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "action": ACTION_KINDS,
     "event": tuple(k.value for k in EventKind),
     "operation": get_args(EtcdOperation),
+    "change": get_args(ReaderChange),
+}
+# Labels whose values are open-ended (the configuration's, or the reader
+# policy's words): not checked against a list.
+OPEN_LABELS = frozenset({"cluster", "node", "vip", "reader_vip", "why"})
+# A label that means something else on one metric; None: open-ended.
+METRIC_LABEL_VALUES: dict[tuple[str, str], tuple[str, ...] | None] = {
+    ("dbvip_reader_moves_total", "reason"): None,  # the reader policy's reasons
 }
 # "result" means something else on each metric.
 RESULT_VALUES: dict[str, tuple[str, ...]] = {
@@ -182,9 +220,17 @@ class Metrics:
     """The registry, the runner's ``Observer`` and a publish hook for counts."""
 
     def __init__(
-        self, board: Board, cluster: str, node: str, vip: str, refusal: bool = False
+        self,
+        board: Board,
+        cluster: str,
+        node: str,
+        vip: str,
+        refusal: bool = False,
+        *,
+        reader_vips: Sequence[str] = (),
     ) -> None:
-        """``refusal``: refuse_s is on (the refusal's metrics are exported)."""
+        """``refusal``: refuse_s is on (the refusal's metrics are exported);
+        ``reader_vips``: the configured reader VIPs, addresses as in the keys."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._board = board
         self._last_reason = ""
@@ -200,6 +246,7 @@ class Metrics:
         self._actions = counter("dbvip_actions_total")
         self._conflicts = counter("dbvip_conflicts_total")
         self._hooks = counter("dbvip_hook_runs_total")
+        self._reader_moves = counter("dbvip_reader_moves_total")
         self._action_s = histogram("dbvip_action_duration_seconds")
         self._probe_s = histogram("dbvip_probe_duration_seconds")
         self._etcd_s = histogram("dbvip_etcd_request_duration_seconds")
@@ -212,7 +259,9 @@ class Metrics:
             for result in HOOK_RESULTS:
                 self._hooks.labels(event, result)
         self.registry.register(
-            _SnapshotCollector(board, {"cluster": cluster, "node": node, "vip": vip})
+            _SnapshotCollector(
+                board, {"cluster": cluster, "node": node, "vip": vip}, tuple(reader_vips)
+            )
         )
         self._refusal_ready: Gauge | None = None
         self._ended: Counter | None = None
@@ -233,6 +282,9 @@ class Metrics:
 
     def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None:
         self._etcd_s.labels(operation, "ok" if answered else "failed").observe(seconds)
+
+    def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
+        self._reader_moves.labels(vip, change, reason).inc()
 
     # -- the hook runner's observer (called on its worker thread) -------------
 
@@ -264,9 +316,12 @@ class Metrics:
 class _SnapshotCollector:
     """The gauges, all read from one snapshot at scrape time."""
 
-    def __init__(self, board: Board, identity: dict[str, str]) -> None:
+    def __init__(
+        self, board: Board, identity: dict[str, str], reader_vips: tuple[str, ...]
+    ) -> None:
         self._board = board
         self._identity = identity
+        self._reader_vips = reader_vips
 
     def describe(self) -> Iterator[Metric]:
         # Declares the names up front, so a clash is found at registration.
@@ -328,6 +383,24 @@ class _SnapshotCollector:
             if snap and fact in snap.facts:
                 left.add_metric([], float(snap.facts[fact]) - (now_s - snap.tick_s))
             yield left
+        yield from self._reader_families(snap, gauge)
+
+    def _reader_families(
+        self, snap: Snapshot | None, gauge: Callable[[str], GaugeMetricFamily]
+    ) -> Iterator[Metric]:
+        held = gauge("dbvip_reader_vip_held")
+        here = set(snap.reader_vips) if snap else set()
+        for reader_vip in self._reader_vips:
+            held.add_metric([reader_vip], 1.0 if reader_vip in here else 0.0)
+        yield held
+        lag = gauge("dbvip_lag_bytes")
+        if snap and snap.pool and snap.lag_bytes is not None:
+            lag.add_metric([], float(snap.lag_bytes))
+        yield lag
+        in_pool = gauge("dbvip_in_pool")
+        if snap and snap.pool:
+            in_pool.add_metric([snap.pool], 1.0 if snap.pool == IN_POOL else 0.0)
+        yield in_pool
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 from dbvip.model import KeyUnknown, Role
-from dbvip.ports import Announcer, Clock, LeaseStore, RoleProbe, Unknown, VipDriver
+from dbvip.ports import (
+    Announcer,
+    Clock,
+    LeaseStore,
+    ReaderStore,
+    RoleProbe,
+    Unknown,
+    VipDriver,
+    VipReading,
+)
 
 T = TypeVar("T")
 
@@ -29,8 +38,19 @@ MIN_REQUEST_S = 0.005
 ActionResult = Literal["ok", "refused", "gone", "failed"]
 # The loop's etcd requests: the writer key read, and the lease actions.
 EtcdOperation = Literal[
-    "read_writer", "read_members", "acquire_lease", "adopt_lease", "renew_lease", "release_lease"
+    "read_writer",
+    "read_members",
+    "acquire_lease",
+    "adopt_lease",
+    "renew_lease",
+    "release_lease",
+    "read_pool",
+    "grant_reader_lease",
+    "take_reader",
+    "give_back_reader",
+    "revoke_reader_lease",
 ]
+ReaderChange = Literal["taken", "given_back"]
 
 
 class Observer(Protocol):
@@ -46,6 +66,11 @@ class Observer(Protocol):
 
     def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None: ...
 
+    def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
+        """A reader VIP was added to (``taken``) or removed from (``given_back``)
+        this node, for ``reason`` (the reader policy's)."""
+        ...
+
 
 class NoObserver:
     def action_done(self, kind: str, result: ActionResult, seconds: float) -> None:
@@ -57,6 +82,22 @@ class NoObserver:
     def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None:
         pass
 
+    def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class ReaderPorts:
+    """The reader pool's ports: its keys, and one driver and announcer per
+    reader VIP (keyed by the address alone, as in the keys)."""
+
+    store: ReaderStore
+    drivers: dict[str, VipDriver]
+    announcers: dict[str, Announcer]
+    # Every reader VIP's presence in one look (one address dump), when the
+    # drivers offer it; else each driver is asked in turn.
+    look: Callable[[], dict[str, VipReading]] | None = None
+
 
 @dataclass(frozen=True)
 class Ports:
@@ -65,6 +106,7 @@ class Ports:
     store: LeaseStore
     vip: VipDriver
     announcer: Announcer
+    readers: ReaderPorts | None = None  # None: no reader VIPs configured
 
 
 class Telemetry:
