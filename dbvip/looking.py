@@ -88,6 +88,7 @@ class Looker:
             peers=self._peers if role.role is Role.PRIMARY else (),
             maintenance=self._maintenance,
             same_name=self._same_name,
+            failsafe_record=self.failsafe_record,
         )
 
     def _read_peers(self, state: NodeState, now: float, vip: VipPresence) -> None:

@@ -21,6 +21,7 @@ from integration.conftest import MakeLab
 from integration.lab.eventually import eventually
 from integration.lab.lab import FAST_TIMING, Lab
 from integration.lab.monitor import VipChange
+from integration.lab.patroni import PatroniCluster
 
 pytestmark = pytest.mark.real
 FAILSAFE = (*FAST_TIMING.items(), ("DBVIP_FAILSAFE", "on"))
@@ -143,3 +144,32 @@ def test_the_holder_cut_off_from_etcd_alone_never_makes_two_writers(
         winner = "n2" if promote else "n1"
         lab.wait_holder(winner, timeout_s=6 * TTL_S)
         eventually(lambda: (lab.writer_value() or {}).get("node") == winner, timeout_s=6 * TTL_S)
+
+
+def test_with_patroni_in_failsafe_mode_writes_flow_through_an_etcd_outage(
+    make_lab: MakeLab,
+) -> None:
+    """The pair: Patroni's failsafe_mode keeps its leader primary through the
+    outage (every member answers its REST API), dbvip's failsafe keeps the
+    VIP on it; writes flow, one writer throughout, no blink on the way back."""
+    lab = make_lab(patroni=True, sidecar_settings=(("DBVIP_FAILSAFE", "on"),))
+    cluster = lab.patroni
+    assert isinstance(cluster, PatroniCluster) and cluster.failsafe_mode
+    leader = eventually(cluster.leader, timeout_s=60)
+    lab.wait_holder(leader, timeout_s=WINDOW_S + 60)
+    lab.written_by(leader)
+    time.sleep(5.0)  # Patroni's /failsafe key and dbvip's record written meanwhile
+    with lab.watched() as monitor:
+        lab.stop_etcd()
+        try:
+            end = time.monotonic() + OUTAGE_S
+            while time.monotonic() < end:
+                time.sleep(2.0)
+                assert lab.holders() == {leader}
+                lab.written_by(leader)
+        finally:
+            lab.start_etcd()
+        eventually(lambda: (lab.writer_value() or {}).get("node") == leader, timeout_s=60)
+        lab.written_by(leader)
+    report = monitor.report()
+    assert not [e for e in report.vip_events if e.change is VipChange.REMOVED], report.timeline()

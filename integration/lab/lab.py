@@ -206,6 +206,8 @@ class Lab:
             self.name, self.dir / "patroni", self.dir / "logs", members,
             [u.removeprefix("http://") for u in self.spec.etcd_endpoints],
             [str(LAB_V4), str(LAB_V6)], [WRITES_TABLE, *SIDECAR_GRANTS], self.etcdctl,
+            # dbvip's failsafe goes with Patroni's (see the README's Failsafe section).
+            failsafe_mode=dict(self.spec.sidecar_settings).get("DBVIP_FAILSAFE") == "on",
         )  # fmt: skip
         self.patroni.bootstrap()
 

@@ -71,6 +71,7 @@ class PatroniCluster:
         pg_hba_networks: Sequence[str],
         setup_sql: Sequence[str],
         etcdctl: Callable[..., str],
+        failsafe_mode: bool = False,
     ) -> None:
         if not os.access(PATRONI, os.X_OK):
             raise RuntimeError(f"no Patroni at {PATRONI}: run scripts/setup.sh")
@@ -81,6 +82,7 @@ class PatroniCluster:
         self.etcd_hosts = list(etcd_hosts)
         self.pg_hba_networks = list(pg_hba_networks)
         self._etcdctl = etcdctl
+        self.failsafe_mode = failsafe_mode
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         workdir.mkdir(mode=0o755)
         shutil.chown(workdir, user=SUPERUSER, group=SUPERUSER)  # Patroni writes its pgpass here
@@ -122,6 +124,7 @@ class PatroniCluster:
                 "dcs": {
                     **TIMING,
                     "maximum_lag_on_failover": MAX_LAG_ON_FAILOVER_BYTES,
+                    "failsafe_mode": self.failsafe_mode,
                     "postgresql": {"use_pg_rewind": False, "use_slots": True},
                 },
                 "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "no-sync"],
