@@ -27,6 +27,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dbvip.failsafe import record_blocks
 from dbvip.identity import Identity
 from dbvip.model import Reason, Seat, Timing
 from dbvip.ports import Unknown
@@ -192,6 +193,8 @@ class FailsafeSim(Sim):
         for other in self.nodes.values():
             if other.name == name or not other.running:
                 continue
+            if record_blocks(self.etcd.failsafe_record, other.store.identity) is not None:
+                continue  # the record does not list it: it takes nothing (S1 still checked)
             runner = other.runner
             assert isinstance(runner, FsRunner)
             promise = runner.book.view().promised_until_s
@@ -298,6 +301,15 @@ def test_failsafe_outage_patterns(
     fs_simulate(steps, setup)
 
 
+@settings(SIM_SETTINGS, max_examples=_examples(100))
+@given(setup=setups, steps=scenarios(_failsafe_events, 20))  # type: ignore[arg-type]
+def test_failsafe_safety_with_a_node_that_joins_late(setup: Setup, steps: list[FsStep]) -> None:
+    """n3 has never reported when the holder writes its record (its sidecar
+    down from the start), so it is neither listed nor asked; it comes back
+    at some point of the schedule (a Restart in the steps, or here)."""
+    fs_simulate([Crash("n3"), *steps, Restart("n3"), Advance(30.0)], setup)
+
+
 # --------------------------------------------------------------------------
 # Stories: the rule at work (and each check firing when it is broken).
 # --------------------------------------------------------------------------
@@ -305,7 +317,8 @@ def test_failsafe_outage_patterns(
 
 # Every sidecar starts under the promise its earlier process may have given
 # (one window): nobody takes the VIP before that runs out.
-START = Advance(FS_TIMINGS["default"].failsafe_window_s + 2.0)
+WINDOW_S = FS_TIMINGS["default"].failsafe_window_s
+START = Advance(WINDOW_S + 2.0)
 
 
 def _holds(sim: FailsafeSim, node: str) -> bool:
@@ -412,3 +425,14 @@ def test_the_f_check_and_s1_fire_when_a_peer_breaks_its_promise() -> None:
             for step in steps:
                 sim.apply(step)
         assert caught.value.invariant == invariant
+
+
+def test_a_node_that_joined_after_the_record_takes_nothing_while_it_names_another() -> None:
+    sim = fs_simulate([Crash("n3"), START, EtcdFault("n1", "hang"), Advance(1.0)])
+    record = sim.etcd.failsafe_record
+    assert record is not None and [m.node for m in record.members] == ["n2"]
+    sim.apply(Restart("n3"))
+    sim.apply(SetRole("n3", "primary"))
+    sim.apply(Advance(2 * WINDOW_S))  # n1's lease long gone in etcd; n3 reads it free
+    assert sim.kernel.holders() == {"n1"}  # on n2's promise alone: n3 is not asked
+    assert sim.nodes["n3"].runner.state.reason is Reason.FAILSAFE
