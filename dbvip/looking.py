@@ -46,6 +46,7 @@ class Looker:
         self._peers_read_s = float("-inf")
         self._maintenance: bool | None = None  # not read yet
         self.failsafe_record: FailsafeRecord | None = None  # as last read
+        self.members_read_s = float("-inf")  # when the members read last got an answer
 
     def observe(self, state: NodeState, stopping: bool = False) -> Observation:
         clock = self.ports.clock
@@ -115,6 +116,7 @@ class Looker:
         self._peers, self._maintenance = reading.peers, reading.maintenance
         self._same_name = reading.same_name
         self.failsafe_record = reading.failsafe_record
+        self.members_read_s = now
 
     @property
     def peers_seen(self) -> tuple[PeerView, ...]:

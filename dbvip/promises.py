@@ -93,6 +93,7 @@ class Failsafe:
         self._local = PeerLocal(Role.UNKNOWN, False, VipPresence.UNKNOWN, False)
         self._confirmed: FailsafeRecord | None = None
         self._read: FailsafeRecord | None = None
+        self._read_s = float("-inf")
         self._seen: tuple[Seat, ...] = ()
         self._endpoints: dict[Seat, str] = {}
         self.last_asks: tuple[tuple[Seat, PeerAnswer], ...] = ()
@@ -133,8 +134,12 @@ class Failsafe:
             until = None
         return replace(obs, promised_until_s=until, failsafe_record=self._read)
 
-    def record_read(self, record: FailsafeRecord | None) -> None:
-        """The record as a members read found it (None: there is none)."""
+    def record_read(self, record: FailsafeRecord | None, read_s: float) -> None:
+        """The record as the members read at ``read_s`` found it (None: there
+        is none); an older read than the last one taken is no news."""
+        if read_s <= self._read_s:
+            return
+        self._read_s = read_s
         self._read = record
         if record is not None and record == self._confirmed:
             return

@@ -181,7 +181,7 @@ class Runner:
         obs = self.observe(stopping)
         fs = self.failsafe
         if fs is not None:
-            fs.record_read(self.looker.failsafe_record)
+            fs.record_read(self.looker.failsafe_record, self.looker.members_read_s)
             limit = request_deadline_s(self.state, obs.now_s, obs.vip, self.timing)
             fs.keep_record(self.state, obs, limit - obs.now_s)
             obs = fs.look(

@@ -11,11 +11,15 @@ from dbvip.model import NodeState, Observation, Role, Timing, VipPresence
 def request_deadline_s(state: NodeState, now_s: float, vip: VipPresence, timing: Timing) -> float:
     """etcd requests must return in time to take the VIP down by the deadline."""
     limit = now_s + timing.request_timeout_s
-    if state.lease is None:
+    # The lease's deadline while there is a lease (renewals must not run past
+    # it even when a failsafe window lasts longer: the asks come first), the
+    # failsafe window's end after.
+    until = state.lease.deadline_s if state.lease is not None else state.failsafe_until_s
+    if until is None:
         return limit
     if vip is VipPresence.ABSENT:
-        return min(limit, state.lease.deadline_s)
-    return min(limit, state.lease.deadline_s - timing.release_lead_s)
+        return min(limit, until)
+    return min(limit, until - timing.release_lead_s)
 
 
 def wake_s(state: NodeState, obs: Observation, timing: Timing) -> float:

@@ -361,3 +361,14 @@ def test_the_ask_set_is_the_confirmed_record_and_every_peer_seen_since() -> None
 def test_an_identity_restarted_keeps_its_seat() -> None:
     assert Seat.of(ME) == Seat.of(Identity("n1", "other-instance", "h1", "eth0"))
     assert Seat.of(ME) != Seat.of(Identity("n1", "i1", "h2", "eth0"))
+
+
+def test_etcd_requests_end_by_the_lease_deadline_while_it_lives_then_by_the_window() -> None:
+    # With a lease, renewals never run into the window (the asks come first).
+    with_lease = decide(replace(ACKED, lease=SOON), obs(writer=GONE), TF, ME)
+    assert with_lease.request_deadline_s <= SOON.deadline_s - TF.release_lead_s
+    # Without one, reads end in time to take the VIP down by the window's end.
+    late = replace(ACKED, failsafe_until_s=NOW + 1.5)
+    assert (
+        decide(late, obs(writer=GONE), TF, ME).request_deadline_s <= NOW + 1.5 - TF.release_lead_s
+    )

@@ -147,12 +147,16 @@ def test_the_record_is_written_while_holding_and_the_asks_go_to_what_it_lists() 
     channel = Channel({Seat.of(ME): Acked(0.0, 10.0), Seat.of(N3): Acked(0.0, 8.0)})
     fs = Failsafe(HOLDER, TF, clock, channel, records)
     peers = (PeerView("n2", Role.REPLICA, 1, ME), PeerView("n3", Role.REPLICA, 1, N3))
-    fs.record_read(None)
+    fs.record_read(None, 1.0)
     looked = fs.look(obs(writer=MINE), peers)
     fs.keep_record(HOLDING, looked, 1.0)
     assert records.written == [record_for(HOLDER, (Seat.of(ME), Seat.of(N3)))]
+    fs.record_read(None, 1.0)  # the same (older) read again: no news
     fs.keep_record(HOLDING, looked, 1.0)  # unchanged: not written again
     assert len(records.written) == 1
+    fs.record_read(None, 2.0)  # a newer read: someone deleted it
+    fs.keep_record(HOLDING, looked, 1.0)
+    assert len(records.written) == 2
     outcome = fs.ask(AskPeers(10.0), clock.now_s + 1.0)
     assert outcome == PeersAcked(clock.now_s, 8.0, 2)  # the shortest window granted
     assert channel.asked == [(Seat.of(ME), Seat.of(N3))]
