@@ -387,8 +387,8 @@ def test_read_members_gives_the_others_role_and_timeline_and_skips_garbage(
     etcd_private.etcdctl("put", layout.member("text"), '{"role": "primary", "timeline": "9"}')
 
     peers = (
-        PeerView("n2", Role.REPLICA, None),
-        PeerView("n3", Role.PRIMARY, 3),
+        PeerView("n2", Role.REPLICA, None, n2.identity),
+        PeerView("n3", Role.PRIMARY, 3, n3.identity),
         PeerView("text", Role.PRIMARY, None),  # a timeline that is not a number proves nothing
     )
     assert n1.read_members(TIMEOUT_S) == MembersReading(peers, False, (n1.identity,))
