@@ -10,6 +10,7 @@ import ipaddress
 import json
 import re
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -65,8 +66,17 @@ def test_haproxy_sends_reads_to_the_reader_vips_and_follows_them_when_they_move(
             per_read, long_lived = lab.start_reader("per-read"), lab.start_reader("long-lived")
             eventually(lambda: answered_since(per_read.reads(), 0) == {"n2", "n3"}, timeout_s=30)
             eventually(lambda: any(r.ok for r in long_lived.reads()), timeout_s=30)
-            one = lab.client_read()
+            (one,) = lab.client_reads()
             assert one.ok and one.node in ("n2", "n3") and one.recovery is True, one
+            # The same through the lab's command line, on the lab by name.
+            cli = subprocess.run([sys.executable, "-m", "integration.lab", "read", "--name",
+                                  lab.name, "--count", "4"], capture_output=True, text=True,
+                                 timeout=120, check=False)  # fmt: skip
+            assert cli.returncode == 0 and "4 reads, 4 ok, 0 failed" in cli.stdout, cli
+            status = subprocess.run([sys.executable, "-m", "integration.lab", "status", "--name",
+                                     lab.name], capture_output=True, text=True, timeout=120,
+                                    check=False)  # fmt: skip
+            assert f"reader VIP {lab.reader_vips[0].ip}: on n2;" in status.stdout, status
             # The VIP moves from n2 to n3 (remove before add): reads go on.
             moving.remove()
             lab.haproxy.wait_up(names - {server_name(lab.reader_vips[0].ip)})

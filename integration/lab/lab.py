@@ -24,7 +24,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -43,7 +42,7 @@ from integration.lab.names import check_name, lab_dir, netns_name, netns_prefix
 from integration.lab.netns import LAB_V4, LAB_V6, NetLab, Node
 from integration.lab.patroni import PatroniCluster, PatroniMember
 from integration.lab.postgres import SUPERUSER, SUPERUSER_PASSWORD, PgLab, PgServer
-from integration.lab.reader import ClientReader, Read
+from integration.lab.reader import ClientReader, Read, read_through
 from integration.lab.readers import (
     IPAddress,
     KernelView,
@@ -638,17 +637,9 @@ class Lab:
         reader.start()
         return reader
 
-    def client_read(self) -> Read:
-        """One read through HAProxy from the client host, on a new connection."""
-        done = subprocess.run(
-            ["ip", "netns", "exec", self.netns("client"), sys.executable, "-m",
-             "integration.lab.reader", *self._read_target(READ_PORT), "--count", "1"],
-            capture_output=True, text=True, timeout=60, check=False,
-        )  # fmt: skip
-        lines = done.stdout.splitlines()
-        if done.returncode != 0 or not lines:
-            raise RuntimeError(f"the reader exited with {done.returncode}: {done.stderr[-2000:]}")
-        return Read.from_json(lines[-1])
+    def client_reads(self, count: int = 1, mode: str = "per-read") -> list[Read]:
+        """``count`` reads through HAProxy from the client host, one after the other."""
+        return read_through(self.netns("client"), self._read_target(READ_PORT), count, mode)
 
     # -- client and monitor -------------------------------------------------
 

@@ -222,6 +222,19 @@ def tally(reads: Sequence[Read]) -> str:
             f"answered by {nodes or 'nobody'} ({kinds})")  # fmt: skip
 
 
+def read_through(netns: str, target_args: Sequence[str], count: int, mode: str) -> list[Read]:
+    """``count`` reads made by the command inside ``netns``, one after the other."""
+    done = subprocess.run(
+        ["ip", "netns", "exec", netns, sys.executable, "-m", "integration.lab.reader",
+         *target_args, "--count", str(count), "--mode", mode],
+        capture_output=True, text=True, timeout=60 + count, check=False, cwd=_REPO_ROOT,
+    )  # fmt: skip
+    reads = [Read.from_json(line) for line in done.stdout.splitlines() if line.strip()]
+    if done.returncode != 0 or len(reads) != count:
+        raise RuntimeError(f"the reader exited with {done.returncode}: {done.stderr[-2000:]}")
+    return reads
+
+
 class ClientReader:
     """The command as a subprocess inside ``netns``, its reads kept in ``out_path``
     (its errors in ``out_path`` + ``.stderr``)."""

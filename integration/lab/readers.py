@@ -43,6 +43,13 @@ def parse_reader_vips(settings: Mapping[str, str]) -> tuple[IPInterface, ...]:
     return tuple(vips)
 
 
+def pool(count: int) -> str:
+    """A ``DBVIP_READER_VIPS`` value of ``count`` lab addresses: 198.51.100.101/32, ..."""
+    if not 1 <= count <= 20:
+        raise ValueError(f"a lab pool has 1..20 reader VIPs, not {count}")
+    return ",".join(f"198.51.100.{101 + i}/32" for i in range(count))
+
+
 def readers_prefix(cluster: str) -> str:
     """The etcd prefix of the reader keys, as dbvip's own key layout spells it."""
     sample = KeyLayout(cluster).reader("198.51.100.1")
