@@ -80,7 +80,10 @@ def parse_reader_keys(cluster: str, etcdctl_json: str) -> dict[IPAddress, Reader
             value = {"garbage": raw}
         if not isinstance(value, dict):
             value = {"garbage": raw}
-        address = ipaddress.ip_address(key.removeprefix(prefix))
+        try:
+            address = ipaddress.ip_address(key.removeprefix(prefix))
+        except ValueError:
+            continue  # not a reader key itself (a claim kept beside it, say)
         holder = value.get("holder", value.get("node"))
         keys[address] = ReaderKey(address, None if holder is None else str(holder),
                                   int(kv.get("lease", 0)), value)  # fmt: skip
