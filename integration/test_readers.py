@@ -21,7 +21,7 @@ from integration.lab.eventually import eventually
 from integration.lab.haproxy import server_name
 from integration.lab.lab import FAST_TIMING, Lab
 from integration.lab.monitor import MonitorReport, VipChange
-from integration.lab.reader import ClientReader, Read, tally
+from integration.lab.reader import ClientReader, Read, longest_outage_s, tally
 from integration.lab.readers import READER_VIPS, balanced, pool
 
 pytestmark = pytest.mark.real
@@ -74,19 +74,6 @@ def wait_reads_by(reader: ClientReader, nodes: set[str], after_s: float, count: 
         return len(done) >= count and {r.node for r in done[-count:]} <= nodes
 
     eventually(enough, timeout_s=BOUND_S, interval_s=0.05)
-
-
-def outage_s(reads: list[Read], after_s: float) -> float:
-    """The longest run of failed reads after ``after_s``, in seconds (0: none)."""
-    longest, began = 0.0, None
-    for r in sorted(reads, key=lambda r: r.started_s):
-        if r.started_s < after_s:
-            continue
-        if not r.ok and began is None:
-            began = r.started_s
-        elif r.ok and began is not None:
-            longest, began = max(longest, r.ended_s - began), None
-    return longest
 
 
 def removed_before_added(report: MonitorReport, node: str) -> bool:
@@ -146,7 +133,7 @@ def test_a_replicas_database_crash_moves_its_vips_to_the_other_replica_and_back(
         reads, kept = per_read.stop(), long_lived.stop()
     for name, made in (("per-read", reads), ("long-lived", kept)):
         print(f"{name}: {tally(made)}; longest outage after the crash "
-              f"{outage_s(made, crash_s):.3f} s")  # fmt: skip
+              f"{longest_outage_s(made, crash_s):.3f} s")  # fmt: skip
         # Only replicas ever answered: the primary kept out of the pool throughout.
         assert all(r.recovery is True for r in made if r.ok), tally(made)
         assert any(r.ok and r.node == "n3" and r.started_s >= moved_s for r in made)

@@ -1,6 +1,7 @@
 """``dbvip-lab``: bring a lab up, look at it, break it, take it down.
 
-    dbvip-lab demo                  the README's demo (up, switchover, crash failover, down)
+    dbvip-lab demo                  the README's demo (up, switchover, crash failover, down;
+                                    reader VIPs moving on a replica crash; --readers 0: none)
     dbvip-lab up [--name lab]       bring a lab up and leave it running (--patroni: Patroni runs it;
                                     --readers 4: a pool of reader VIPs and HAProxy in front of it)
     dbvip-lab status                roles, VIP holders (writer and readers), the writer key
@@ -42,7 +43,11 @@ def say(text: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbvip-lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="up, switchover, crash failover, timeline, down")
+    demo = sub.add_parser("demo", help="up, switchover, crash failover, timeline, down")
+    demo.add_argument(
+        "--readers", type=int, default=4, metavar="N",
+        help="reader VIPs and HAProxy (default 4; 0: the writer VIP alone)",
+    )  # fmt: skip
     up = sub.add_parser("up", help="bring a lab up and leave it running")
     up.add_argument("--nodes", type=int, default=3, help="database nodes (default 3)")
     up.add_argument("--etcd", type=int, choices=(1, 3), default=1, help="etcd members")
@@ -84,8 +89,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def cmd_demo(_: argparse.Namespace) -> int:
-    return run_demo(say)
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(say, args.readers)
 
 
 def cmd_up(args: argparse.Namespace) -> int:

@@ -235,6 +235,20 @@ def read_through(netns: str, target_args: Sequence[str], count: int, mode: str) 
     return reads
 
 
+def longest_outage_s(reads: Sequence[Read], after_s: float = float("-inf")) -> float:
+    """The longest run of failed reads begun after ``after_s``: from its first
+    failure to the end of the next good read, in seconds (0: none)."""
+    longest, began = 0.0, None
+    for r in sorted(reads, key=lambda r: r.started_s):
+        if r.started_s < after_s:
+            continue
+        if not r.ok and began is None:
+            began = r.started_s
+        elif r.ok and began is not None:
+            longest, began = max(longest, r.ended_s - began), None
+    return longest
+
+
 class ClientReader:
     """The command as a subprocess inside ``netns``, its reads kept in ``out_path``
     (its errors in ``out_path`` + ``.stderr``)."""
