@@ -28,7 +28,7 @@ from dbvip.keys import member_value
 from dbvip.members import report_of
 from dbvip.model import Role, Timing
 from dbvip.ports import Clock
-from dbvip.runner import Snapshot
+from dbvip.reporting import Snapshot
 from dbvip.status_view import member_row
 
 

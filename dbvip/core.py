@@ -15,13 +15,13 @@ rule that applies gives the reason.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import replace
 
+from dbvip.guard import keep_vip, lease_deadline_s, release_at_s
 from dbvip.identity import Identity
 from dbvip.model import (
-    KERNEL_EXPIRY_SLACK_S,
+    WRITER_VIP,
     AcquireLease,
     Action,
     AddVip,
@@ -263,13 +263,13 @@ def absorb(
     now = obs.now_s
     match outcome:
         case LeaseGranted(lease_id, ttl_s, sent_s, revision):
-            lease = Lease(lease_id, sent_s + ttl_s - timing.margin_s, sent_s, revision)
+            lease = Lease(lease_id, lease_deadline_s(sent_s, ttl_s, timing), sent_s, revision)
             view = KeyHeld(me.node, lease_id, revision, revision, me)
             return (replace(state, lease=lease, adopt_failed_lease=None), replace(obs, writer=view))
         case LeaseRenewed(lease_id, ttl_s, sent_s) if (
             state.lease is not None and state.lease.lease_id == lease_id
         ):
-            deadline = max(state.lease.deadline_s, sent_s + ttl_s - timing.margin_s)
+            deadline = max(state.lease.deadline_s, lease_deadline_s(sent_s, ttl_s, timing))
             return replace(
                 state, lease=replace(state.lease, deadline_s=deadline, renewed_s=sent_s)
             ), obs
@@ -318,15 +318,6 @@ def absorb(
     raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
 
 
-def vip_lifetime_s(lease: Lease, now_s: float, timing: Timing) -> int:
-    """Whole seconds the kernel may keep the VIP without a refresh.
-
-    Cut short by the kernel's expiry lateness and the netlink budget, so the
-    kernel has removed the VIP by the deadline even if this process freezes.
-    """
-    return math.floor(lease.deadline_s - now_s - KERNEL_EXPIRY_SLACK_S - timing.vip_op_timeout_s)
-
-
 # --------------------------------------------------------------------------
 
 
@@ -334,7 +325,7 @@ def _while_holding(
     state: NodeState, lease: Lease, obs: Observation, timing: Timing, role: Role, done: _Done
 ) -> Decision:
     now = obs.now_s
-    release_at = lease.deadline_s - timing.release_lead_s
+    release_at = release_at_s(lease, timing)
     renew: tuple[Action, ...] = ()
     if now >= lease.renewed_s + timing.renew_interval_s and not _backing_off(state, "renew", now):
         renew = (RenewLease(lease.lease_id),)
@@ -355,15 +346,23 @@ def _while_holding(
     if role is not Role.PRIMARY:
         # Within the grace: keep what we have, add and refresh nothing.
         return done((), Reason.HOLDING_ROLE_UNSURE, obs.role.cause or "role unknown", state)
-    lifetime = vip_lifetime_s(lease, now, timing)
-    if lifetime >= 1 and not _backing_off(state, "vip", now):
-        if obs.vip is not VipPresence.PRESENT:
+    step = keep_vip(
+        lease,
+        obs.vip,
+        state.vip_valid_until_s,
+        state.announces_left,
+        state.next_announce_s,
+        now,
+        timing,
+        WRITER_VIP,
+        _backing_off(state, "vip", now),
+    )
+    if step is not None:
+        action, detail = step
+        reason = Reason.HOLDING
+        if isinstance(action, AddVip) and obs.vip is not VipPresence.PRESENT:
             reason = Reason.TAKING_OVER if state.vip_valid_until_s is None else Reason.VIP_RESTORED
-            return done((AddVip(lifetime),), reason, f"VIP {obs.vip.value}, adding it", state)
-        if state.vip_valid_until_s is None or (now + lifetime - state.vip_valid_until_s >= 1):
-            return done((AddVip(lifetime),), Reason.HOLDING, "refreshing the VIP lifetime", state)
-    if state.announces_left > 0 and now >= state.next_announce_s:
-        return done((Announce(),), Reason.HOLDING, "announcing the VIP", state)
+        return done((action,), reason, detail, state)
     if (
         timing.announce_refresh_s > 0
         and state.last_announce_s is not None

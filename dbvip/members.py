@@ -12,7 +12,7 @@ import threading
 from dataclasses import replace
 
 from dbvip.ports import LeaseStore, MemberReport, Unknown
-from dbvip.runner import Snapshot
+from dbvip.reporting import Snapshot
 
 log = logging.getLogger("dbvip.members")
 

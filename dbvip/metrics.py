@@ -21,7 +21,8 @@ from dbvip.board import Board
 from dbvip.events import EventKind
 from dbvip.hooks import HookResult
 from dbvip.model import Action, Reason, Role
-from dbvip.runner import ActionResult, EtcdOperation, Snapshot, snake_case
+from dbvip.reporting import Snapshot, snake_case
+from dbvip.shell import ActionResult, EtcdOperation, ReaderChange
 
 # From a fast loopback answer up to the longest timeouts one would configure.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -218,6 +219,9 @@ class Metrics:
 
     def etcd_done(self, operation: EtcdOperation, answered: bool, seconds: float) -> None:
         self._etcd_s.labels(operation, "ok" if answered else "failed").observe(seconds)
+
+    def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
+        pass  # counted once the reader metrics land (issue 10, in progress)
 
     # -- the hook runner's observer (called on its worker thread) -------------
 

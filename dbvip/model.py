@@ -50,6 +50,8 @@ class RoleReading:
     timeline: int | None = None
     lsn: str | None = None
     cause: str | None = None  # why the role is unknown or down; None when known
+    # A replica's WAL receiver is streaming; None: not a replica, or unknown.
+    streaming: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -172,21 +174,29 @@ class ReleaseLease:
     lease_id: int
 
 
+# The VIP actions and outcomes name the VIP they are about: "" is the writer
+# VIP, anything else a reader VIP (its address, as in its key).
+WRITER_VIP = ""
+
+
 @dataclass(frozen=True)
 class AddVip:
     """Add the VIP, or refresh it, with a kernel-enforced valid lifetime."""
 
     lifetime_s: int
+    vip: str = WRITER_VIP
 
 
 @dataclass(frozen=True)
 class RemoveVip:
-    pass
+    vip: str = WRITER_VIP
 
 
 @dataclass(frozen=True)
 class Announce:
     """Gratuitous ARP (IPv4) or unsolicited neighbour advertisement (IPv6)."""
+
+    vip: str = WRITER_VIP
 
 
 Action = AcquireLease | AdoptLease | RenewLease | ReleaseLease | AddVip | RemoveVip | Announce
@@ -243,16 +253,19 @@ class VipAdded:
     lifetime_s: int
     done_s: float  # instant read before the netlink call; lifetime counts from it
     was_present: bool
+    vip: str = WRITER_VIP
 
 
 @dataclass(frozen=True)
 class VipRemoved:
     was_present: bool
+    vip: str = WRITER_VIP
 
 
 @dataclass(frozen=True)
 class Announced:
     done_s: float
+    vip: str = WRITER_VIP
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Protocol
 
 from dbvip.identity import Identity
 from dbvip.model import PeerView, RoleReading, VipPresence, WriterView
+from dbvip.reader_model import PoolReading
 
 # --------------------------------------------------------------------------
 # Results of adapters.
@@ -89,8 +90,20 @@ class MemberReport:
     role: str
     timeline: int | None
     lsn: str | None
-    vips: tuple[str, ...]
+    vips: tuple[str, ...]  # every VIP it has: the writer VIP, reader VIPs
     reason: str
+    # Its own judgement of its place in the reader pool ("in_pool", or why
+    # not: "lagging", "maintenance", ...) and its lag behind the primary;
+    # "" and None when no reader VIPs are configured.
+    pool: str = ""
+    lag_bytes: int | None = None
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The reader key and its claim were put under the given lease."""
+
+    revision: int
 
 
 # --------------------------------------------------------------------------
@@ -167,6 +180,39 @@ class LeaseStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+class ReaderStore(Protocol):
+    """The reader keys of one node of one cluster, and its reader lease.
+
+    Keys: ``/<prefix>/<cluster>/readers/<address>`` and, under the same
+    lease, ``/<prefix>/<cluster>/reader-claims/<address>``.
+    """
+
+    def read_pool(self, timeout_s: float) -> PoolReading | Unknown:
+        """The reader keys (with claims), the other live members' reports and
+        the writer key's holder, from one read of the cluster's keys."""
+        ...
+
+    def grant_reader_lease(self, ttl_s: int, timeout_s: float) -> Granted | Unknown:
+        """A fresh lease for reader keys (``revision``: of the grant's reply)."""
+        ...
+
+    def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown: ...
+
+    def take_reader(
+        self, vip: str, lease_id: int, mod_revision: int, timeout_s: float
+    ) -> Taken | Refused | Unknown:
+        """Put the reader key and its claim under ``lease_id`` in one
+        transaction, only if the key's mod revision is ``mod_revision`` (0:
+        absent) and the claim is absent; else Refused naming the holder."""
+        ...
+
+    def give_back_reader(self, vip: str, lease_id: int, timeout_s: float) -> Done | Unknown:
+        """Delete the reader key and its claim, each only if under ``lease_id``."""
+        ...
+
+    def revoke(self, lease_id: int, timeout_s: float) -> Done | Unknown: ...
 
 
 class KeyWatcher(Protocol):

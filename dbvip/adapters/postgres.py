@@ -26,7 +26,9 @@ from dbvip.model import Role, RoleReading
 # checkpoint's timeline lags a promotion until the next checkpoint; the WAL
 # insert position's file name carries the new timeline as soon as recovery
 # ends. A replica reports the timeline it is receiving, or failing that the
-# one of its last restartpoint.
+# one of its last restartpoint. Its WAL receiver's status says whether it
+# streams ("none": no receiver; "hidden": a role without pg_read_all_stats
+# sees the receiver's pid only, so whether it streams is unknown).
 QUERY = b"""\
 SELECT in_recovery,
   CASE WHEN in_recovery
@@ -34,7 +36,10 @@ SELECT in_recovery,
                   (pg_control_checkpoint()).timeline_id)
     ELSE ('x' || left(pg_walfile_name(pg_current_wal_lsn()), 8))::bit(32)::int
   END,
-  CASE WHEN in_recovery THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END
+  CASE WHEN in_recovery THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
+  CASE WHEN in_recovery
+    THEN coalesce((SELECT coalesce(status, 'hidden') FROM pg_stat_wal_receiver), 'none')
+  END
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS s"""
 
 # PostgreSQL's messages for SQLSTATE 57P03 (postmaster.c, canAcceptConnections).
@@ -191,13 +196,14 @@ def _query(pgconn: pq.abc.PGconn, deadline_s: float) -> list[bytes | None]:
 
 
 def _reading(row: list[bytes | None]) -> RoleReading:
-    in_recovery, timeline, lsn = row
+    in_recovery, timeline, lsn, receiver = row
     if in_recovery not in (b"t", b"f"):
         raise ValueError(f"unexpected pg_is_in_recovery() value {in_recovery!r}")
     return RoleReading(
         Role.REPLICA if in_recovery == b"t" else Role.PRIMARY,
         timeline=None if timeline is None else int(timeline),
         lsn=None if lsn is None else lsn.decode(),
+        streaming=None if receiver in (None, b"hidden") else receiver == b"streaming",
     )
 
 

@@ -9,7 +9,7 @@ from dataclasses import replace
 
 import pytest
 
-from dbvip.core import vip_lifetime_s
+from dbvip.guard import vip_lifetime_s
 from dbvip.members import report_of
 from dbvip.model import AddVip, Failed, Reason, Role, Timing
 from dbvip.runner import Ports, Runner, Snapshot

@@ -1,0 +1,130 @@
+"""The loop's eyes: what the ports say this tick, as an ``Observation``.
+
+Every look is bounded: the role probe by ``probe_timeout_s``, each etcd read
+by the deadline the core's state allows (so the VIP can still come down in
+time). A settled replica reads the writer key only now and then; the watch
+marks it dirty when it changes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from dbvip.identity import Identity
+from dbvip.model import (
+    KeyHeld,
+    KeyUnknown,
+    NodeState,
+    Observation,
+    PeerView,
+    Role,
+    RoleReading,
+    Timing,
+    VipPresence,
+    WriterView,
+)
+from dbvip.ports import Unknown, VipReading
+from dbvip.schedule import request_deadline_s
+from dbvip.shell import MIN_REQUEST_S, Ports, Telemetry, guarded
+
+log = logging.getLogger("dbvip")
+
+
+class Looker:
+    def __init__(self, node: str, timing: Timing, ports: Ports, telemetry: Telemetry) -> None:
+        self.node = node
+        self.timing = timing
+        self.ports = ports
+        self.telemetry = telemetry
+        self.key_dirty = True  # read the writer key at least once at start
+        self._key_read_s = float("-inf")
+        self._last_view: WriterView = KeyUnknown("not read yet")
+        self._peers: tuple[PeerView, ...] = ()
+        self._same_name: tuple[Identity, ...] = ()
+        self._peers_read_s = float("-inf")
+        self._maintenance: bool | None = None  # not read yet
+
+    def observe(self, state: NodeState, stopping: bool = False) -> Observation:
+        clock = self.ports.clock
+        vip = guarded(self.ports.vip.observe, lambda c: VipReading(VipPresence.UNKNOWN, c))
+        started = clock.monotonic_s()
+        role = guarded(
+            lambda: self.ports.probe.probe(self.timing.probe_timeout_s),
+            lambda c: RoleReading(Role.UNKNOWN, cause=c),
+        )
+        now = clock.monotonic_s()
+        self.telemetry.tell(lambda o: o.probe_done(role.role, now - started))
+        if self._needs_key(state, role.role, vip.presence, stopping, now):
+            self.key_dirty = False
+            timeout = request_deadline_s(state, now, vip.presence, self.timing) - now
+            if timeout < MIN_REQUEST_S:
+                view: WriterView = KeyUnknown("no time left before the lease deadline")
+            else:
+                view = self.telemetry.etcd(
+                    "read_writer",
+                    lambda: guarded(lambda: self.ports.store.read_writer(timeout), KeyUnknown),
+                )
+            if isinstance(view, KeyUnknown):
+                self.key_dirty = True
+            else:
+                self._key_read_s = now
+            self._last_view = view
+            now = clock.monotonic_s()
+        if not stopping and now - self._peers_read_s >= self.timing.renew_interval_s:
+            self._read_peers(state, now, vip.presence)
+            now = clock.monotonic_s()
+        reset = guarded(self.ports.store.history_reset, lambda c: None)
+        return Observation(
+            etcd_reset=reset,
+            now_s=now,
+            role=role,
+            writer=self._last_view,
+            vip=vip.presence,
+            stopping=stopping,
+            vip_cause=vip.cause,
+            peers=self._peers if role.role is Role.PRIMARY else (),
+            maintenance=self._maintenance,
+            same_name=self._same_name,
+        )
+
+    def _read_peers(self, state: NodeState, now: float, vip: VipPresence) -> None:
+        """Other members' reports (is another primary newer?) and this node's
+        maintenance flag, every renew interval: both are slow evidence anyway
+        (a report is published after its node's own probe; an operator's
+        flag is confirmed by this node's report, see ``dbvip maintenance``)."""
+        timeout = request_deadline_s(state, now, vip, self.timing) - now
+        if timeout < MIN_REQUEST_S:
+            return
+        reading = self.telemetry.etcd(
+            "read_members",
+            lambda: guarded(lambda: self.ports.store.read_members(timeout), Unknown),
+        )
+        if isinstance(reading, Unknown):
+            # Keep the last known reports: no news is not evidence either way.
+            # Until the first answer (the maintenance flag unknown), ask again
+            # next tick rather than a renew interval later.
+            log.debug("members not read cause=%r", reading.cause)
+            if self._maintenance is not None:
+                self._peers_read_s = now
+            return
+        self._peers_read_s = now
+        self._peers, self._maintenance = reading.peers, reading.maintenance
+        self._same_name = reading.same_name
+
+    def _needs_key(
+        self, state: NodeState, role: Role, vip: VipPresence, stopping: bool, now: float
+    ) -> bool:
+        """A settled replica only re-reads the key now and then; anything that
+        may act on the key reads it every tick."""
+        if self.key_dirty or stopping:
+            return True
+        if role is Role.UNKNOWN and now - self._key_read_s < self.timing.probe_interval_s / 2:
+            # A holder looking again and again at a database that stopped
+            # answering: the key was just read, the watch reports changes.
+            return False
+        if role is not Role.REPLICA and role is not Role.DOWN:
+            return True
+        if state.lease is not None or vip is not VipPresence.ABSENT:
+            return True
+        mine = isinstance(self._last_view, KeyHeld) and self._last_view.holder == self.node
+        return mine or now - self._key_read_s >= self.timing.renew_interval_s
