@@ -129,8 +129,11 @@ def test_the_monitor_reports_a_reader_vip_on_two_nodes_and_no_writer_trouble(
 
 
 def test_reader_keys_are_read_from_etcd_with_their_holder_and_lease(make_lab: MakeLab) -> None:
-    """Written here with etcdctl as a sidecar would: the view must find them."""
-    lab = make_lab(sidecars=False, sidecar_settings=READERS, db_nodes=1)
+    """Written here with etcdctl as a sidecar would: the view must find them.
+    (HAProxy asked for explicitly, with no pool: a readers backend with no server.)"""
+    lab = make_lab(sidecars=False, haproxy=True, db_nodes=1)
+    assert lab.reader_vips == () and lab.haproxy is not None
+    assert lab.haproxy.server_states() == {} and "writer" in lab.haproxy.server_states("writer")
     lease = lab.etcdctl("lease", "grant", "30").split()[1]
     key = readers_prefix(lab.name) + "198.51.100.103"
     lab.etcdctl("put", "--lease", lease, key, json.dumps({"holder": "n1", "vip": VIPS[2]}))

@@ -95,7 +95,7 @@ class LabSpec:
     pg_template: str | None = None  # a data dir made by initdb, copied instead of initdb
     patroni: bool = False  # Patroni (integration/lab/patroni.py) runs the databases
     etcd_args: tuple[str, ...] = ()  # extra etcd flags, e.g. --enable-v2=true for a peer
-    haproxy: bool = False  # HAProxy on host lb even without reader VIPs (it then has none)
+    haproxy: bool = False  # HAProxy on host lb even without reader VIPs (no reader backend)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -199,7 +199,7 @@ class Lab:
         if self.spec.sidecars:
             for node in self.spec.nodes:
                 self.start_sidecar(node)
-        if self.reader_vips:
+        if self.reader_vips or self.spec.haproxy:
             self.start_haproxy()
 
     def _start_postgres(self) -> None:
