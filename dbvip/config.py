@@ -22,9 +22,10 @@ from typing import Any
 
 from dbvip import dsn
 from dbvip import parsers as p
-from dbvip.config_checks import check_pairs, check_secrets, check_timing
+from dbvip.config_checks import check_pairs, check_reader_vips, check_secrets, check_timing
 from dbvip.model import Timing
 from dbvip.parsers import ConfigError, Listen
+from dbvip.reader_model import ReaderSettings
 
 __all__ = ["BY_NAME", "SETTINGS", "Config", "ConfigError", "Listen", "check_timing", "load"]
 
@@ -44,7 +45,9 @@ TOML_TYPES: dict[str, tuple[type, ...]] = {
     "int": (int,),
     "seconds": (int, float),
     "list": (str, list),
+    "bool": (bool, str),
 }
+BOOLEAN_SETTINGS = frozenset({"reader_fallback_to_primary", "no_load_balance"})
 
 
 @dataclass(frozen=True)
@@ -58,10 +61,12 @@ class Setting:
     @property
     def kind(self) -> str:
         """What a TOML value may be: text, int, seconds or list."""
-        if self.name in ("ttl_s", "announce_count"):
+        if self.name in ("ttl_s", "announce_count", "reader_max_lag_bytes"):
             return "int"
-        if self.name == "etcd_endpoints":
+        if self.name in ("etcd_endpoints", "reader_vips"):
             return "list"
+        if self.name in BOOLEAN_SETTINGS:
+            return "bool"
         return "seconds" if self.name.endswith("_s") else "text"
 
     @property
@@ -157,6 +162,38 @@ SETTINGS: tuple[Setting, ...] = (
         "30",
         "how long after seeing the key free a replica probes at the eager interval (0: never)",
     ),
+    Setting(
+        "reader_vips",
+        p.vip_list,
+        "",
+        "comma-separated reader VIPs spread over the healthy replicas (same rules as vip); "
+        "empty: no reader pool",
+    ),
+    Setting(
+        "reader_max_lag_bytes",
+        p.integer(0, 2**62),
+        str(16 * 1024 * 1024),
+        "a replica further behind the primary's published WAL position leaves the reader pool",
+    ),
+    Setting(
+        "reader_rejoin_s",
+        _seconds(False, 86400),
+        "10",
+        "a replica that left the pool for lag (or for not streaming) comes back only after "
+        "staying fine this long",
+    ),
+    Setting(
+        "reader_fallback_to_primary",
+        p.boolean,
+        "on",
+        "with no healthy replica, the primary holds the reader VIPs (off: they stay unassigned)",
+    ),
+    Setting(
+        "no_load_balance",
+        p.boolean,
+        "off",
+        "this node never joins the reader pool (like Patroni's noloadbalance tag)",
+    ),
     Setting("hook_acquire", p.executable, "", "run after this node added the VIP"),
     Setting("hook_release", p.executable, "", "run after this node removed the VIP"),
     Setting(
@@ -199,6 +236,17 @@ class Config:
         return self.values[name]
 
     @property
+    def readers(self) -> ReaderSettings:
+        vips = self.values.get("reader_vips") or ()
+        return ReaderSettings(
+            vips=tuple(v.ip.compressed for v in vips),
+            max_lag_bytes=self.values["reader_max_lag_bytes"],
+            rejoin_s=self.values["reader_rejoin_s"],
+            fallback_to_primary=self.values["reader_fallback_to_primary"],
+            no_load_balance=self.values["no_load_balance"],
+        )
+
+    @property
     def timing(self) -> Timing:
         return Timing(**{name: self.values[name] for name in TIMING_FIELDS})
 
@@ -214,7 +262,9 @@ class Config:
             raw = self.values.get(s.name)
             shown = "" if raw in (None, "") else str(raw)
             if raw is not None and isinstance(raw, tuple):
-                shown = ",".join(raw)
+                shown = ",".join(str(r) for r in raw)
+            if isinstance(raw, bool):
+                shown = "on" if raw else "off"
             if s.secret and shown:
                 shown = "********"
             if s.name == "pg_dsn" and shown:
@@ -268,6 +318,7 @@ def load(
             )
     config = Config(values, sources)
     check_pairs(config)
+    check_reader_vips(config)
     check_secrets(config)
     if "ttl_s" in required or "node" in required:
         check_timing(config)
@@ -335,9 +386,12 @@ def _toml_text(setting: Setting, value: object, path: str) -> str:
         "int": "an integer (not a string, not a float)",
         "seconds": "a number of seconds (not a string)",
         "list": "a string or a list of strings",
+        "bool": "true or false (or the strings on/off)",
     }[kind]
     # bool is an int in Python; in TOML it is neither a number nor a string.
-    ok = isinstance(value, TOML_TYPES[kind]) and not isinstance(value, bool)
+    ok = isinstance(value, TOML_TYPES[kind]) and (kind == "bool") == isinstance(value, bool)
+    if kind == "bool" and isinstance(value, str):
+        ok = True
     if ok and isinstance(value, list):
         ok = bool(value) and all(isinstance(v, str) for v in value)
     if not ok:
@@ -346,6 +400,8 @@ def _toml_text(setting: Setting, value: object, path: str) -> str:
             f"{setting.name} = {shown} from file {path}: must be {wanted}, "
             f"not {type(value).__name__}"
         )
+    if isinstance(value, bool):
+        return "on" if value else "off"
     if isinstance(value, list):
         return ",".join(value)
     if isinstance(value, float):

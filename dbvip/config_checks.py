@@ -53,6 +53,19 @@ def check_pairs(config: Config) -> None:
             ) from None
 
 
+def check_reader_vips(config: Config) -> None:
+    """A reader VIP must not be the writer VIP: one address, two owners."""
+    writer, readers = config.values.get("vip"), config.values.get("reader_vips") or ()
+    if not writer:
+        return
+    for r in readers:
+        if r.ip == writer.ip:
+            raise ConfigError(
+                f"reader_vips (from {config.sources['reader_vips']}) lists {r.ip}, which is "
+                f"the writer VIP (vip from {config.sources['vip']}); a reader VIP must differ"
+            )
+
+
 def check_secrets(config: Config) -> None:
     """One place for each password, so none silently wins over another."""
     if not config.values.get("pg_dsn"):

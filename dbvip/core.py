@@ -55,6 +55,7 @@ from dbvip.model import (
     WriterView,
 )
 from dbvip.ownership import key_lost, left_over, name_conflict, release_chain
+from dbvip.reader_model import ReaderOnlyAction
 from dbvip.schedule import request_deadline_s, wake_s
 
 _Done = Callable[[tuple[Action, ...], Reason, str, NodeState], Decision]
@@ -459,7 +460,7 @@ def _describe(view: WriterView) -> str:
     raise AssertionError(view)  # pragma: no cover
 
 
-def _kind(action: Action) -> str:
+def _kind(action: Action | ReaderOnlyAction) -> str:
     match action:
         case AcquireLease():
             return "acquire"

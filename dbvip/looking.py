@@ -23,9 +23,10 @@ from dbvip.model import (
     VipPresence,
     WriterView,
 )
-from dbvip.ports import Unknown, VipReading
+from dbvip.ports import Clock, Unknown, VipReading
+from dbvip.reader_model import PoolReading
 from dbvip.schedule import request_deadline_s
-from dbvip.shell import MIN_REQUEST_S, Ports, Telemetry, guarded
+from dbvip.shell import MIN_REQUEST_S, Ports, ReaderPorts, Telemetry, guarded
 
 log = logging.getLogger("dbvip")
 
@@ -128,3 +129,44 @@ class Looker:
             return True
         mine = isinstance(self._last_view, KeyHeld) and self._last_view.holder == self.node
         return mine or now - self._key_read_s >= self.timing.renew_interval_s
+
+
+class ReaderLooker:
+    """What the reader policy sees: each reader VIP on this node, and the pool
+    as etcd shows it (read when the watch says it changed, after this node's
+    own moves, and every renew interval)."""
+
+    def __init__(self, timing: Timing, ports: ReaderPorts, clock: Clock, telemetry: Telemetry):
+        self.timing = timing
+        self.ports = ports
+        self.clock = clock
+        self.telemetry = telemetry
+        self.dirty = True
+        self._read_s = float("-inf")
+        self._reading: PoolReading | None = None
+        self._cause = "not read yet"
+
+    def presence(self) -> dict[str, VipPresence]:
+        return {
+            vip: guarded(driver.observe, lambda c: VipReading(VipPresence.UNKNOWN, c)).presence
+            for vip, driver in self.ports.drivers.items()
+        }
+
+    def pool(self, limit_s: float, stopping: bool) -> tuple[PoolReading | None, str]:
+        now = self.clock.monotonic_s()
+        if not (self.dirty or stopping or now - self._read_s >= self.timing.renew_interval_s):
+            return self._reading, self._cause
+        timeout = limit_s - now
+        if timeout < MIN_REQUEST_S:
+            return None, "no time left before the lease deadline"
+        self.dirty = False
+        reading = self.telemetry.etcd(
+            "read_pool", lambda: guarded(lambda: self.ports.store.read_pool(timeout), Unknown)
+        )
+        self._read_s = now
+        if isinstance(reading, Unknown):
+            self.dirty = True
+            self._reading, self._cause = None, reading.cause
+        else:
+            self._reading, self._cause = reading, ""
+        return self._reading, self._cause

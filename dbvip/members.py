@@ -22,8 +22,10 @@ def report_of(snapshot: Snapshot, vip: str) -> MemberReport:
         role=snapshot.role.value,
         timeline=snapshot.timeline,
         lsn=snapshot.lsn,
-        vips=(vip,) if snapshot.vip_present else (),
+        vips=((vip,) if snapshot.vip_present else ()) + snapshot.reader_vips,
         reason=snapshot.reason,
+        pool=snapshot.pool,
+        lag_bytes=snapshot.lag_bytes,
     )
 
 
@@ -84,7 +86,7 @@ class MemberPublisher:
 
 
 def _same(a: MemberReport | None, b: MemberReport | None) -> bool:
-    """Equal but for the LSN."""
+    """Equal but for the LSN and the lag (both move on every look)."""
     if a is None or b is None:
         return a is b
-    return replace(a, lsn=None) == replace(b, lsn=None)
+    return replace(a, lsn=None, lag_bytes=None) == replace(b, lsn=None, lag_bytes=None)

@@ -13,8 +13,12 @@ from __future__ import annotations
 import enum
 import ipaddress
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from dbvip.identity import Identity
+
+if TYPE_CHECKING:
+    from dbvip.reader_model import ReaderOnlyAction
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -272,7 +276,7 @@ class Announced:
 class Failed:
     """The action's result is unknown or it failed; nothing is assumed."""
 
-    action: Action
+    action: Action | ReaderOnlyAction
     cause: str
 
 

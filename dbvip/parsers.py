@@ -82,6 +82,40 @@ def vip(text: str) -> IPInterfaceAlias:
     return iface
 
 
+MAX_READER_VIPS = 64
+
+
+def vip_list(text: str) -> tuple[IPInterfaceAlias, ...]:
+    """Comma-separated VIPs, each under the writer VIP's rules; no address twice."""
+    out: list[IPInterfaceAlias] = []
+    for i, entry in enumerate(text.split(","), 1):
+        item = entry.strip()
+        if not item:
+            raise ValueError("has an empty entry (two commas, or a trailing comma)")
+        try:
+            iface = vip(item)
+        except ValueError as e:
+            raise ValueError(f"entry {i} ({item!r}) {e}") from None
+        if any(o.ip == iface.ip for o in out):
+            raise ValueError(f"lists {iface.ip} twice")
+        out.append(iface)
+    if len(out) > MAX_READER_VIPS:
+        raise ValueError(f"lists {len(out)} VIPs; at most {MAX_READER_VIPS}")
+    return tuple(out)
+
+
+_TRUE = ("on", "true", "yes", "1")
+_FALSE = ("off", "false", "no", "0")
+
+
+def boolean(text: str) -> bool:
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise ValueError("must be on or off (also true/false, yes/no, 1/0)")
+
+
 def interface(text: str) -> str:
     if not _IFNAME_RE.fullmatch(text) or text in (".", ".."):
         raise ValueError("must be an interface name of 1-15 letters, digits, '_', '.', '@', '-'")

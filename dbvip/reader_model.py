@@ -121,6 +121,9 @@ class RevokeReaderLease:
     lease_id: int
 
 
+ReaderOnlyAction = GrantReaderLease | TakeReader | GiveBackReader | RevokeReaderLease
+
+
 @dataclass(frozen=True)
 class ReaderLeaseGranted:
     lease_id: int

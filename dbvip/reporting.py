@@ -27,8 +27,10 @@ from dbvip.model import (
     Role,
     VipAdded,
     VipPresence,
+    VipRemoved,
 )
-from dbvip.shell import ActionResult, Telemetry
+from dbvip.reader_model import ReaderRefused
+from dbvip.shell import ActionResult, ReaderChange, Telemetry
 
 log = logging.getLogger("dbvip")
 
@@ -63,6 +65,20 @@ class Snapshot:
     reader_detail: str = ""
 
 
+@dataclass(frozen=True)
+class ReaderFacts:
+    """The reader pool's part of a snapshot."""
+
+    vips: tuple[str, ...]  # reader VIPs on this node
+    pool: str  # "in_pool", or why not
+    lag_bytes: int | None
+    reason: str
+    detail: str
+
+
+NO_READERS = ReaderFacts((), "", None, "", "")
+
+
 class Reporter:
     def __init__(
         self,
@@ -79,6 +95,7 @@ class Reporter:
         self.on_event = on_event  # must not block: hooks run elsewhere
         self._last_reason: tuple[str, str] | None = None
         self._last_failure = ""
+        self.reader_facts: Callable[[], ReaderFacts] = lambda: NO_READERS
 
     def hand_over_events(self) -> None:
         # After the whole chain: a release is reported once the VIP is down
@@ -105,6 +122,7 @@ class Reporter:
                 extra={"reason": decision.reason.value, "facts": decision.facts},
             )
         lease = decision.state.lease
+        readers = self.reader_facts()
         snapshot = Snapshot(
             node=self.node,
             reason=decision.reason.value,
@@ -120,6 +138,11 @@ class Reporter:
             last_failure=decision.state.last_failure,
             etcd_answered_s=self.telemetry.etcd_answered_s,
             etcd_error=self.telemetry.etcd_error,
+            reader_vips=readers.vips,
+            pool=readers.pool,
+            lag_bytes=readers.lag_bytes,
+            reader_reason=readers.reason,
+            reader_detail=readers.detail,
         )
         try:
             self.publish(snapshot)
@@ -154,26 +177,67 @@ class Reporter:
         )
 
 
+class ReaderReporter:
+    """The reader policy's voice: one line per change of its reason, one per
+    move (a reader VIP added or removed here), moves counted by reason."""
+
+    def __init__(self, telemetry: Telemetry) -> None:
+        self.telemetry = telemetry
+        self._last: tuple[str, str] | None = None
+        self._last_failure = ""
+
+    def note(self, reason: str, detail: str) -> None:
+        # "holding" details (refreshing, announcing) are routine, not news.
+        key = (reason, "" if reason == "holding" else detail)
+        if key != self._last:
+            self._last = key
+            log.info("readers reason=%s detail=%r", reason, detail, extra={"reason": reason})
+
+    def report(self, action: object, outcome: object, reason: str) -> None:
+        name = type(action).__name__
+        extra = {"action": name, "reason": reason}
+        if isinstance(outcome, Failed):
+            if outcome.cause != self._last_failure:
+                self._last_failure = outcome.cause
+                log.warning("action=%s failed cause=%r", name, outcome.cause, extra=extra)
+            return
+        self._last_failure = ""
+        moved: ReaderChange | None = None
+        vip = ""
+        if isinstance(outcome, VipAdded) and not outcome.was_present:
+            moved, vip = "taken", outcome.vip
+        elif isinstance(outcome, VipRemoved) and outcome.was_present:
+            moved, vip = "given_back", outcome.vip
+        if moved is not None:
+            change = moved
+            self.telemetry.tell(lambda o: o.reader_moved(vip, change, reason))
+            log.info("reader VIP %s %s reason=%s", vip, moved, reason, extra=extra)
+            return
+        quiet = isinstance(outcome, LeaseRenewed | Announced | VipAdded | VipRemoved)
+        log.log(logging.DEBUG if quiet else logging.INFO, "action=%s done %s", name,
+                describe(outcome), extra=extra)  # fmt: skip
+
+
 def snake_case(name: str) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
-def action_kind(action: Action) -> str:
+def action_kind(action: object) -> str:
     """``AddVip`` -> ``add_vip``: the action's label in metrics."""
     return snake_case(type(action).__name__)
 
 
-def action_result(outcome: Outcome) -> ActionResult:
+def action_result(outcome: object) -> ActionResult:
     if isinstance(outcome, Failed):
         return "failed"
-    if isinstance(outcome, LeaseRefused):
+    if isinstance(outcome, LeaseRefused | ReaderRefused):
         return "refused"
     if isinstance(outcome, LeaseGone):
         return "gone"
     return "ok"
 
 
-def describe(outcome: Outcome) -> str:
+def describe(outcome: object) -> str:
     """An outcome as ``field=value`` pairs, lease ids in hex as etcdctl shows them."""
     fields = vars(outcome)
     return " ".join(f"{k}={v:x}" if k == "lease_id" else f"{k}={v}" for k, v in fields.items())

@@ -16,8 +16,28 @@ from dbvip.acting import Actor
 from dbvip.core import absorb, decide
 from dbvip.events import Event, EventTracker
 from dbvip.looking import Looker
-from dbvip.model import Action, Decision, Failed, NodeState, Observation, Outcome, Reason, Timing
-from dbvip.reporting import Reporter, Snapshot, action_kind, action_result, describe
+from dbvip.model import (
+    Action,
+    Decision,
+    Failed,
+    NodeState,
+    Observation,
+    Outcome,
+    Reason,
+    Timing,
+    VipPresence,
+)
+from dbvip.reader_loop import ReaderRounds
+from dbvip.reader_model import ReaderSettings
+from dbvip.reporting import (
+    ReaderFacts,
+    Reporter,
+    Snapshot,
+    action_kind,
+    action_result,
+    describe,
+)
+from dbvip.schedule import request_deadline_s
 from dbvip.shell import ActionResult, EtcdOperation, NoObserver, Observer, Ports, Telemetry
 
 __all__ = [
@@ -69,6 +89,7 @@ class Runner:
         publish: Callable[[Snapshot], None] = lambda _: None,
         observer: Observer | None = None,
         on_event: Callable[[Event], None] = lambda _: None,
+        reader_settings: ReaderSettings | None = None,
     ) -> None:
         self.node = node
         # The identity the store writes into every value: the core acts only
@@ -84,6 +105,13 @@ class Runner:
         self.reporter = Reporter(node, self.telemetry, events, publish, on_event)
         self.state = NodeState()
         self.stopping = threading.Event()
+        self.readers: ReaderRounds | None = None
+        if ports.readers is not None and reader_settings is not None and reader_settings.vips:
+            self.readers = ReaderRounds(
+                reader_settings, timing, ports, ports.readers, self.actor, self.telemetry,
+                self.identity,
+            )  # fmt: skip
+            self.reporter.reader_facts = self._reader_facts
 
     @property
     def observer(self) -> Observer:
@@ -116,6 +144,12 @@ class Runner:
         self.looker.key_dirty = True
         self.waiter.wake()
 
+    def pool_changed(self) -> None:
+        """Watch callback: the reader pool's keys or members changed."""
+        if self.readers is not None:
+            self.readers.changed()
+        self.waiter.wake()
+
     def stop(self) -> None:
         """Signal handler: release everything, then leave ``run``."""
         self.stopping.set()
@@ -132,7 +166,7 @@ class Runner:
         # a few times, before giving up (the kernel lifetime still bounds it).
         for _ in range(shutdown_attempts):
             decision = self.tick(stopping=True)
-            if decision.reason is Reason.STOPPED:
+            if decision.reason is Reason.STOPPED and self._readers_released():
                 break
             self.waiter.wait(decision.wake_s - self.ports.clock.monotonic_s())
         return self.state
@@ -141,6 +175,13 @@ class Runner:
         held = self.state.lease  # a release reports the lease it was under
         events = self.reporter.events
         obs = self.observe(stopping)
+        reader_wake_s = float("inf")
+        if self.readers is not None:
+            # Before the writer decides: a replica just promoted gives its
+            # reader VIPs up before (or as) it takes the writer VIP.
+            limit = request_deadline_s(self.state, obs.now_s, obs.vip, self.timing)
+            reader_wake_s = self.readers.run(self.state, obs, limit).wake_s
+            obs = replace(obs, now_s=self.ports.clock.monotonic_s())
         decision = decide(self.state, obs, self.timing, self.identity)
         for _ in range(MAX_ROUNDS):
             self.state = decision.state
@@ -158,7 +199,24 @@ class Runner:
             obs = replace(obs, now_s=self.ports.clock.monotonic_s())
             decision = decide(self.state, obs, self.timing, self.identity)
         self.reporter.hand_over_events()
+        if reader_wake_s < decision.wake_s:
+            decision = replace(decision, wake_s=reader_wake_s)
         return decision
+
+    def _readers_released(self) -> bool:
+        r = self.readers
+        if r is None:
+            return True
+        present = any(p is not VipPresence.ABSENT for p in r.presence.values())
+        return r.state.lease is None and not present
+
+    def _reader_facts(self) -> ReaderFacts:
+        r = self.readers
+        assert r is not None
+        st = r.state
+        here = tuple(v for v, p in r.presence.items() if p is VipPresence.PRESENT)
+        pool = "in_pool" if st.in_pool else st.why
+        return ReaderFacts(here, pool, st.lag_bytes, st.reason, st.detail)
 
     def observe(self, stopping: bool = False) -> Observation:
         return self.looker.observe(self.state, stopping)

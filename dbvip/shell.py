@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 from dbvip.model import KeyUnknown, Role
-from dbvip.ports import Announcer, Clock, LeaseStore, RoleProbe, Unknown, VipDriver
+from dbvip.ports import Announcer, Clock, LeaseStore, ReaderStore, RoleProbe, Unknown, VipDriver
 
 T = TypeVar("T")
 
@@ -78,12 +78,23 @@ class NoObserver:
 
 
 @dataclass(frozen=True)
+class ReaderPorts:
+    """The reader pool's ports: its keys, and one driver and announcer per
+    reader VIP (keyed by the address alone, as in the keys)."""
+
+    store: ReaderStore
+    drivers: dict[str, VipDriver]
+    announcers: dict[str, Announcer]
+
+
+@dataclass(frozen=True)
 class Ports:
     clock: Clock
     probe: RoleProbe
     store: LeaseStore
     vip: VipDriver
     announcer: Announcer
+    readers: ReaderPorts | None = None  # None: no reader VIPs configured
 
 
 class Telemetry:

@@ -36,10 +36,12 @@ from dbvip.ports import (
     MemberReport,
     MembersReading,
     Refused,
+    Taken,
     Unknown,
     VipChanged,
     VipReading,
 )
+from dbvip.reader_model import PoolMember, PoolReading, ReaderKey
 
 Fault = Literal["ok", "refuse", "hang", "lose_reply"]
 WRITER = "/dbvip/c1/writer"
@@ -98,6 +100,7 @@ class FakeEtcd:
         self.member_ids: dict[str, Identity] = {}
         self.lease_owner: dict[int, Identity] = {}  # who put the writer key under each lease
         self.maintenance: set[str] = set()  # nodes an operator put in maintenance
+        self.member_at: dict[str, float] = {}  # when each member last reported
 
     def expire(self) -> None:
         now = self.clock.now_s
@@ -167,6 +170,7 @@ class FakeEtcd:
         if there is not None and whose(node, there, identity) is Whose.NAME_TAKEN:
             return False
         self.members[node], self.member_ids[node] = report, identity
+        self.member_at[node] = self.clock.now_s
         return True
 
     def writer_holder(self) -> tuple[str, int] | None:
@@ -408,6 +412,8 @@ class FakeProbe:
         self.timeline = 1
         self.hang = False
         self.probes = 0
+        self.lsn = "0/3000000"
+        self.streaming: bool | None = True  # a replica's WAL receiver
 
     def probe(self, timeout_s: float) -> RoleReading:
         self.probes += 1
@@ -418,7 +424,8 @@ class FakeProbe:
             return RoleReading(Role.UNKNOWN, cause="connection refused")
         if self.role is Role.DOWN:
             return RoleReading(Role.DOWN, cause="No such file or directory")
-        return RoleReading(self.role, timeline=self.timeline, lsn="0/3000000")
+        streaming = self.streaming if self.role is Role.REPLICA else None
+        return RoleReading(self.role, timeline=self.timeline, lsn=self.lsn, streaming=streaming)
 
     def close(self) -> None:
         pass
@@ -438,3 +445,129 @@ class FakeAnnouncer:
 
     def close(self) -> None:
         pass
+
+
+READERS = "/dbvip/c1/readers/"
+READER_CLAIMS = "/dbvip/c1/reader-claims/"
+# A member report without a refresh for this long is gone (its lease expired).
+MEMBER_TTL_S = 10.0
+
+
+def reader_value(identity: Identity, vip: str, lease_id: int) -> bytes:
+    # The same fields as the writer value (node, identity, vip, lease, since).
+    return encode_writer(identity, vip, lease_id, "T")
+
+
+def parse_reader(vip: str, entry: _Entry | None, claim: _Entry | None) -> ReaderKey | None:
+    found, claim_only = (entry, False) if entry is not None else (claim, True)
+    if found is None or (claim_only and found.lease_id == 0):
+        return None
+    value = decode_writer(found.value)
+    if isinstance(value, Garbage):
+        return ReaderKey(vip, None, None, found.lease_id, found.mod_revision, claim_only)
+    return ReaderKey(
+        vip, value.node, value.identity, found.lease_id, found.mod_revision, claim_only
+    )
+
+
+class FakeReaderStore:
+    """The reader keys over ``FakeEtcd``; shares its lease store's faults and identity."""
+
+    def __init__(self, lease_store: FakeLeaseStore) -> None:
+        self.lease_store = lease_store
+        self.etcd = lease_store.etcd
+        self.calls: list[str] = []
+
+    @property
+    def identity(self) -> Identity:
+        return self.lease_store.identity
+
+    def _fail(self, timeout_s: float) -> Unknown | None:
+        return self.lease_store._fail(timeout_s)
+
+    def _reply(self) -> Unknown | None:
+        return self.lease_store._reply()
+
+    def read_pool(self, timeout_s: float) -> PoolReading | Unknown:
+        self.calls.append("read_pool")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        etcd, now = self.etcd, self.etcd.clock.now_s
+        etcd.expire()
+        vips = {k[len(READERS) :] for k in etcd.kv if k.startswith(READERS)}
+        vips |= {k[len(READER_CLAIMS) :] for k in etcd.kv if k.startswith(READER_CLAIMS)}
+        keys = tuple(
+            k
+            for v in sorted(vips)
+            if (k := parse_reader(v, etcd.kv.get(READERS + v), etcd.kv.get(READER_CLAIMS + v)))
+        )
+        members = tuple(
+            PoolMember(node, Role(r.role), r.pool == "in_pool", r.lsn)
+            for node, r in sorted(etcd.members.items())
+            if node != self.identity.node and now - etcd.member_at.get(node, now) < MEMBER_TTL_S
+        )
+        holder = etcd.writer_holder()
+        reading = PoolReading(etcd.revision, keys, members, holder[0] if holder else None)
+        return self._reply() or reading
+
+    def grant_reader_lease(self, ttl_s: int, timeout_s: float) -> Granted | Unknown:
+        self.calls.append("grant")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        lease_id, granted = self.etcd.grant(ttl_s)
+        self.etcd.lease_owner[lease_id] = self.identity
+        return self._reply() or Granted(lease_id, granted, self.etcd.revision)
+
+    def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown:
+        return self.lease_store.keepalive(lease_id, timeout_s)
+
+    def take_reader(
+        self, vip: str, lease_id: int, mod_revision: int, timeout_s: float
+    ) -> Taken | Refused | Unknown:
+        self.calls.append("take")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        etcd = self.etcd
+        etcd.expire()
+        entry, claim = etcd.kv.get(READERS + vip), etcd.kv.get(READER_CLAIMS + vip)
+        now_mod = entry.mod_revision if entry is not None else 0
+        if now_mod != mod_revision or claim is not None or lease_id not in etcd.leases:
+            there = parse_reader(vip, entry, claim)
+            self.lease_store._saw()
+            return Refused(there.holder if there else None, etcd.revision)
+        value = reader_value(self.identity, vip, lease_id)
+        etcd.put(READER_CLAIMS + vip, value, lease_id)
+        revision = etcd.put(READERS + vip, value, lease_id)
+        return self._reply() or Taken(revision)
+
+    def give_back_reader(self, vip: str, lease_id: int, timeout_s: float) -> Done | Unknown:
+        self.calls.append("give_back")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        for key in (READERS + vip, READER_CLAIMS + vip):
+            entry = self.etcd.get(key)
+            if entry is not None and entry.lease_id == lease_id:
+                self.etcd.delete(key)
+        return self._reply() or Done()
+
+    def revoke(self, lease_id: int, timeout_s: float) -> Done | Unknown:
+        self.calls.append("revoke")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        self.etcd.revoke(lease_id)
+        return self._reply() or Done()
+
+    def holders(self) -> dict[str, str]:
+        """Ground truth: VIP -> the node its reader key names."""
+        out = {}
+        for key, entry in self.etcd.kv.items():
+            if key.startswith(READERS):
+                found = parse_reader(key[len(READERS) :], entry, None)
+                if found is not None and found.holder is not None:
+                    out[found.vip] = found.holder
+        return out

@@ -113,6 +113,15 @@ BAD_VALUES = [
     ("http_listen", "::1:8008"),
     ("http_listen", "[127.0.0.1]:8008"),
     ("http_listen", "127.0.0.1:70000"),
+    ("reader_vips", "198.51.100.20,198.51.100.20/32"),
+    ("reader_vips", "198.51.100.20,,198.51.100.21"),
+    ("reader_vips", "198.51.100.20,224.0.0.1"),
+    ("reader_vips", "198.51.100.10"),  # the writer VIP
+    ("reader_max_lag_bytes", "16MB"),
+    ("reader_max_lag_bytes", "-1"),
+    ("reader_rejoin_s", "-1"),
+    ("reader_fallback_to_primary", "maybe"),
+    ("no_load_balance", "2"),
 ]
 
 
