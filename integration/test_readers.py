@@ -216,3 +216,73 @@ def test_a_fourth_node_joining_as_a_replica_takes_its_share(make_lab: MakeLab) -
         eventually(lambda: keys_follow_the_kernel(lab), timeout_s=BOUND_S)
     counts = spread(lab)
     assert counts["n1"] == 0 and sorted([counts["n2"], counts["n3"], counts["n4"]]) == [1, 1, 2]
+
+
+def test_maintenance_takes_a_replica_out_of_the_pool_until_it_ends(make_lab: MakeLab) -> None:
+    lab = make_lab(sidecar_settings=POOL)
+    with lab.watched():
+        ready(lab)
+        on_s = time.monotonic()
+        on = lab.dbvip("n2", "maintenance", "on")
+        assert on.returncode == 0, on.stderr
+        left = wait_balanced(lab, ["n3"], since_s=on_s)
+        print(f"n2's reader VIPs on n3 {left:.3f} s after `maintenance on` was run")
+        # They stay away while maintenance lasts (several renew intervals).
+        stay_s = time.monotonic() + 3 * float(FAST_TIMING["DBVIP_RENEW_INTERVAL_S"])
+        while time.monotonic() < stay_s:
+            assert spread(lab)["n2"] == 0
+            time.sleep(0.05)
+        off = lab.dbvip("n2", "maintenance", "off")
+        assert off.returncode == 0, off.stderr
+        wait_balanced(lab, ["n2", "n3"])
+
+
+LAG_LIMIT = 1024 * 1024
+REJOIN_S = 2.0
+
+
+def test_a_lagging_replica_leaves_the_pool_and_comes_back_after_the_rejoin_time(
+    make_lab: MakeLab,
+) -> None:
+    """Replay paused on n2 while the primary writes well past the limit: its
+    VIPs go to n3; replay resumed: back, balanced, not before ``REJOIN_S``."""
+    settings = (*POOL, ("DBVIP_READER_MAX_LAG_BYTES", str(LAG_LIMIT)),
+                ("DBVIP_READER_REJOIN_S", str(REJOIN_S)))  # fmt: skip
+    lab = make_lab(sidecar_settings=settings)
+    with lab.watched():
+        ready(lab)
+        lab.servers["n2"].sql("SELECT pg_wal_replay_pause()")
+        lagging_s = time.monotonic()
+
+        def write_more() -> bool:
+            # About 1 MB of WAL per call, until n2 has left the pool.
+            lab.servers["n1"].sql("INSERT INTO dbvip_lab_writes(writer) "
+                                  "SELECT 'lag' FROM generate_series(1, 10000)")  # fmt: skip
+            return is_balanced(lab, ["n3"])
+
+        eventually(write_more, timeout_s=BOUND_S, interval_s=0.1)
+        print(f"lagging n2 left the pool {time.monotonic() - lagging_s:.3f} s after its replay "
+              "was paused and the writes began")  # fmt: skip
+        lab.servers["n2"].sql("SELECT pg_wal_replay_resume()")
+        resumed_s = time.monotonic()
+        back = wait_balanced(lab, ["n2", "n3"], since_s=resumed_s)
+        print(f"n2 back in the pool {back:.3f} s after its replay resumed (rejoin {REJOIN_S} s)")
+        assert back >= REJOIN_S
+
+
+def test_a_frozen_holders_vips_expire_by_their_kernel_lifetime_before_another_takes_them(
+    make_lab: MakeLab,
+) -> None:
+    """SIGSTOP on n2's sidecar: nothing renews its reader lease; its VIPs leave
+    its interface by their kernel lifetime, and only then does n3 add them
+    (the monitor would fail the test on a VIP seen on both)."""
+    lab = make_lab(sidecar_settings=POOL)
+    with lab.watched():
+        ready(lab)
+        lab.freeze_sidecar("n2")
+        try:
+            eventually(lambda: spread(lab)["n2"] == 0, timeout_s=BOUND_S, interval_s=0.01)
+            wait_balanced(lab, ["n3"])
+        finally:
+            lab.thaw_sidecar("n2")
+        wait_balanced(lab, ["n2", "n3"])
