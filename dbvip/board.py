@@ -144,4 +144,6 @@ class Board:
             "alive": liveness(snap, now_s, self._timing).ok,
             "ready": readiness(snap, now_s, self._timing).ok,
         }
+        if snap.reader_reason:  # reader VIPs are configured
+            row["loop"]["readers"] = {"reason": snap.reader_reason, "detail": snap.reader_detail}
         return row

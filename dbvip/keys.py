@@ -9,14 +9,17 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from dbvip.identity import FORMAT, OLDEST_FORMAT, Identity
 from dbvip.model import PeerView, Role
 from dbvip.ports import MemberReport
+from dbvip.reader_model import PoolMember
 
 DEFAULT_PREFIX = "/dbvip"
+_LSN_RE = re.compile(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}")
 
 
 def _check_name(what: str, name: str) -> str:
@@ -27,7 +30,8 @@ def _check_name(what: str, name: str) -> str:
 
 @dataclass(frozen=True)
 class KeyLayout:
-    """``/<prefix>/<cluster>/{writer, reader/<vip>, members/<node>}``."""
+    """``/<prefix>/<cluster>/{writer, claim, readers/<vip>, reader-claims/<vip>,
+    members/<node>, maintenance/<node>}``."""
 
     cluster: str
     prefix: str = DEFAULT_PREFIX
@@ -69,10 +73,27 @@ class KeyLayout:
         """Present (any value, no lease): ``node`` stays away from the VIP."""
         return self.maintenance_prefix + _check_name("node", node)
 
+    @property
+    def readers_prefix(self) -> str:
+        return f"{self.base}/readers/"
+
     def reader(self, vip: str) -> str:
         # The address alone names the key: "198.51.100.7/24" and "198.51.100.7"
         # are the same VIP, and IPv6 is spelled one way only.
-        return f"{self.base}/reader/{ipaddress.ip_interface(vip).ip.compressed}"
+        return self.readers_prefix + _address(vip)
+
+    @property
+    def reader_claims_prefix(self) -> str:
+        return f"{self.base}/reader-claims/"
+
+    def reader_claim(self, vip: str) -> str:
+        """Written with the reader key, under the same lease: a reader key
+        deleted by hand frees nothing until the holder's lease ends."""
+        return self.reader_claims_prefix + _address(vip)
+
+
+def _address(vip: str) -> str:
+    return ipaddress.ip_interface(vip).ip.compressed
 
 
 def _compact(obj: dict[str, Any]) -> bytes:
@@ -95,10 +116,22 @@ def encode_writer(identity: Identity, vip: str, lease_id: int, since: str) -> by
     return _compact({**fields, "vip": vip, "lease": format(lease_id, "x"), "since": since})
 
 
+def encode_reader(identity: Identity, vip: str, lease_id: int, since: str) -> bytes:
+    """A reader value (and its claim's): the writer value's fields."""
+    return encode_writer(identity, vip, lease_id, since)
+
+
 def member_value(
     report: MemberReport, updated: str, identity: Identity | None = None
 ) -> dict[str, Any]:
-    """A member value as data: what ``/members/<node>`` holds."""
+    """A member value as data: what ``/members/<node>`` holds. The pool
+    fields are left out when no reader VIPs are configured: a value without
+    them is what every earlier version wrote and reads."""
+    pool: dict[str, Any] = {}
+    if report.pool:
+        pool["pool"] = report.pool
+    if report.lag_bytes is not None:
+        pool["lag_bytes"] = report.lag_bytes
     return {
         **(_identity_fields(identity) if identity is not None else {}),
         "role": report.role,
@@ -106,6 +139,7 @@ def member_value(
         "lsn": report.lsn,
         "vip": list(report.vips),
         "reason": report.reason,
+        **pool,
         "updated": updated,
     }
 
@@ -200,6 +234,26 @@ def decode_writer(raw: bytes) -> WriterValue | Garbage:
     )
 
 
+# A reader value holds the writer value's fields.
+ReaderValue = WriterValue
+
+
+def decode_reader(raw: bytes, vip: str) -> ReaderValue | Garbage:
+    """The value of the reader key (or claim) of ``vip``. Strict as the
+    writer's, and a value naming another VIP than its key is garbage too:
+    one of the two was written by hand, and which one is not to be guessed."""
+    value = decode_writer(raw)
+    if isinstance(value, Garbage) or value.vip is None or value.format > FORMAT:
+        return value
+    try:
+        named = _address(value.vip)
+    except ValueError:
+        return Garbage(f"'vip' {value.vip[:50]!r} is not an address")
+    if named != _address(vip):
+        return Garbage(f"'vip' {named} is not the key's {_address(vip)}")
+    return value
+
+
 def member_identity(node: str, value: dict[str, Any] | Garbage) -> Identity | None:
     """The identity in a member report of this format, or None (format 1, a
     newer format, or garbage: no proof of anything)."""
@@ -228,3 +282,44 @@ def peer_view(node: str, value: dict[str, Any] | Garbage) -> PeerView | None:
     if isinstance(timeline, bool) or not isinstance(timeline, int) or timeline < 1:
         timeline = None
     return PeerView(node, role, timeline)
+
+
+IN_POOL = "in_pool"  # a member report's "pool" when it serves reads
+
+
+def pool_member(node: str, value: dict[str, Any] | Garbage) -> PoolMember | None:
+    """What the reader pool may use of a member report, or None (garbage,
+    or no role: it proves nothing). Only ``"in_pool"`` puts a member in the
+    pool; an LSN that does not look like one is left out."""
+    peer = peer_view(node, value)
+    if peer is None or isinstance(value, Garbage):
+        return None
+    lsn = value.get("lsn")
+    lsn_ok = isinstance(lsn, str) and _LSN_RE.fullmatch(lsn) is not None
+    return PoolMember(node, peer.role, value.get("pool") == IN_POOL, lsn if lsn_ok else None)
+
+
+def _pool_fields(raw: bytes) -> tuple[object, object] | None:
+    """What of a member value the pool reads, beside the LSN; None for garbage."""
+    value = decode_member(raw)
+    return None if isinstance(value, Garbage) else (value.get("role"), value.get("pool"))
+
+
+def pool_event_matters(
+    keys: KeyLayout, key: bytes, value: bytes | None, prev: bytes | None
+) -> bool:
+    """Whether a change of ``key`` (``value`` None: deleted; ``prev`` None:
+    created) can change what the reader pool reads: any change of a reader
+    key, a reader claim, the writer key or a maintenance flag; a member
+    report created or deleted, or changing its role or pool. Not a member's
+    periodic refresh of its LSN or lag, which would wake every sidecar on
+    every report of every replica."""
+    name = key.decode(errors="replace")
+    if not name.startswith(keys.base + "/"):
+        return False
+    if name.startswith(keys.members_prefix):
+        if value is None or prev is None:
+            return True
+        return _pool_fields(value) != _pool_fields(prev)
+    watched = (keys.readers_prefix, keys.reader_claims_prefix, keys.maintenance_prefix)
+    return name in (keys.writer, keys.claim) or name.startswith(watched)

@@ -147,6 +147,15 @@ class ReaderLooker:
         self._cause = "not read yet"
 
     def presence(self) -> dict[str, VipPresence]:
+        look = self.ports.look
+        if look is not None:
+            seen = guarded(
+                look, lambda c: {v: VipReading(VipPresence.UNKNOWN, c) for v in self.ports.drivers}
+            )
+            return {
+                v: seen[v].presence if v in seen else VipPresence.UNKNOWN
+                for v in self.ports.drivers
+            }
         return {
             vip: guarded(driver.observe, lambda c: VipReading(VipPresence.UNKNOWN, c)).presence
             for vip, driver in self.ports.drivers.items()

@@ -10,7 +10,7 @@ client library's own short lock, so the loop never waits on a scrape.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import get_args
 
@@ -20,6 +20,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from dbvip.board import Board
 from dbvip.events import EventKind
 from dbvip.hooks import HookResult
+from dbvip.keys import IN_POOL
 from dbvip.model import Action, Reason, Role
 from dbvip.reporting import Snapshot, snake_case
 from dbvip.shell import ActionResult, EtcdOperation, ReaderChange
@@ -132,6 +133,35 @@ METRICS: tuple[MetricDoc, ...] = (
         "removing it; absent when refuse_s is 0",
     ),
     MetricDoc(
+        "dbvip_reader_vip_held",
+        "gauge",
+        ("reader_vip",),
+        "1 when this node had the reader VIP on its interface at the last decision, 0 "
+        "when not; one series per configured reader VIP (none without reader_vips)",
+    ),
+    MetricDoc(
+        "dbvip_reader_moves_total",
+        "counter",
+        ("reader_vip", "change", "reason"),
+        "reader VIPs added to (change taken) or removed from (given_back) this node, "
+        "by the reader policy's reason (lagging, maintenance, rebalance, ...)",
+    ),
+    MetricDoc(
+        "dbvip_lag_bytes",
+        "gauge",
+        (),
+        "this replica's replay position behind the primary's WAL position as published "
+        "in etcd, in bytes; absent when unknown or without reader_vips",
+    ),
+    MetricDoc(
+        "dbvip_in_pool",
+        "gauge",
+        ("why",),
+        "1 while this node is in the reader pool (why in_pool), else 0 with why saying "
+        "why not (lagging, rejoining, not_streaming, maintenance, primary, ...); "
+        "absent without reader_vips",
+    ),
+    MetricDoc(
         "dbvip_hook_runs_total",
         "counter",
         ("event", "result"),
@@ -151,6 +181,14 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "action": ACTION_KINDS,
     "event": tuple(k.value for k in EventKind),
     "operation": get_args(EtcdOperation),
+    "change": get_args(ReaderChange),
+}
+# Labels whose values are open-ended (the configuration's, or the reader
+# policy's words): not checked against a list.
+OPEN_LABELS = frozenset({"cluster", "node", "vip", "reader_vip", "why"})
+# A label that means something else on one metric; None: open-ended.
+METRIC_LABEL_VALUES: dict[tuple[str, str], tuple[str, ...] | None] = {
+    ("dbvip_reader_moves_total", "reason"): None,  # the reader policy's reasons
 }
 # "result" means something else on each metric.
 RESULT_VALUES: dict[str, tuple[str, ...]] = {
@@ -168,9 +206,17 @@ class Metrics:
     """The registry, the runner's ``Observer`` and a publish hook for counts."""
 
     def __init__(
-        self, board: Board, cluster: str, node: str, vip: str, refusal: bool = False
+        self,
+        board: Board,
+        cluster: str,
+        node: str,
+        vip: str,
+        refusal: bool = False,
+        *,
+        reader_vips: Sequence[str] = (),
     ) -> None:
-        """``refusal``: refuse_s is on (the refusal's metrics are exported)."""
+        """``refusal``: refuse_s is on (the refusal's metrics are exported);
+        ``reader_vips``: the configured reader VIPs, addresses as in the keys."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._board = board
         self._last_reason = ""
@@ -186,6 +232,7 @@ class Metrics:
         self._actions = counter("dbvip_actions_total")
         self._conflicts = counter("dbvip_conflicts_total")
         self._hooks = counter("dbvip_hook_runs_total")
+        self._reader_moves = counter("dbvip_reader_moves_total")
         self._action_s = histogram("dbvip_action_duration_seconds")
         self._probe_s = histogram("dbvip_probe_duration_seconds")
         self._etcd_s = histogram("dbvip_etcd_request_duration_seconds")
@@ -198,7 +245,9 @@ class Metrics:
             for result in HOOK_RESULTS:
                 self._hooks.labels(event, result)
         self.registry.register(
-            _SnapshotCollector(board, {"cluster": cluster, "node": node, "vip": vip})
+            _SnapshotCollector(
+                board, {"cluster": cluster, "node": node, "vip": vip}, tuple(reader_vips)
+            )
         )
         self._refusal_ready: Gauge | None = None
         self._ended: Counter | None = None
@@ -221,7 +270,7 @@ class Metrics:
         self._etcd_s.labels(operation, "ok" if answered else "failed").observe(seconds)
 
     def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
-        pass  # counted once the reader metrics land (issue 10, in progress)
+        self._reader_moves.labels(vip, change, reason).inc()
 
     # -- the hook runner's observer (called on its worker thread) -------------
 
@@ -253,9 +302,12 @@ class Metrics:
 class _SnapshotCollector:
     """The gauges, all read from one snapshot at scrape time."""
 
-    def __init__(self, board: Board, identity: dict[str, str]) -> None:
+    def __init__(
+        self, board: Board, identity: dict[str, str], reader_vips: tuple[str, ...]
+    ) -> None:
         self._board = board
         self._identity = identity
+        self._reader_vips = reader_vips
 
     def describe(self) -> Iterator[Metric]:
         # Declares the names up front, so a clash is found at registration.
@@ -309,6 +361,24 @@ class _SnapshotCollector:
         if snap:
             age.add_metric([], now_s - snap.tick_s)
         yield age
+        yield from self._reader_families(snap, gauge)
+
+    def _reader_families(
+        self, snap: Snapshot | None, gauge: Callable[[str], GaugeMetricFamily]
+    ) -> Iterator[Metric]:
+        held = gauge("dbvip_reader_vip_held")
+        here = set(snap.reader_vips) if snap else set()
+        for reader_vip in self._reader_vips:
+            held.add_metric([reader_vip], 1.0 if reader_vip in here else 0.0)
+        yield held
+        lag = gauge("dbvip_lag_bytes")
+        if snap and snap.pool and snap.lag_bytes is not None:
+            lag.add_metric([], float(snap.lag_bytes))
+        yield lag
+        in_pool = gauge("dbvip_in_pool")
+        if snap and snap.pool:
+            in_pool.add_metric([snap.pool], 1.0 if snap.pool == IN_POOL else 0.0)
+        yield in_pool
 
 
 @dataclass(frozen=True)

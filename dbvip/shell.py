@@ -15,7 +15,16 @@ from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
 from dbvip.model import KeyUnknown, Role
-from dbvip.ports import Announcer, Clock, LeaseStore, ReaderStore, RoleProbe, Unknown, VipDriver
+from dbvip.ports import (
+    Announcer,
+    Clock,
+    LeaseStore,
+    ReaderStore,
+    RoleProbe,
+    Unknown,
+    VipDriver,
+    VipReading,
+)
 
 T = TypeVar("T")
 
@@ -85,6 +94,9 @@ class ReaderPorts:
     store: ReaderStore
     drivers: dict[str, VipDriver]
     announcers: dict[str, Announcer]
+    # Every reader VIP's presence in one look (one address dump), when the
+    # drivers offer it; else each driver is asked in turn.
+    look: Callable[[], dict[str, VipReading]] | None = None
 
 
 @dataclass(frozen=True)

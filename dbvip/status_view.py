@@ -20,9 +20,11 @@ from dbvip.model import Role
 from dbvip.parsers import NAME_RE
 
 MAX_CELL = 40
-MAX_VIPS = 16
+MAX_VIPS = 128  # the writer VIP and every reader VIP a node may hold
 _LSN_RE = re.compile(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}")
 _REASON_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
+# A node's place in the reader pool: "in_pool", or why not, in a few words.
+_POOL_RE = re.compile(r"[a-z][a-z0-9_ ]{0,39}")
 _ROLES = frozenset(r.value for r in Role)
 NO_LEASE = (
     "the writer key has no lease: written by hand, it never expires. Find the node "
@@ -44,6 +46,14 @@ def _lsn(v: object) -> str | None:
 
 def _reason(v: object) -> str | None:
     return v if isinstance(v, str) and _REASON_RE.fullmatch(v) else None
+
+
+def _pool(v: object) -> str | None:
+    return v if isinstance(v, str) and _POOL_RE.fullmatch(v) else None
+
+
+def _lag_bytes(v: object) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else None
 
 
 def _updated(v: object) -> str | None:
@@ -71,6 +81,9 @@ MEMBER_FIELDS: dict[str, tuple[Callable[[object], Any], bool]] = {
     "lsn": (_lsn, True),
     "vip": (_vips, False),
     "reason": (_reason, True),
+    # Written only with reader VIPs configured: absent in other reports.
+    "pool": (_pool, True),
+    "lag_bytes": (_lag_bytes, True),
     "updated": (_updated, True),
 }
 
@@ -120,6 +133,26 @@ def writer_row(
     return row
 
 
+def reader_row(
+    vip: str,
+    value: WriterValue | Garbage,
+    lease_id: int,
+    ttl_s: int | None,
+    claim_only: bool = False,
+) -> dict[str, Any]:
+    """One reader key as ``dbvip status --json`` shows it (``vip`` is the
+    key's address: a value cannot move its key). ``claim_only``: the key was
+    deleted by hand, its claim still holds the VIP until the lease ends."""
+    lease = f"{lease_id:x}" if lease_id else None
+    row: dict[str, Any] = {"vip": vip, "lease": lease, "ttl_s": ttl_s, "claim_only": claim_only}
+    if isinstance(value, Garbage):
+        return {**row, "node": None, "since": None, "error": value.detail}
+    row.update(node=value.node, since=_updated(value.since))
+    if not lease:
+        row["error"] = "the reader key has no lease: written by hand, it never expires"
+    return row
+
+
 def cell(value: object, width: int = MAX_CELL) -> str:
     """A value as one table cell: never a line break, an escape sequence or
     a Python repr; at most ``width`` characters."""
@@ -148,6 +181,38 @@ def _writer_line(writer: Mapping[str, Any]) -> str:
 
 
 COLUMNS = ("node", "role", "timeline", "lsn", "vip", "reason", "ttl_s", "updated")
+# Shown once the cluster has a reader pool (reader keys, or members in it).
+POOL_COLUMNS = ("pool", "lag_bytes")
+READER_COLUMNS = ("vip", "node", "lease", "ttl_s", "since")
+
+
+def _table(columns: tuple[str, ...], rows: list[list[str]]) -> list[str]:
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))]
+    for row in rows:
+        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    return lines
+
+
+def _readers(readers: list[Mapping[str, Any]]) -> list[str]:
+    """The reader VIPs, their holders and leases; a claim alone and an
+    invalid value said so in the holder's cell, explained below."""
+    rows, notes = [], []
+    for r in readers:
+        row = [cell(r.get(c)) for c in READER_COLUMNS]
+        if r.get("node") is None:
+            row[1] = "INVALID"
+            notes.append(f"INVALID reader key of {row[0]}: {cell(r.get('error'), 200)}")
+        elif r.get("claim_only"):
+            notes.append(
+                f"reader key of {row[0]} deleted by hand: its claim keeps it for {row[1]} "
+                "until the lease ends"
+            )
+            row[1] += " (claim)"
+        elif r.get("error"):
+            notes.append(f"reader key of {row[0]}: {cell(r['error'], 200)}")
+        rows.append(row)
+    return ["", "reader VIPs:", *_table(READER_COLUMNS, rows), *notes]
 
 
 def render(view: Mapping[str, Any]) -> str:
@@ -157,20 +222,23 @@ def render(view: Mapping[str, Any]) -> str:
         names = ", ".join(cell(n) for n in view["maintenance"])
         lines.append(f"maintenance: {names} (stay away from the VIP)")
     lines.append("")
+    members = view.get("members", [])
+    readers = view.get("readers") or []
+    pooled = bool(readers) or any(m.get("pool") for m in members)
+    columns = COLUMNS + POOL_COLUMNS if pooled else COLUMNS
     rows = []
-    for m in view.get("members", []):
-        row = [cell(m.get(c)) for c in COLUMNS]
+    for m in members:
+        row = [cell(m.get(c)) for c in columns]
         if m.get("error"):
-            row[COLUMNS.index("reason")] = "INVALID"
+            row[columns.index("reason")] = "INVALID"
         rows.append((row, m.get("error")))
-    widths = [max([len(c), *(len(r[i]) for r, _ in rows)]) for i, c in enumerate(COLUMNS)]
-    lines.append("  ".join(c.upper().ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
-    for row, _ in rows:
-        lines.append("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    lines.extend(_table(columns, [r for r, _ in rows]))
     if not rows:
         lines.append("(no members reporting)")
     invalid = [(r[0], e) for r, e in rows if e]
     if invalid:
         lines.append("")
         lines.extend(f"INVALID member value of {node}: {cell(e, 200)}" for node, e in invalid)
+    if readers:
+        lines.extend(_readers(readers))
     return "\n".join(lines)

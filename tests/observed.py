@@ -37,6 +37,7 @@ class ObservedNode:
         clock: FakeClock | None = None,
         etcd: FakeEtcd | None = None,
         kernel: FakeKernel | None = None,
+        reader_vips: tuple[str, ...] = (),
     ) -> None:
         self.clock = clock or FakeClock()
         self.etcd = etcd or FakeEtcd(self.clock)
@@ -47,7 +48,7 @@ class ObservedNode:
         self.announcer = FakeAnnouncer(self.kernel, name)
         self.board = Board(VIP, T, self.clock)
         self.metrics = Metrics(
-            self.board, "main", name, VIP, refusal=True
+            self.board, "main", name, VIP, refusal=True, reader_vips=reader_vips
         )  # refuse_s is on by default
         self.published: list[Snapshot] = []
 

@@ -3,7 +3,7 @@
 Why not a gRPC client: the maintained ones talk to one endpoint or give no
 control over timeouts (see docs/DESIGN.md, "etcd clients"). The gateway is
 served on etcd's client port; keys and values travel base64-encoded, int64 fields come back as
-strings and zero values are left out.
+strings and zero values are left out. Watches are in ``etcd_watch``.
 
 Two promises:
 - A logical request never runs past its ``timeout_s``. Each attempt runs in a
@@ -20,7 +20,6 @@ import base64
 import json
 import logging
 import ssl
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -47,8 +46,6 @@ _INVALID_TOKEN = "invalid auth token"
 # the cluster's history: a lagging follower may show less than seen before.
 _LOCAL_HEADER_PATHS = frozenset({"/v3/lease/keepalive", "/v3/lease/timetolive"})
 _MIN_ATTEMPT_S = 0.005  # less budget than this is not worth another round
-_WATCH_CONNECT_S = 1.0
-_WATCH_BACKOFF_MAX_S = 1.0
 
 
 class EtcdUnavailableError(Exception):
@@ -103,6 +100,7 @@ class TxnResult:
 class LeaseGrant:
     lease_id: int
     ttl_s: int  # as granted: etcd raises a TTL below its minimum
+    revision: int = 0  # store revision of the reply
 
 
 @dataclass(frozen=True)
@@ -318,7 +316,7 @@ class EtcdClient:
 
     def grant(self, ttl_s: int, timeout_s: float) -> LeaseGrant:
         def parse(r: Json) -> LeaseGrant:
-            return LeaseGrant(_int(r, "ID"), _int(r, "TTL"))
+            return LeaseGrant(_int(r, "ID"), _int(r, "TTL"), _revision(r))
 
         return self._ask("/v3/lease/grant", {"TTL": ttl_s}, timeout_s, parse)
 
@@ -444,112 +442,3 @@ class EtcdClient:
         except (OSError, ProtocolError) as exc:  # OSError: refused, timed out, TLS
             raise _TransientError(f"{type(exc).__name__}: {exc}") from None
         return _parse(resp.status, resp.body, (self._password, token))
-
-
-class Watch:
-    """Watches a key (or prefix) from a daemon thread, as a wake-up only.
-
-    ``on_wake`` is called after every (re)connect, once etcd confirmed the
-    watch, and on every event batch: the caller then re-reads the key, so
-    nothing that happened while disconnected goes unnoticed. A stream idle
-    for ``idle_s`` is reconnected, which also moves off a frozen member.
-    """
-
-    def __init__(
-        self,
-        client: EtcdClient,
-        key: bytes | str,
-        on_wake: Callable[[], None],
-        *,
-        prefix: bool = False,
-        idle_s: float = 5.0,
-    ) -> None:
-        self._client = client
-        self._body = {"create_request": _key_range(key, prefix)}
-        self._on_wake = on_wake
-        self._idle_s = idle_s
-        self._stopping = threading.Event()
-        self._conn: Connection | None = None
-        self._confirmed = False
-        self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive()
-
-    def stop(self, timeout_s: float = 2.0) -> None:
-        self._stopping.set()
-        conn = self._conn  # set before _stream checks _stopping: one of the two sees the other
-        if conn is not None:
-            conn.shutdown()  # wakes the thread blocked reading it
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout_s)
-
-    def _run(self) -> None:
-        try:
-            self._follow_until_stopped()
-        finally:
-            self._client.drop_idle()  # the token requests' connection dies with the thread
-
-    def _follow_until_stopped(self) -> None:
-        failures = 0
-        while not self._stopping.is_set():
-            endpoint = self._client.endpoint_order()[failures % len(self._client.endpoints)]
-            self._confirmed = False
-            try:
-                self._stream(endpoint)
-                cause = "stream ended"
-            except Exception as exc:  # whatever went wrong, reconnect
-                cause = self._client.hide(f"{type(exc).__name__}: {exc}")
-            if self._stopping.is_set():
-                break
-            # A stream that worked starts over at the preferred endpoint, at once.
-            failures = 0 if self._confirmed else failures + 1
-            log.debug("etcd watch on %s lost (%s); reconnecting", endpoint, cause)
-            self._stopping.wait(min(_WATCH_BACKOFF_MAX_S, 0.02 * 2 ** min(failures, 8)))
-
-    def _stream(self, endpoint: str) -> None:
-        token = self._client.token(endpoint, boot_s() + _WATCH_CONNECT_S)
-        conn = self._client.connect(endpoint, boot_s() + _WATCH_CONNECT_S)
-        self._conn = conn
-        try:
-            if self._stopping.is_set():
-                return
-            self._follow(conn, token)
-        finally:
-            self._conn = None
-            self._client.release(conn)
-
-    def _follow(self, conn: Connection, token: str | None) -> None:
-        """Read the stream's messages (newline-delimited JSON) until it fails."""
-        headers = {"Authorization": token} if token else {}
-        body = json.dumps(self._body).encode()
-        conn.send("/v3/watch", body, headers, boot_s() + self._idle_s)
-        conn.deadline = boot_s() + self._idle_s
-        head = conn.read_head()
-        if head.status != 200:
-            raise _TransientError(f"HTTP {head.status}")
-        for line in conn.lines(head, self._idle_s):
-            if self._stopping.is_set():
-                return
-            if not line.strip():
-                continue
-            msg = json.loads(line)
-            result, error = msg.get("result", {}), msg.get("error")
-            reason = str(error or result.get("cancel_reason", ""))
-            if error is not None or result.get("canceled"):
-                if _INVALID_TOKEN in reason:
-                    self._client.forget_token()
-                raise _TransientError(f"watch canceled: {self._client.hide(reason, token)}")
-            if result.get("created") or result.get("events"):
-                self._confirmed = True
-                self._wake()
-
-    def _wake(self) -> None:
-        try:
-            self._on_wake()
-        except Exception:  # the watch must outlive a faulty callback
-            log.exception("etcd watch callback failed")

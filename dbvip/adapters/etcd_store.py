@@ -8,20 +8,26 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from dbvip.adapters.etcd_client import (
     EtcdClient,
     EtcdUnavailableError,
     KeyValue,
-    Watch,
     compare_lease,
     compare_mod_revision,
     delete_op,
     put_op,
     range_op,
 )
+from dbvip.adapters.etcd_pages import (
+    member_value,
+    read_all,
+    revoke_quietly,
+)
+from dbvip.adapters.etcd_readers import reader_entries, reader_value
+from dbvip.adapters.etcd_watch import Watch
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (
@@ -50,23 +56,6 @@ from dbvip.ports import (
     Unknown,
 )
 
-# Keys per range request when reading a whole cluster. etcd keeps a value to
-# its --max-request-bytes (1.5 MiB by default), so a page is at most 8 x 1.5
-# MiB = 12 MiB (16 MiB base64), far under the client's 64 MiB reply cap, for
-# any number of members: 70 junk values of 1 MB no longer make the one reply
-# exceed it. Paging keeps memory bounded too; reading dbvip's own ~200-byte
-# values stays one request for up to 8 keys and ceil(n/8) for more.
-PAGE_KEYS = 8
-# A member report dbvip writes is about 200 bytes: one past this is not one,
-# and only this much of it is kept while the other pages are read.
-MAX_MEMBER_VALUE_BYTES = 64 * 1024
-
-
-def _member_value(kv: KeyValue) -> dict[str, Any] | Garbage:
-    if len(kv.value) > MAX_MEMBER_VALUE_BYTES:
-        return Garbage(f"over {MAX_MEMBER_VALUE_BYTES} bytes: not a member report")
-    return decode_member(kv.value)
-
 
 @dataclass(frozen=True)
 class MemberStatus:
@@ -74,6 +63,17 @@ class MemberStatus:
     value: dict[str, Any] | Garbage
     lease_id: int
     ttl_s: int | None  # remaining TTL of its lease; -1 gone, None unknown or no lease
+
+
+@dataclass(frozen=True)
+class ReaderStatus:
+    """One reader key (or its claim alone) as ``dbvip status`` shows it."""
+
+    vip: str  # the address, from the key
+    value: WriterValue | Garbage
+    lease_id: int
+    ttl_s: int | None  # as MemberStatus.ttl_s
+    claim_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,7 @@ class ClusterStatus:
     members: tuple[MemberStatus, ...]
     maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
     writer_value: WriterValue | Garbage | None = None  # the writer key's value, decoded
+    readers: tuple[ReaderStatus, ...] = ()  # every reader key, by address
 
 
 def _writer_view(kv: KeyValue | None, revision: int, claim: KeyValue | None = None) -> WriterView:
@@ -141,6 +142,11 @@ class EtcdLeaseStore:
     @property
     def keys(self) -> KeyLayout:
         return self._keys
+
+    @property
+    def client(self) -> EtcdClient:
+        """For the reader store of the same node: one client, one history."""
+        return self._client
 
     def close(self) -> None:
         self._client.close()
@@ -226,11 +232,7 @@ class EtcdLeaseStore:
         return Refused(holder, txn.revision)
 
     def _revoke_quietly(self, lease_id: int, deadline: float) -> None:
-        """Best effort: a lease left behind carries no key and dies with its TTL."""
-        remaining_s = deadline - boot_s()
-        if remaining_s > 0:
-            with contextlib.suppress(EtcdUnavailableError):
-                self._client.revoke(lease_id, remaining_s)
+        revoke_quietly(self._client, lease_id, deadline)
 
     def keepalive(self, lease_id: int, timeout_s: float) -> Alive | Gone | Unknown:
         try:
@@ -302,7 +304,7 @@ class EtcdLeaseStore:
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
         # One paged range over the cluster's keys: member reports and maintenance flags.
         try:
-            _, kvs = self._read_all(self._keys.base + "/", timeout_s)
+            _, kvs = read_all(self._client, self._keys, timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"members read: {exc.cause}")
         members_prefix = self._keys.members_prefix
@@ -316,7 +318,7 @@ class EtcdLeaseStore:
                 maintenance = True
             elif key.startswith(members_prefix):
                 node = key[len(members_prefix) :]
-                value = _member_value(kv)
+                value = member_value(kv)
                 if node == self._node:
                     identity = member_identity(node, value)
                     if identity is not None and kv.lease_id != 0:
@@ -342,7 +344,7 @@ class EtcdLeaseStore:
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
         deadline = boot_s() + timeout_s
         try:
-            revision, kvs = self._read_all(self._keys.base + "/", timeout_s)
+            revision, kvs = read_all(self._client, self._keys, timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(exc.cause)
         by_key = {kv.key.decode(errors="replace"): kv for kv in kvs}
@@ -358,7 +360,7 @@ class EtcdLeaseStore:
 
         members_prefix = self._keys.members_prefix
         members = tuple(
-            MemberStatus(name, _member_value(kv), kv.lease_id, ttl_s(kv.lease_id))
+            MemberStatus(name, member_value(kv), kv.lease_id, ttl_s(kv.lease_id))
             for key, kv in sorted(by_key.items())
             if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
         )
@@ -369,41 +371,18 @@ class EtcdLeaseStore:
             for key in sorted(by_key)
             if key.startswith(maintenance_prefix) and key != maintenance_prefix
         )
+        readers = tuple(
+            ReaderStatus(vip, reader_value(kv, vip), kv.lease_id, ttl_s(kv.lease_id), claim_only)
+            for vip, kv, claim_only in reader_entries(self._keys, kvs)
+        )
         return ClusterStatus(
             writer,
             ttl_s(writer_kv.lease_id) if writer_kv else None,
             members,
             maintenance,
             decode_writer(writer_kv.value) if writer_kv else None,
+            readers,
         )
-
-    def _read_all(self, prefix: str, timeout_s: float) -> tuple[int, list[KeyValue]]:
-        """Every key under ``prefix`` as of one revision, PAGE_KEYS at a time,
-        all within ``timeout_s``; member values cut just past the longest a
-        report may be, so junk costs one page of memory, not all of it."""
-        deadline = boot_s() + timeout_s
-        start = prefix.encode()
-        end = start[:-1] + bytes([start[-1] + 1])  # the first key after the prefix
-        revision = 0
-        kvs: list[KeyValue] = []
-        while True:
-            remaining_s = deadline - boot_s()
-            if remaining_s <= 0:
-                raise EtcdUnavailableError(f"reading {prefix} took over {timeout_s:g} s")
-            page = self._client.range(
-                start, remaining_s, range_end=end, limit=PAGE_KEYS, revision=revision
-            )
-            revision = revision or page.revision
-            members = self._keys.members_prefix.encode()
-            kvs.extend(
-                replace(kv, value=kv.value[: MAX_MEMBER_VALUE_BYTES + 1])
-                if kv.key.startswith(members)
-                else kv
-                for kv in page.kvs
-            )
-            if not page.more or not page.kvs:
-                return revision, kvs
-            start = page.kvs[-1].key + b"\0"  # the next key after the last one read
 
     def writer_watcher(self) -> EtcdKeyWatcher:
         return EtcdKeyWatcher(self._client, self._keys.writer)

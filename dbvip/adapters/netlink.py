@@ -25,7 +25,7 @@ import errno
 import os
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from dbvip.adapters.arp import call_in_netns
@@ -86,6 +86,26 @@ class NetlinkVipDriver:
             except Exception as exc:
                 return VipReading(VipPresence.UNKNOWN, self._failed("reading addresses of", exc))
         return VipReading(VipPresence.PRESENT if present else VipPresence.ABSENT)
+
+    def observe_many(self, vips: Sequence[IPInterface]) -> list[VipReading]:
+        """Several VIPs on this interface, from one address dump per family:
+        the reader pool looks at every reader VIP on every tick, and one dump
+        costs what one VIP's look costs."""
+        with self._lock:
+            try:
+                index = self._read(lambda rtnl: rtnl.link_index(self._interface), "get")
+                found: list[AddressEntry] = []
+                for version in sorted({v.version for v in vips}):
+                    found += self._dump(index, socket.AF_INET if version == 4 else socket.AF_INET6)
+            except _RefusedError as exc:
+                return [VipReading(VipPresence.UNKNOWN, exc.cause) for _ in vips]
+            except Exception as exc:
+                cause = self._failed("reading addresses of", exc)
+                return [VipReading(VipPresence.UNKNOWN, cause) for _ in vips]
+        return [
+            VipReading(VipPresence.PRESENT if any(a.same(v) for a in found) else VipPresence.ABSENT)
+            for v in vips
+        ]
 
     def add(self, lifetime_s: int) -> VipChanged | Unknown:
         if not 0 < lifetime_s < _INFINITE_LIFETIME_S:
@@ -171,6 +191,9 @@ class NetlinkVipDriver:
 
     def _link(self) -> LinkEntry:
         return self._read(lambda rtnl: rtnl.link(self._interface), "get")
+
+    def _dump(self, index: int, family: int) -> list[AddressEntry]:
+        return self._read(lambda rtnl: rtnl.addresses(index, family), "dump")
 
     def _addresses(self, index: int) -> list[AddressEntry]:
         return self._read(lambda rtnl: rtnl.addresses(index, self._family), "dump")

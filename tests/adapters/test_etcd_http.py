@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from dbvip.adapters.etcd_client import EtcdClient, EtcdUnavailableError, Watch
+from dbvip.adapters.etcd_client import EtcdClient, EtcdUnavailableError
 from dbvip.adapters.etcd_http import Endpoint, Transport
+from dbvip.adapters.etcd_watch import Watch
 from integration.lab.etcd import make_tls
 from integration.lab.eventually import eventually
 

@@ -11,7 +11,8 @@ from datetime import UTC, datetime
 import pytest
 
 from dbvip.adapters.etcd_client import EtcdClient
-from dbvip.adapters.etcd_store import PAGE_KEYS, ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.etcd_pages import PAGE_KEYS
+from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.keys import KeyLayout
 from dbvip.model import KeyHeld
 from dbvip.ports import MembersReading

@@ -417,3 +417,20 @@ def test_lab_refuses_ranges_in_use(netlab: NetLab, lab_node: Node) -> None:
     check_ranges_unused([LAB_V4, LAB_V6])  # the root namespace does not use them
     with pytest.raises(RuntimeError, match=r"198\.51\.100\.0/24"):
         check_ranges_unused([LAB_V4], namespace=lab_node.netns)
+
+
+def test_observe_many_sees_each_vip_of_both_families_from_one_dump_each(
+    lab_node: Node, driver_for: DriverFactory
+) -> None:
+    v4b = ipaddress.IPv4Interface("198.51.100.101/32")
+    looker = driver_for(VIP4)
+    vips: list[IPInterface] = [VIP4, v4b, VIP6, VIP4_SAME_PREFIX]
+    absent = VipReading(VipPresence.ABSENT)
+    present = VipReading(VipPresence.PRESENT)
+    assert looker.observe_many(vips) == [absent] * 4
+    assert driver_for(v4b).add(30) == VipChanged(was_present=False)
+    assert driver_for(VIP6).add(30) == VipChanged(was_present=False)
+    # Compared as values, prefix length too: /24 is not the /32 VIP.
+    assert looker.observe_many(vips) == [absent, present, present, absent]
+    missing = driver_for(VIP4, interface="nosuch0").observe_many(vips)
+    assert all(r.presence is VipPresence.UNKNOWN and r.cause for r in missing)

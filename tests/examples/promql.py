@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from dbvip.metrics import LABEL_VALUES, METRICS, RESULT_VALUES
+from dbvip.metrics import LABEL_VALUES, METRIC_LABEL_VALUES, METRICS, RESULT_VALUES
 
 _TOKEN = re.compile(
     r"""
@@ -170,6 +170,8 @@ def label_values(metric: str, label: str) -> tuple[str, ...] | None:
     """The values ``label`` of ``metric`` can take; None when open-ended."""
     if label == "result":
         return RESULT_VALUES[metric]
+    if (metric, label) in METRIC_LABEL_VALUES:
+        return METRIC_LABEL_VALUES[metric, label]
     return LABEL_VALUES.get(label)
 
 

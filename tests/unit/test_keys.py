@@ -12,12 +12,18 @@ from dbvip.keys import (
     KeyLayout,
     WriterValue,
     decode_member,
+    decode_reader,
     decode_writer,
     encode_member,
+    encode_reader,
     encode_writer,
     member_identity,
+    pool_event_matters,
+    pool_member,
 )
+from dbvip.model import Role
 from dbvip.ports import MemberReport
+from dbvip.reader_model import PoolMember
 
 
 def test_layout_defaults_to_the_dbvip_prefix() -> None:
@@ -25,7 +31,7 @@ def test_layout_defaults_to_the_dbvip_prefix() -> None:
     assert keys.writer == "/dbvip/main/writer"
     assert keys.member("n1") == "/dbvip/main/members/n1"
     assert keys.members_prefix == "/dbvip/main/members/"
-    assert keys.reader("198.51.100.7") == "/dbvip/main/reader/198.51.100.7"
+    assert keys.reader("198.51.100.7") == "/dbvip/main/readers/198.51.100.7"
 
 
 @pytest.mark.parametrize("prefix", ["/x/y", "/x/y/"])
@@ -36,9 +42,14 @@ def test_prefix_is_spelled_one_way(prefix: str) -> None:
 def test_reader_key_names_the_address_alone() -> None:
     keys = KeyLayout("c")
     assert keys.reader("198.51.100.7/24") == keys.reader("198.51.100.7")
-    assert keys.reader("2001:db8:0::10/64") == "/dbvip/c/reader/2001:db8::10"
+    assert keys.reader("2001:db8:0::10/64") == "/dbvip/c/readers/2001:db8::10"
     with pytest.raises(ValueError):
         keys.reader("not-an-address")
+    assert keys.reader_claim("2001:db8:0::10/64") == "/dbvip/c/reader-claims/2001:db8::10"
+    assert keys.reader("198.51.100.7").startswith(keys.readers_prefix)
+    assert keys.reader_claim("198.51.100.7").startswith(keys.reader_claims_prefix)
+    # Neither prefix is a prefix of the other: one range cannot mix them up.
+    assert not keys.reader_claims_prefix.startswith(keys.readers_prefix)
 
 
 @pytest.mark.parametrize("name", ["", "a/b", " a", "a\n", "a\tb"])
@@ -159,3 +170,105 @@ def test_garbage_member_value_is_reported() -> None:
 def test_deeply_nested_json_is_garbage_not_a_crash() -> None:
     """Review finding: json.loads raises RecursionError, not ValueError."""
     assert isinstance(decode_writer(b"[" * 100_000), Garbage)
+
+
+def test_a_reader_value_has_the_writer_fields_and_reads_back() -> None:
+    raw = encode_reader(ME, "198.51.100.21/32", 0x1A2B, "2026-01-02T03:04:05Z")
+    assert json.loads(raw) == json.loads(
+        encode_writer(ME, "198.51.100.21/32", 0x1A2B, "2026-01-02T03:04:05Z")
+    )
+    value = decode_reader(raw, "198.51.100.21")
+    assert isinstance(value, WriterValue)
+    assert (value.node, value.lease, value.identity) == ("n1", "1a2b", ME)
+
+
+@pytest.mark.parametrize(
+    ("raw", "detail"),
+    [
+        (b"junk", "not JSON"),
+        (b'{"vip":"198.51.100.21/32"}', "'node' is missing"),
+        (b'{"node":"n1","vip":"198.51.100.22/32"}', "198.51.100.22 is not the key's 198.51.100.21"),
+        (b'{"node":"n1","vip":"nowhere"}', "is not an address"),
+        (b'{"node":"n1","format":2,"vip":"198.51.100.21"}', "'instance' is missing"),
+    ],
+)
+def test_garbage_reader_values_are_reported_not_guessed(raw: bytes, detail: str) -> None:
+    value = decode_reader(raw, "198.51.100.21/32")
+    assert isinstance(value, Garbage) and detail in value.detail
+
+
+def test_a_reader_value_without_a_vip_or_of_a_newer_format_names_its_holder() -> None:
+    assert decode_reader(b'{"node":"n2"}', "198.51.100.21") == WriterValue("n2")
+    newer = decode_reader(b'{"node":"n2","format":99,"vip":"x"}', "198.51.100.21")
+    assert isinstance(newer, WriterValue) and newer.node == "n2" and newer.format == 99
+
+
+def test_member_value_carries_pool_and_lag_only_when_set() -> None:
+    report = MemberReport("replica", 3, "0/3000060", ("198.51.100.21/32",), "replica")
+    plain = json.loads(encode_member(report, "T"))
+    assert "pool" not in plain and "lag_bytes" not in plain
+    pooled = MemberReport("replica", 3, "0/3000060", (), "replica", "in_pool", 0)
+    value = json.loads(encode_member(pooled, "T"))
+    assert (value["pool"], value["lag_bytes"]) == ("in_pool", 0)
+    lagging = json.loads(encode_member(MemberReport("replica", 3, None, (), "r", "lagging"), "T"))
+    assert lagging["pool"] == "lagging" and "lag_bytes" not in lagging
+
+
+def test_pool_member_reads_role_pool_flag_and_lsn() -> None:
+    pooled = MemberReport("replica", 3, "0/3000060", (), "replica", "in_pool", 0)
+    assert pool_member("n2", decode_member(encode_member(pooled, "T"))) == PoolMember(
+        "n2", Role.REPLICA, True, "0/3000060"
+    )
+    lagging = MemberReport("replica", 3, "0/3000060", (), "replica", "lagging", 1 << 30)
+    assert pool_member("n2", decode_member(encode_member(lagging, "T"))) == PoolMember(
+        "n2", Role.REPLICA, False, "0/3000060"
+    )
+    old = pool_member("n3", decode_member(b'{"role":"primary","lsn":"0/3 junk"}'))
+    assert old == PoolMember("n3", Role.PRIMARY, False, None)
+    assert pool_member("n4", decode_member(b'{"role":"boss"}')) is None
+    assert pool_member("n4", decode_member(b"junk")) is None
+
+
+KEYS = KeyLayout("c")
+
+
+def member(role: str, pool: str, lsn: str) -> bytes:
+    return encode_member(MemberReport(role, 3, lsn, (), role, pool, 0), "T")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "prev", "matters"),
+    [
+        (KEYS.reader("198.51.100.21"), b"v", None, True),
+        (KEYS.reader("198.51.100.21"), None, b"v", True),
+        (KEYS.reader("198.51.100.21"), b"v", b"v", True),
+        (KEYS.reader_claim("198.51.100.21"), None, b"v", True),
+        (KEYS.writer, b"v", b"w", True),
+        (KEYS.claim, None, b"v", True),
+        (KEYS.maintenance("n2"), b"v", None, True),
+        (KEYS.member("n2"), member("replica", "in_pool", "0/1"), None, True),
+        (KEYS.member("n2"), None, member("replica", "in_pool", "0/1"), True),
+        (
+            KEYS.member("n2"),
+            member("replica", "lagging", "0/1"),
+            member("replica", "in_pool", "0/1"),
+            True,
+        ),
+        (KEYS.member("n2"), member("primary", "", "0/2"), member("replica", "", "0/1"), True),
+        (KEYS.member("n2"), b"junk", member("replica", "in_pool", "0/1"), True),
+        # The periodic refresh: only the LSN (and lag, updated time) moved.
+        (
+            KEYS.member("n2"),
+            member("replica", "in_pool", "0/2"),
+            member("replica", "in_pool", "0/1"),
+            False,
+        ),
+        (KEYS.member("n2"), b"junk", b"other junk", False),
+        ("/dbvip/other/readers/198.51.100.21", b"v", None, False),
+        ("/dbvip/c/something-else", b"v", None, False),
+    ],
+)
+def test_the_pool_wakes_only_for_what_can_change_its_reading(
+    key: str, value: bytes | None, prev: bytes | None, matters: bool
+) -> None:
+    assert pool_event_matters(KEYS, key.encode(), value, prev) is matters

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dbvip.board import etcd_window_s, liveness_window_s
-from dbvip.metrics import LABEL_VALUES, METRICS, RESULT_VALUES, Metrics
+from dbvip.metrics import (
+    LABEL_VALUES,
+    METRIC_LABEL_VALUES,
+    METRICS,
+    OPEN_LABELS,
+    RESULT_VALUES,
+    Metrics,
+)
 from dbvip.model import LeaseGone, LeaseRefused, LeaseRenewed, Reason, Role
 from dbvip.runner import Snapshot, action_result
 from tests.observed import VIP, ObservedNode, T, run
@@ -111,9 +120,21 @@ def test_results_name_what_etcd_answered() -> None:
     assert action_result(LeaseRenewed(0x10, 10, 1.0)) == "ok"
 
 
+READERS = ("198.51.100.21", "198.51.100.22")
+
+
+def with_pool(node: ObservedNode, here: tuple[str, ...], pool: str, lag: int | None) -> None:
+    """The node's last snapshot as the reader rounds would have filled it."""
+    latest = node.board.latest()
+    assert latest is not None
+    node.board.offer(replace(latest, reader_vips=here, pool=pool, lag_bytes=lag))
+
+
 def test_the_exposition_holds_exactly_the_documented_metrics() -> None:
-    n1 = ObservedNode()
+    n1 = ObservedNode(reader_vips=READERS)
     run([n1], 1.0)
+    with_pool(n1, READERS[:1], "in_pool", 0)
+    n1.metrics.reader_moved(READERS[0], "taken", "taking")
     exposed = {}
     for family in text_string_to_metric_families(n1.metrics.render().decode()):
         if family.name.endswith("_created"):  # the client library's, documented as such
@@ -221,11 +242,13 @@ def test_alive_and_etcd_answering_are_the_halves_of_the_health_verdicts() -> Non
 
 
 def test_every_exported_label_value_is_a_declared_one() -> None:
-    n1 = ObservedNode("n1")
-    n2 = ObservedNode("n2", role=Role.REPLICA, clock=n1.clock, etcd=n1.etcd, kernel=n1.kernel)
+    n1 = ObservedNode("n1", reader_vips=READERS)
+    n2 = ObservedNode("n2", Role.REPLICA, n1.clock, n1.etcd, n1.kernel, reader_vips=READERS)
     run([n1, n2], 1.0)
     n1.store.fault = "hang"
     run([n1, n2], T.ttl_s)
+    with_pool(n2, READERS, "lagging", 1 << 30)
+    n2.metrics.reader_moved(READERS[1], "given_back", "lagging")
     for node in (n1, n2):
         for family in text_string_to_metric_families(node.metrics.render().decode()):
             if family.name.endswith("_created"):  # the client library's; the same labels
@@ -235,10 +258,13 @@ def test_every_exported_label_value_is_a_declared_one() -> None:
                 for label, value in sample.labels.items():
                     if label == "result":
                         assert value in RESULT_VALUES[name], (name, value)
+                    elif (name, label) in METRIC_LABEL_VALUES:
+                        allowed = METRIC_LABEL_VALUES[name, label]
+                        assert allowed is None or value in allowed, (name, label, value)
                     elif label in LABEL_VALUES:
                         assert value in LABEL_VALUES[label], (family.name, label, value)
                     else:
-                        assert label in ("le", "cluster", "node", "vip"), (family.name, label)
+                        assert label == "le" or label in OPEN_LABELS, (family.name, label)
 
 
 def _sample(text: str, name: str) -> float | None:
@@ -268,3 +294,39 @@ def test_the_refusal_metrics_follow_its_observer_and_exist_only_when_it_is_on() 
     text = off.render().decode()
     assert "dbvip_refusal_ready" not in text
     assert "dbvip_connections_ended" not in text
+
+
+def test_the_reader_metrics_follow_the_snapshot_and_count_moves_by_reason() -> None:
+    n2 = ObservedNode("n2", Role.REPLICA, reader_vips=READERS)
+    run([n2], 1.0)
+    for reader_vip in READERS:  # configured, not held yet: 0, not absent
+        assert n2.value("dbvip_reader_vip_held", reader_vip=reader_vip) == 0
+    assert n2.value("dbvip_lag_bytes") is None
+
+    with_pool(n2, READERS, "in_pool", 4096)
+    assert [n2.value("dbvip_reader_vip_held", reader_vip=v) for v in READERS] == [1, 1]
+    assert n2.value("dbvip_lag_bytes") == 4096
+    assert n2.value("dbvip_in_pool", why="in_pool") == 1
+
+    with_pool(n2, READERS[1:], "lagging", 1 << 30)
+    assert [n2.value("dbvip_reader_vip_held", reader_vip=v) for v in READERS] == [0, 1]
+    assert n2.value("dbvip_lag_bytes") == 1 << 30
+    assert n2.value("dbvip_in_pool", why="lagging") == 0
+    assert n2.value("dbvip_in_pool", why="in_pool") is None  # one series: the current why
+
+    n2.metrics.reader_moved(READERS[0], "given_back", "lagging")
+    n2.metrics.reader_moved(READERS[0], "given_back", "lagging")
+    n2.metrics.reader_moved(READERS[0], "taken", "taking")
+    moves = "dbvip_reader_moves_total"
+    labels = {"reader_vip": READERS[0], "change": "given_back", "reason": "lagging"}
+    assert n2.value(moves, **labels) == 2
+    assert n2.value(moves, **{**labels, "change": "taken", "reason": "taking"}) == 1
+
+
+def test_without_reader_vips_no_reader_series_is_exported() -> None:
+    n1 = ObservedNode()
+    run([n1], 1.0)
+    text = n1.metrics.render().decode()
+    for name in ("dbvip_reader_vip_held", "dbvip_lag_bytes", "dbvip_in_pool"):
+        assert _sample(text, name) is None
+    assert "dbvip_reader_moves_total{" not in text

@@ -77,8 +77,10 @@ class Node:
 
 
 class World:
-    def __init__(self, *roles: Role, settings: ReaderSettings | None = None) -> None:
-        self.clock = FakeClock()
+    def __init__(
+        self, *roles: Role, settings: ReaderSettings | None = None, clock: FakeClock | None = None
+    ) -> None:
+        self.clock = clock or FakeClock()
         self.etcd = FakeEtcd(self.clock)
         self.kernel = FakeKernel(self.clock, lateness_s=1.0)
         self.reader_kernels = {v: FakeKernel(self.clock, lateness_s=1.0) for v in VIPS}

@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from dbvip.adapters.etcd_store import ClusterStatus, MemberStatus
-from dbvip.keys import Garbage, WriterValue, decode_member, decode_writer
+import pytest
+
+from dbvip.adapters.etcd_store import ClusterStatus, MemberStatus, ReaderStatus
+from dbvip.keys import Garbage, WriterValue, decode_member, decode_reader, decode_writer
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid
-from dbvip.status_view import render
+from dbvip.status_view import reader_row, render
 from dbvip.wiring import cluster_dict
 
 WRITER = WriterValue("n1", "198.51.100.10/32", "1f", "2026-12-04T10:00:00Z")
@@ -127,4 +129,94 @@ def test_no_writer_and_no_members() -> None:
 def test_a_report_as_dbvip_writes_it_reads_back_whole() -> None:
     raw = json.dumps(GOOD).encode()
     data, _ = status(member("n1", decode_member(raw)))
-    assert data["members"][0] == {**GOOD, "node": "n1", "ttl_s": 9}
+    assert data["members"][0] == {**GOOD, "node": "n1", "ttl_s": 9, "pool": None, "lag_bytes": None}
+
+
+def pooled(*readers: ReaderStatus, members: tuple[MemberStatus, ...] = ()) -> dict[str, Any]:
+    """``status --json``'s data of a cluster with a reader pool. The readers
+    section is built as ``cluster_dict`` is to build it (wiring's, the lead's)."""
+    cluster = ClusterStatus(
+        KeyHeld("n1", 0x1F, 10, 9), 7, members, writer_value=WRITER, readers=readers
+    )
+    data = cluster_dict("c1", cluster)
+    rows = [reader_row(r.vip, r.value, r.lease_id, r.ttl_s, r.claim_only) for r in readers]
+    assert data.setdefault("readers", rows) == rows
+    json.dumps(data)
+    return data
+
+
+def test_each_reader_vip_shows_its_holder_lease_and_ttl() -> None:
+    value = decode_reader(
+        b'{"node":"n2","vip":"198.51.100.21","lease":"2b","since":"2026-12-04T10:00:02Z"}',
+        "198.51.100.21",
+    )
+    data = pooled(
+        ReaderStatus("198.51.100.21", value, 0x2B, 8),
+        ReaderStatus("198.51.100.22", WriterValue("n3"), 0x3C, 7, claim_only=True),
+        ReaderStatus("198.51.100.23", Garbage("not JSON: b'junk'"), 0, None),
+    )
+    assert data["readers"][0] == {
+        "vip": "198.51.100.21",
+        "node": "n2",
+        "lease": "2b",
+        "ttl_s": 8,
+        "since": "2026-12-04T10:00:02Z",
+        "claim_only": False,
+    }
+    assert data["readers"][2]["node"] is None and "not JSON" in data["readers"][2]["error"]
+    table = render(data)
+    assert "reader VIPs:" in table
+    line = next(x for x in table.splitlines() if x.startswith("198.51.100.21"))
+    assert line.split() == ["198.51.100.21", "n2", "2b", "8", "2026-12-04T10:00:02Z"]
+    assert "n3 (claim)" in table
+    assert "reader key of 198.51.100.22 deleted by hand: its claim keeps it for n3" in table
+    assert "INVALID reader key of 198.51.100.23: not JSON" in table
+
+
+def test_a_reader_key_put_by_hand_without_a_lease_is_flagged() -> None:
+    data = pooled(ReaderStatus("198.51.100.21", WriterValue("n2"), 0, None))
+    assert "no lease" in data["readers"][0]["error"]
+    assert "reader key of 198.51.100.21: the reader key has no lease" in render(data)
+
+
+def test_members_show_their_pool_place_and_lag_once_there_is_a_pool() -> None:
+    replica = {
+        **GOOD,
+        "role": "replica",
+        "vip": ["198.51.100.21/32", "198.51.100.22/32"],
+        "reason": "replica",
+        "pool": "in_pool",
+        "lag_bytes": 4096,
+    }
+    lagging = {**replica, "vip": [], "pool": "maintenance flag not read yet", "lag_bytes": None}
+    data = pooled(members=(member("n2", replica), member("n3", lagging)))
+    assert [(m["pool"], m["lag_bytes"]) for m in data["members"]] == [
+        ("in_pool", 4096),
+        ("maintenance flag not read yet", None),
+    ]
+    assert all("error" not in m for m in data["members"])
+    table = render(data).splitlines()
+    header = next(x for x in table if x.startswith("NODE"))
+    assert header.split()[-2:] == ["POOL", "LAG_BYTES"]
+    n2 = next(x for x in table if x.startswith("n2"))
+    assert "198.51.100.21/32, 198.51.100.22/32" in n2 and n2.split()[-2:] == ["in_pool", "4096"]
+    # Without a pool, the table is as it was: no empty columns.
+    _, plain = status(member("n1", GOOD))
+    assert "POOL" not in plain
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"),
+    [
+        ("pool", "IN POOL!"),
+        ("pool", 3),
+        ("lag_bytes", -1),
+        ("lag_bytes", "4096"),
+        ("lag_bytes", True),
+    ],
+)
+def test_a_bad_pool_field_is_invalid_not_shown(field: str, bad: object) -> None:
+    data, table = status(member("n1", {**GOOD, field: bad}))
+    assert data["members"][0][field] is None
+    assert "INVALID member value of n1" in table
+    assert f"'{field}' is missing or not valid" in data["members"][0]["error"]
