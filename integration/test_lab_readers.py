@@ -136,10 +136,13 @@ def test_reader_keys_are_read_from_etcd_with_their_holder_and_lease(make_lab: Ma
     assert lab.haproxy.server_states() == {} and "writer" in lab.haproxy.server_states("writer")
     lease = lab.etcdctl("lease", "grant", "30").split()[1]
     key = readers_prefix(lab.name) + "198.51.100.103"
-    lab.etcdctl("put", "--lease", lease, key, json.dumps({"holder": "n1", "vip": VIPS[2]}))
+    value = {"node": "n1", "vip": VIPS[2], "lease": lease}
+    lab.etcdctl("put", "--lease", lease, key, json.dumps(value))
+    # Under the prefix, a key whose last part is no address is no reader key.
+    lab.etcdctl("put", key + "/x", "garbage")
     keys = lab.reader_keys()
     found = keys[ipaddress.ip_address("198.51.100.103")]
-    assert found.holder == "n1" and found.lease == int(lease, 16)
+    assert found.holder == "n1" and found.lease == int(lease, 16) and found.under_named_lease
     assert list(keys) == [ipaddress.ip_address("198.51.100.103")]
 
 

@@ -53,11 +53,11 @@ def wait_balanced(lab: Lab, replicas: Collection[str], since_s: float | None = N
 
 
 def keys_follow_the_kernel(lab: Lab) -> bool:
-    """Every reader key names the node that has its VIP, under a lease."""
+    """Every reader key names the node that has its VIP, under the lease it names."""
     keys = lab.reader_keys()
     held = lab.reader_holders()
     return all(
-        addr in keys and keys[addr].lease != 0 and {keys[addr].holder} == nodes
+        addr in keys and keys[addr].under_named_lease and {keys[addr].holder} == nodes
         for addr, nodes in held.items()
     )
 

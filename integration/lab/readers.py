@@ -52,18 +52,23 @@ def pool(count: int) -> str:
 
 def readers_prefix(cluster: str) -> str:
     """The etcd prefix of the reader keys, as dbvip's own key layout spells it."""
-    sample = KeyLayout(cluster).reader("198.51.100.1")
-    return sample[: sample.rindex("/") + 1]
+    return KeyLayout(cluster).readers_prefix
 
 
 @dataclass(frozen=True)
 class ReaderKey:
-    """One reader key: the VIP's address, the holder its value names, its lease."""
+    """One reader key: the VIP's address, the holder its value names (``node``,
+    as in the writer key), the lease it is attached to, and its whole value."""
 
     address: IPAddress
     holder: str | None
     lease: int  # 0: the key has no lease
     value: dict[str, Any] = field(compare=False)
+
+    @property
+    def under_named_lease(self) -> bool:
+        """Attached to a lease, the one its value names (hex, as etcdctl prints it)."""
+        return self.lease != 0 and self.value.get("lease") == format(self.lease, "x")
 
 
 def parse_reader_keys(cluster: str, etcdctl_json: str) -> dict[IPAddress, ReaderKey]:
@@ -84,7 +89,7 @@ def parse_reader_keys(cluster: str, etcdctl_json: str) -> dict[IPAddress, Reader
             address = ipaddress.ip_address(key.removeprefix(prefix))
         except ValueError:
             continue  # not a reader key itself (a claim kept beside it, say)
-        holder = value.get("holder", value.get("node"))
+        holder = value.get("node")
         keys[address] = ReaderKey(address, None if holder is None else str(holder),
                                   int(kv.get("lease", 0)), value)  # fmt: skip
     return keys
