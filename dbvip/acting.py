@@ -47,7 +47,7 @@ from dbvip.reader_model import (
     RevokeReaderLease,
     TakeReader,
 )
-from dbvip.readers import ReaderAction, ReaderOutcome
+from dbvip.reader_outcomes import ReaderAction, ReaderOutcome
 from dbvip.reporting import action_kind, action_result
 from dbvip.shell import MIN_REQUEST_S, Ports, Telemetry
 

@@ -25,7 +25,8 @@ from dbvip.model import (
 )
 from dbvip.ownership import name_conflict
 from dbvip.reader_model import ReaderObservation, ReaderSettings, ReaderState
-from dbvip.readers import ReaderDecision, absorb_reader, decide_readers
+from dbvip.reader_outcomes import absorb_reader
+from dbvip.readers import ReaderDecision, decide_readers
 from dbvip.reporting import ReaderReporter
 from dbvip.shell import Ports, ReaderPorts, Telemetry
 

@@ -179,6 +179,9 @@ class ReaderState:
     lag_bytes: int | None = None
     lag_high_s: float | None = None  # when the lag last went over the limit
     lag_low_since_s: float | None = None  # below the limit continuously since
+    # Leases this node revoked or found gone: keys read under them are stale
+    # (the reading is older than the revoke), not left-overs to give back.
+    ended_leases: frozenset[int] = frozenset()
     backoff: dict[str, float] = field(default_factory=dict)
     last_failure: str = ""
     reason: str = ""

@@ -17,54 +17,27 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from dbvip.guard import keep_vip, lease_deadline_s, release_at_s
+from dbvip.guard import keep_vip, release_at_s
 from dbvip.identity import Identity, Whose, ours, whose
 from dbvip.model import (
-    Action,
-    Announced,
-    Failed,
-    Lease,
-    LeaseGone,
-    LeaseRenewed,
     RemoveVip,
     RenewLease,
     Timing,
-    VipAdded,
     VipPresence,
-    VipRemoved,
 )
 from dbvip.pool import Judgement, judge, target
 from dbvip.reader_model import (
     GiveBackReader,
     GrantReaderLease,
-    ReaderGivenBack,
     ReaderKey,
-    ReaderLeaseGranted,
-    ReaderLeaseRevoked,
     ReaderObservation,
-    ReaderRefused,
     ReaderSettings,
     ReaderState,
-    ReaderTaken,
     RevokeReaderLease,
     Slot,
     TakeReader,
 )
-
-ReaderAction = Action | GrantReaderLease | TakeReader | GiveBackReader | RevokeReaderLease
-ReaderOutcome = (
-    ReaderLeaseGranted
-    | ReaderTaken
-    | ReaderRefused
-    | ReaderGivenBack
-    | ReaderLeaseRevoked
-    | LeaseRenewed
-    | LeaseGone
-    | VipAdded
-    | VipRemoved
-    | Announced
-    | Failed
-)
+from dbvip.reader_outcomes import ReaderAction
 
 
 @dataclass(frozen=True)
@@ -198,7 +171,12 @@ def decide_readers(
                 )
         for v, k in sorted(keys.items()):
             old = _left_over(k, state, me)
-            if k.claim_only and k.holder is not None and ours(whose(k.holder, k.identity, me)):
+            if (
+                k.claim_only
+                and k.holder is not None
+                and k.lease_id not in state.ended_leases
+                and ours(whose(k.holder, k.identity, me))
+            ):
                 old = k.lease_id  # the key was deleted by hand: free the claim, then retake
             if old is not None and v not in maybe and not _backing_off(state, "give:" + v, now):
                 return done(
@@ -261,58 +239,6 @@ def decide_readers(
     )
 
 
-def absorb_reader(
-    state: ReaderState, outcome: ReaderOutcome, now_s: float, timing: Timing
-) -> ReaderState:
-    """Fold one action's outcome into the state."""
-    match outcome:
-        case ReaderLeaseGranted(lease_id, ttl_s, sent_s):
-            lease = Lease(lease_id, lease_deadline_s(sent_s, ttl_s, timing), sent_s, 0)
-            return replace(state, lease=lease, keys={})
-        case LeaseRenewed(lease_id, ttl_s, sent_s) if (
-            state.lease and state.lease.lease_id == lease_id
-        ):
-            deadline = max(state.lease.deadline_s, lease_deadline_s(sent_s, ttl_s, timing))
-            return replace(state, lease=replace(state.lease, deadline_s=deadline, renewed_s=sent_s))
-        case LeaseRenewed():
-            return state
-        case LeaseGone(lease_id) if state.lease and state.lease.lease_id == lease_id:
-            # Its keys are gone with it; the VIPs come down next decision.
-            return replace(state, lease=None, keys={})
-        case LeaseGone():
-            return state
-        case ReaderTaken(vip, revision):
-            return replace(state, keys={**state.keys, vip: revision})
-        case ReaderRefused(vip):
-            return _back_off(state, "take:" + vip, now_s, timing)
-        case ReaderGivenBack(vip):
-            return replace(state, keys={v: r for v, r in state.keys.items() if v != vip})
-        case ReaderLeaseRevoked(lease_id) if state.lease and state.lease.lease_id == lease_id:
-            return replace(state, lease=None, keys={})
-        case ReaderLeaseRevoked():
-            return state
-        case VipAdded(lifetime_s, done_s, was_present, vip):
-            slot = state.slots.get(vip, Slot())
-            slot = replace(slot, valid_until_s=done_s + lifetime_s)
-            if not was_present:
-                slot = replace(slot, announces_left=timing.announce_count, next_announce_s=done_s)
-            return replace(state, slots={**state.slots, vip: slot})
-        case VipRemoved(_, vip):
-            return replace(state, slots={v: s for v, s in state.slots.items() if v != vip})
-        case Announced(done_s, vip):
-            slot = state.slots.get(vip, Slot())
-            slot = replace(
-                slot,
-                announces_left=max(0, slot.announces_left - 1),
-                next_announce_s=done_s + timing.announce_interval_s,
-            )
-            return replace(state, slots={**state.slots, vip: slot})
-        case Failed(action, cause):
-            failed = replace(state, last_failure=f"{type(action).__name__}: {cause}")
-            return _back_off(failed, _kind(action), now_s, timing)
-    raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
-
-
 # --------------------------------------------------------------------------
 
 
@@ -354,7 +280,7 @@ def _mine(
 def _left_over(k: ReaderKey, state: ReaderState, me: Identity) -> int | None:
     """The lease of a reader key this sidecar (or its predecessor on this host
     and interface) put under another lease than its current one."""
-    if k.holder is None or k.lease_id == 0:
+    if k.holder is None or k.lease_id == 0 or k.lease_id in state.ended_leases:
         return None
     if state.lease is not None and k.lease_id == state.lease.lease_id:
         return None
@@ -391,27 +317,6 @@ def _wake_s(st: ReaderState, obs: ReaderObservation, timing: Timing) -> float:
         due.append(release_at_s(st.lease, timing))
         due.append(st.lease.renewed_s + timing.renew_interval_s)
     return min(t for t in due if t > now)
-
-
-def _kind(action: ReaderAction) -> str:
-    match action:
-        case GrantReaderLease():
-            return "grant"
-        case RenewLease():
-            return "renew"
-        case TakeReader(vip):
-            return "take:" + vip
-        case GiveBackReader(vip):
-            return "give:" + vip
-        case RevokeReaderLease():
-            return "revoke"
-        case RemoveVip(vip):
-            return "vip:" + vip
-    return "vip:" + getattr(action, "vip", "")
-
-
-def _back_off(state: ReaderState, kind: str, now_s: float, timing: Timing) -> ReaderState:
-    return replace(state, backoff={**state.backoff, kind: now_s + timing.probe_interval_s})
 
 
 def _backing_off(state: ReaderState, kind: str, now_s: float) -> bool:

@@ -28,6 +28,7 @@ from dbvip.status_view import member_row, writer_row
 if TYPE_CHECKING:
     from dbvip.health import HealthServer
     from dbvip.metrics import Metrics
+    from dbvip.reader_wiring import ReaderParts
 
 log = logging.getLogger("dbvip")
 
@@ -130,7 +131,12 @@ class Sidecar:
             from dbvip.metrics import Metrics  # noqa: PLC0415
 
             self.metrics = Metrics(
-                self.board, config["cluster"], node, str(vip), refusal=refuse_s(config) > 0
+                self.board,
+                config["cluster"],
+                node,
+                str(vip),
+                refusal=refuse_s(config) > 0,
+                reader_vips=config.readers.vips,
             )
             # Bound first: a port in use stops the start before anything else is made.
             self.http = _listen(config, self.board, self.metrics)
@@ -144,12 +150,21 @@ class Sidecar:
                 vip_driver = self.refusing = RefusingVipDriver(
                     vip_driver, refusal, refuse_s(config), observer=self.metrics
                 )
+        # The reader pool, when reader_vips is set.
+        self.readers: ReaderParts | None = None
+        if config.readers.vips:
+            from dbvip.reader_wiring import reader_parts  # noqa: PLC0415  (only with a pool)
+
+            self.readers = reader_parts(
+                config, self.store, self.identity, clock, refuse_s(config), self.metrics
+            )
         self.ports = Ports(
             clock=clock,
             probe=PostgresRoleProbe(config["pg_dsn"], config.secret("pg_password") or None),
             store=self.store,
             vip=vip_driver,
             announcer=announcer or PacketAnnouncer(config["interface"], vip.ip),
+            readers=self.readers.ports if self.readers else None,
         )
         # A second client for member reports: a slow publish never delays a renewal.
         self.publisher = MemberPublisher(
@@ -172,6 +187,7 @@ class Sidecar:
             _fan_out(*sinks),
             observer=observer,
             on_event=self.hooks.on_event,
+            reader_settings=config.readers,
         )
         self.watcher = self.store.writer_watcher()
         log.info(
@@ -185,6 +201,8 @@ class Sidecar:
             ",".join(config["etcd_endpoints"]),
             ",".join(k.value for k in EventKind if config[f"hook_{k.value}"]) or "-",
         )
+        if config.readers.vips:
+            log.info("reader VIPs %s", ",".join(config.readers.vips))
 
     def run(self) -> NodeState:
         if self.refusing is not None:
@@ -193,6 +211,10 @@ class Sidecar:
             if not self.refusing.last_error:
                 log.info("refusing connections for a VIP just given away: nftables table "
                          "inet %s", self.refusing.table)  # fmt: skip
+        if self.readers is not None:
+            for driver in self.readers.refusing:
+                driver.prepare()
+            self.readers.watcher.start(self.runner.pool_changed)
         self.hooks.start()
         if self.http is not None:
             self.http.start()
@@ -210,6 +232,8 @@ class Sidecar:
         # more, and no longer.
         self.hooks.stop()
         self.watcher.stop()
+        if self.readers is not None:
+            self.readers.close()
         self.publisher.stop()
         for port in (self.ports.probe, self.ports.vip, self.ports.announcer, self.ports.store):
             port.close()
