@@ -78,9 +78,11 @@ def test_the_reader_backends_are_distinct_vips_with_fast_checks() -> None:
     (default,) = [w for w in sections()["backend readers"] if w[0] == "default-server"]
     text = " ".join(default)
     assert "check inter 200ms fall 2 rise 2" in text and "on-marked-down shutdown-sessions" in text
-    # The comment that names the pool names exactly these addresses.
-    pool = next(
+    # The same pool as the example settings, and as the comment that names it.
+    pool = tomllib.loads(TOML.read_text())["reader_vips"]
+    assert [ipaddress.ip_interface(v).ip for v in pool] == readers
+    comment = next(
         line for line in HAPROXY_CFG.read_text().splitlines() if "DBVIP_READER_VIPS=" in line
     )
-    named = pool.split("DBVIP_READER_VIPS=", 1)[1].rstrip(").").split(",")
+    named = comment.split("DBVIP_READER_VIPS=", 1)[1].rstrip(").").split(",")
     assert [ipaddress.ip_interface(v).ip for v in named] == readers
