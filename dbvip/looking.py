@@ -123,6 +123,12 @@ class Looker:
             # A holder looking again and again at a database that stopped
             # answering: the key was just read, the watch reports changes.
             return False
+        if state.lease is not None and role is Role.PRIMARY and vip is VipPresence.PRESENT:
+            # A settled holder: its keepalives prove the lease alive, the
+            # claim keeps the key from anyone else while it lives, and the
+            # watch marks the key dirty when it changes (or reconnects). A
+            # read every renew interval is the safety net, not every tick.
+            return now - self._key_read_s >= self.timing.renew_interval_s
         if role is not Role.REPLICA and role is not Role.DOWN:
             return True
         if state.lease is not None or vip is not VipPresence.ABSENT:

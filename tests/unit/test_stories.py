@@ -298,6 +298,7 @@ def test_key_deleted_by_hand_vip_drops_then_comes_back() -> None:
     world = World(Role.PRIMARY)
     world.run(1.0)
     world.etcd.delete(WRITER)
+    world.nodes[0].runner.key_changed()  # the watch
     world.nodes[0].runner.tick()
     world.run(1.0)
     assert world.kernel.holders() == {"n1"}
@@ -314,6 +315,7 @@ def test_garbage_put_by_hand_over_the_writer_key_drops_the_vip_then_is_replaced(
     caplog.set_level(logging.INFO, "dbvip")
     world.run(1.0)
     world.etcd.put(WRITER, b"\x00garbage")
+    world.nodes[0].runner.key_changed()  # the watch
     world.nodes[0].runner.tick()
     assert world.kernel.holders() == set()
     assert world.nodes[0].runner.state.reason is not None
