@@ -18,8 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from dbvip.adapters.arp import PacketAnnouncer
 from dbvip.adapters.netlink import NetlinkVipDriver
-from dbvip.ports import VipChanged
+from dbvip.ports import Done, VipChanged
 from integration.conftest import MakeLab
 from integration.lab.eventually import eventually
 from integration.lab.haproxy import HAPROXY, render_config, server_name
@@ -35,14 +36,20 @@ LIFETIME_S = 3600
 
 @contextmanager
 def by_hand(lab: Lab, node: str, vip: str) -> Iterator[NetlinkVipDriver]:
-    """``vip`` on ``node``'s interface, put there with netlink, removed at the end."""
-    driver = NetlinkVipDriver("eth0", ipaddress.ip_interface(vip), netns=lab.netns(node))
+    """``vip`` on ``node``'s interface, put there with netlink and announced with
+    a gratuitous ARP (as a sidecar would: HAProxy's host may still have the
+    previous holder's MAC), removed at the end."""
+    address = ipaddress.ip_interface(vip)
+    driver = NetlinkVipDriver("eth0", address, netns=lab.netns(node))
+    announcer = PacketAnnouncer("eth0", address.ip, netns=lab.netns(node))
     try:
         assert isinstance(driver.add(LIFETIME_S), VipChanged)
+        assert isinstance(announcer.announce(), Done)
         yield driver
     finally:
         driver.remove()
         driver.close()
+        announcer.close()
 
 
 def answered_since(reads: list[Read], after_s: float) -> set[str | None]:
