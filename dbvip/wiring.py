@@ -23,7 +23,7 @@ from dbvip.members import MemberPublisher
 from dbvip.model import KeyHeld, KeyInvalid, NodeState
 from dbvip.ports import Announcer, Clock, Unknown, VipDriver
 from dbvip.runner import EventWaiter, Observer, Ports, Runner, Snapshot
-from dbvip.status_view import member_row, writer_row
+from dbvip.status_view import member_row, reader_row, writer_row
 
 if TYPE_CHECKING:
     from dbvip.adapters.peers import PeerServer
@@ -319,4 +319,7 @@ def cluster_dict(cluster: str, status: ClusterStatus) -> dict[str, Any]:
         "writer": writer_row(status.writer_value, lease_id, status.writer_ttl_s),
         "members": [member_row(m.node, m.value, m.ttl_s) for m in status.members],
         "maintenance": list(status.maintenance),
+        "readers": [
+            reader_row(r.vip, r.value, r.lease_id, r.ttl_s, r.claim_only) for r in status.readers
+        ],
     }

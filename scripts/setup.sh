@@ -11,7 +11,10 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 # prometheus: its promtool checks and unit-tests the alert rules in examples/prometheus.
-packages=(etcd-server etcd-client postgresql-15 iproute2 nftables python3-venv util-linux prometheus)
+# haproxy: the lab's load balancer in front of the reader VIPs, and `haproxy -c`
+# checks examples/haproxy.
+packages=(etcd-server etcd-client postgresql-15 iproute2 nftables python3-venv util-linux prometheus
+  haproxy)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -205,14 +205,19 @@ class EtcdReaderStore:
 
     def give_back_reader(self, vip: str, lease_id: int, timeout_s: float) -> Done | Unknown:
         deadline = boot_s() + timeout_s
-        # Key first, then claim: until the claim goes, nobody may take the VIP.
-        for key in (self._keys.reader(vip), self._keys.reader_claim(vip)):
-            try:
-                self._client.txn(
-                    [compare_lease(key, lease_id)], [delete_op(key)], [], deadline - boot_s()
-                )
-            except EtcdUnavailableError as exc:
-                return Unknown(f"reader give back {vip}: {exc.cause}")
+        key, claim = self._keys.reader(vip), self._keys.reader_claim(vip)
+        both = [compare_lease(key, lease_id), compare_lease(claim, lease_id)]
+        try:
+            # Usually both are ours: one round trip, one fsync (a clean hand-off
+            # waits for it). Else each goes only if ours, key first: until the
+            # claim goes, nobody may take the VIP.
+            if self._client.txn(both, [delete_op(key), delete_op(claim)], [], timeout_s).succeeded:
+                return Done()
+            for one in (key, claim):
+                mine = [compare_lease(one, lease_id)]
+                self._client.txn(mine, [delete_op(one)], [], deadline - boot_s())
+        except EtcdUnavailableError as exc:
+            return Unknown(f"reader give back {vip}: {exc.cause}")
         return Done()
 
     # -- the wake-up ----------------------------------------------------------

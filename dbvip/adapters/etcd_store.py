@@ -379,13 +379,17 @@ class EtcdLeaseStore:
         by_key = {kv.key.decode(errors="replace"): kv for kv in kvs}
         writer_kv = by_key.get(self._keys.writer)
 
+        ttls: dict[int, int | None] = {}  # a node's reader keys share one lease
+
         def ttl_s(lease_id: int) -> int | None:
             if lease_id == 0 or deadline <= boot_s():
                 return None
-            try:
-                return self._client.time_to_live(lease_id, deadline - boot_s()).ttl_s
-            except EtcdUnavailableError:
-                return None
+            if lease_id not in ttls:
+                try:
+                    ttls[lease_id] = self._client.time_to_live(lease_id, deadline - boot_s()).ttl_s
+                except EtcdUnavailableError:
+                    return None
+            return ttls[lease_id]
 
         members_prefix = self._keys.members_prefix
         members = tuple(

@@ -1,11 +1,14 @@
 """``dbvip-lab``: bring a lab up, look at it, break it, take it down.
 
-    dbvip-lab demo                  the README's demo (up, switchover, crash failover, down)
-    dbvip-lab up [--name lab]       bring a lab up and leave it running (--patroni: Patroni runs it)
-    dbvip-lab status                roles, VIP holders, the writer key
+    dbvip-lab demo                  the README's demo (up, switchover, crash failover, down;
+                                    reader VIPs moving on a replica crash; --readers 0: none)
+    dbvip-lab up [--name lab]       bring a lab up and leave it running (--patroni: Patroni runs it;
+                                    --readers 4: a pool of reader VIPs and HAProxy in front of it)
+    dbvip-lab status                roles, VIP holders (writer and readers), the writer key
     dbvip-lab switchover [--to n2]  demote the primary cleanly, promote a replica
     dbvip-lab failover [--to n2]    crash the primary's database, promote a replica
     dbvip-lab write                 one write through the VIP from the client host
+    dbvip-lab read [--count 20]     reads through HAProxy from the client host (who answered)
     dbvip-lab down [--name lab]     remove every namespace, process and file of the lab
     dbvip-lab list                  labs that exist on this machine
 
@@ -27,6 +30,8 @@ from integration.lab import cleanup
 from integration.lab.demo import run_demo
 from integration.lab.lab import FAST_TIMING, Lab, LabSpec
 from integration.lab.patroni import PATRONICTL
+from integration.lab.reader import MODES, tally
+from integration.lab.readers import READER_VIPS, pool
 
 START_S = time.monotonic()
 
@@ -38,16 +43,25 @@ def say(text: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dbvip-lab", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("demo", help="up, switchover, crash failover, timeline, down")
+    demo = sub.add_parser("demo", help="up, switchover, crash failover, timeline, down")
+    demo.add_argument(
+        "--readers", type=int, default=4, metavar="N",
+        help="reader VIPs and HAProxy (default 4; 0: the writer VIP alone)",
+    )  # fmt: skip
     up = sub.add_parser("up", help="bring a lab up and leave it running")
     up.add_argument("--nodes", type=int, default=3, help="database nodes (default 3)")
     up.add_argument("--etcd", type=int, choices=(1, 3), default=1, help="etcd members")
     up.add_argument("--fast", action="store_true", help="short lease timing (ttl 5 s)")
     up.add_argument("--patroni", action="store_true", help="Patroni runs the databases")
+    up.add_argument("--readers", type=int, default=0, metavar="N",
+                    help="N reader VIPs (198.51.100.101...) and HAProxy on host lb")  # fmt: skip
     for name in ("status", "down", "write"):
         sub.add_parser(name)
     for name in ("switchover", "failover"):
         sub.add_parser(name).add_argument("--to", help="node to promote (default: a replica)")
+    read = sub.add_parser("read", help="reads through HAProxy from the client host")
+    read.add_argument("--count", type=int, default=1, help="reads, one after the other")
+    read.add_argument("--mode", choices=MODES, default="per-read")
     sub.add_parser("list")
     for command in sub.choices.values():
         command.add_argument("--name", default="lab", help="lab name (default: lab)")
@@ -75,18 +89,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
-def cmd_demo(_: argparse.Namespace) -> int:
-    return run_demo(say)
+def cmd_demo(args: argparse.Namespace) -> int:
+    return run_demo(say, args.readers)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
     settings = tuple(FAST_TIMING.items()) if args.fast else ()
+    if args.readers:
+        settings += ((READER_VIPS, pool(args.readers)),)
     spec = LabSpec(args.name, db_nodes=args.nodes, etcd_members=args.etcd,
                    sidecar_settings=settings, patroni=args.patroni)  # fmt: skip
     lab = Lab.create(spec)
     # The processes outlive this command on purpose; `down` removes them.
     lab.wait_holder("n1")
     say(f"lab {lab.name} is up; n1 holds the VIP {lab.vip.ip}")
+    if lab.haproxy is not None:
+        vips = ", ".join(str(v.ip) for v in lab.reader_vips)
+        say(f"  reads:  HAProxy at {lab.haproxy.address}:5432 in front of the reader VIPs "
+            f"{vips} (dbvip-lab read --count 20)")  # fmt: skip
     say(f"  look:   ip netns exec {lab.netns('etcd')} etcdctl "
         f"--endpoints={','.join(spec.etcd_endpoints)} get --prefix /dbvip/")  # fmt: skip
     say(f"  logs:   {lab.dir / 'logs'}")
@@ -104,7 +124,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         role = lab.role(node)
         print(f"{node}: role={role.value} vip={'yes' if node in holders else 'no'}")
     print(f"writer key {lab.writer_key}: {json.dumps(lab.writer_value())}")
-    return 0 if len(holders) <= 1 else 2
+    readers = lab.reader_holders()
+    keys = lab.reader_keys() if readers else {}
+    for address, nodes in readers.items():
+        key = keys.get(address)
+        print(f"reader VIP {address}: on {', '.join(sorted(nodes)) or 'nobody'}; key holder "
+              f"{key.holder if key else 'none'}")  # fmt: skip
+    return 0 if len(holders) <= 1 and all(len(n) <= 1 for n in readers.values()) else 2
 
 
 def _pick(lab: Lab, to: str | None) -> tuple[str, str]:
@@ -155,6 +181,16 @@ def cmd_write(args: argparse.Namespace) -> int:
     return 2
 
 
+def cmd_read(args: argparse.Namespace) -> int:
+    reads = Lab.attach(args.name).client_reads(args.count, args.mode)
+    for r in reads:
+        answer = (f"{r.node} ({'replica' if r.recovery else 'primary'}) via {r.server}" if r.ok
+                  else f"failed ({r.phase}): {r.error}")  # fmt: skip
+        print(f"read in {r.ended_s - r.started_s:.3f} s: {answer}")
+    print(tally(reads))
+    return 0 if all(r.ok for r in reads) else 2
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     found = cleanup.down(args.name)
     say(f"lab {args.name}: removed {found.describe()}")
@@ -174,6 +210,7 @@ COMMANDS = {
     "switchover": cmd_switchover,
     "failover": cmd_failover,
     "write": cmd_write,
+    "read": cmd_read,
     "down": cmd_down,
     "list": cmd_list,
 }

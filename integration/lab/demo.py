@@ -1,4 +1,5 @@
-"""The README's first command: see the writer VIP follow the primary.
+"""The README's first command: see the writer VIP follow the primary, and the
+reader VIPs spread over the replicas.
 
 Brings up a lab (three PostgreSQL nodes with sidecars, etcd, a client), starts
 two clients that write through the VIP (an overlapping one, a new connection
@@ -8,6 +9,12 @@ runs a switchover (n1 demoted cleanly, n2 promoted) and a crash failover (n2's
 database stopped immediately, n3 promoted one second later). Prints a timeline
 of each (promotion, VIP removed, VIP added, first write acknowledged by the new
 primary for each client) and tears everything down.
+
+With reader VIPs (4 by default), the sidecars also keep a pool of reader VIPs
+on the replicas, HAProxy sits in front of them, and before the writer part
+the demo crashes a replica's database to show its reader VIPs move to the
+other replica while reads through HAProxy go on
+(integration/lab/demo_readers.py).
 """
 
 from __future__ import annotations
@@ -19,9 +26,11 @@ from functools import partial
 
 from dbvip.model import Role
 from integration.lab import cleanup
+from integration.lab.demo_readers import finish_reader_part, run_reader_part
 from integration.lab.eventually import eventually
 from integration.lab.lab import Lab, LabSpec
 from integration.lab.monitor import InvariantMonitor, MonitorReport, VipChange
+from integration.lab.readers import READER_VIPS, pool
 from integration.lab.writer import Attempt, ClientWriter, first_ok_after, outages
 
 DEMO_NAME = "demo"
@@ -56,6 +65,7 @@ class Demo:
         )
         self.say(f"n1 (primary) holds the VIP {lab.vip.ip}; first client write ok at "
                  f"{self.rel(first.ended_s)} by {first.node}")  # fmt: skip
+        readers = run_reader_part(lab, self.say) if lab.reader_vips else []
 
         self.say("switchover: n1's database stopped cleanly and restarted as a replica; "
                  "n2 promoted")  # fmt: skip
@@ -80,6 +90,8 @@ class Demo:
         ordinary_attempts = ordinary.stop()
         report = monitor.stop()
         self.print_timeline(report, attempts, ordinary_attempts)
+        if readers:
+            finish_reader_part(lab, self.say, readers)
         return report
 
     @staticmethod
@@ -158,15 +170,18 @@ def _first_vip(report: MonitorReport, host: str, change: VipChange, after_s: flo
                  if e.host == host and e.change is change and e.at_s >= after_s), None)  # fmt: skip
 
 
-def run_demo(say: Callable[[str], None]) -> int:
+def run_demo(say: Callable[[str], None], readers: int = 4) -> int:
+    """The demo, with ``readers`` reader VIPs (0: the writer VIP alone)."""
     if not cleanup.find(DEMO_NAME).empty():
         say(f"removing what an earlier demo left behind: {cleanup.down(DEMO_NAME).describe()}")
     started = time.monotonic()
-    with Lab.create(LabSpec(DEMO_NAME)) as lab:
+    settings = ((READER_VIPS, pool(readers)),) if readers else ()
+    with Lab.create(LabSpec(DEMO_NAME, sidecar_settings=settings)) as lab:
         say(f"lab {lab.name} up in {time.monotonic() - started:.1f} s: namespaces "
             f"{lab.netns('*')}, PostgreSQL 15 n1 primary + n2, n3 streaming replicas, "
             f"etcd at {', '.join(lab.spec.etcd_endpoints)}, a dbvip sidecar beside each "
-            "database")  # fmt: skip
+            "database" + (f", HAProxy on host lb in front of {readers} reader VIPs"
+                          if readers else ""))  # fmt: skip
         demo = Demo(lab, say)
         monitor = lab.monitor()
         monitor.start()
@@ -180,6 +195,7 @@ def run_demo(say: Callable[[str], None]) -> int:
                 say(f"--- {node} sidecar log (tail) ---\n{lab.sidecar_log(node)[-2000:]}")
             raise
         report.assert_one_writer()
+        report.assert_one_holder_per_reader_vip()
     left = cleanup.find(DEMO_NAME)
     say(f"lab torn down; left behind: {left.describe()}")
     return 0 if left.empty() else 1

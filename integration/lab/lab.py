@@ -3,9 +3,11 @@ every database, each host a network namespace on one machine.
 
 Hosts: ``n1``..``nN`` (PostgreSQL 15: a primary and streaming replicas made
 with ``pg_basebackup -R``, each with its sidecar), ``etcd`` (one member, or
-three on three addresses), ``client``; the bridge sits in a namespace of its
-own (``sw``). Every replica streams from the writer VIP, so after a failover
-the others follow the new primary by themselves, as many real setups do.
+three on three addresses), ``client``, and ``lb`` (HAProxy in front of the
+reader VIPs, when the sidecars are given a pool; integration/lab/haproxy.py);
+the bridge sits in a namespace of its own (``sw``). Every replica streams from
+the writer VIP, so after a failover the others follow the new primary by
+themselves, as many real setups do.
 
 ``Lab.create(spec)`` builds it and owns every process; ``Lab.attach(name)``
 reopens a lab that ``dbvip-lab up`` left running (database, VIP and etcd
@@ -34,11 +36,21 @@ from dbvip.model import Role, VipPresence
 from integration.lab import cleanup, procs
 from integration.lab.etcd import ETCDCTL, EtcdCluster
 from integration.lab.eventually import eventually
+from integration.lab.haproxy import LB_V4, LB_V6, READ_PORT, HAProxy
 from integration.lab.monitor import Host, InvariantMonitor
 from integration.lab.names import check_name, lab_dir, netns_name, netns_prefix
 from integration.lab.netns import LAB_V4, LAB_V6, NetLab, Node
 from integration.lab.patroni import PatroniCluster, PatroniMember
 from integration.lab.postgres import SUPERUSER, SUPERUSER_PASSWORD, PgLab, PgServer
+from integration.lab.reader import ClientReader, Read, read_through
+from integration.lab.readers import (
+    IPAddress,
+    KernelView,
+    ReaderKey,
+    parse_reader_keys,
+    parse_reader_vips,
+    readers_prefix,
+)
 from integration.lab.sidecar import SidecarProcess, dbvip, unprivileged
 from integration.lab.writer import Attempt, ClientWriter, write_once
 
@@ -84,6 +96,7 @@ class LabSpec:
     pg_template: str | None = None  # a data dir made by initdb, copied instead of initdb
     patroni: bool = False  # Patroni (integration/lab/patroni.py) runs the databases
     etcd_args: tuple[str, ...] = ()  # extra etcd flags, e.g. --enable-v2=true for a peer
+    haproxy: bool = False  # HAProxy on host lb even without reader VIPs (no reader backend)
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -91,6 +104,7 @@ class LabSpec:
             raise ValueError(f"db_nodes must be 1..9, not {self.db_nodes}")
         if self.etcd_members not in (1, 3):
             raise ValueError(f"etcd_members must be 1 or 3, not {self.etcd_members}")
+        parse_reader_vips(dict(self.sidecar_settings))  # a typo fails here, not in a sidecar
 
     @property
     def nodes(self) -> list[str]:
@@ -114,6 +128,10 @@ class Lab:
         self.writer: ClientWriter | None = None
         self.clients: list[ClientWriter] = []  # more clients beside the writer (start_client)
         self.patroni: PatroniCluster | None = None
+        self.haproxy: HAProxy | None = None  # start_haproxy; started by _up for a reader pool
+        self.readers: list[ClientReader] = []  # start_reader
+        self.reader_vips = parse_reader_vips(dict(spec.sidecar_settings))
+        self._kernel = KernelView(self.netns)
         self._drivers: dict[str, NetlinkVipDriver] = {}
         self._probes: dict[str, PostgresRoleProbe] = {}
         self._owned = False
@@ -163,6 +181,8 @@ class Lab:
         for i, node in enumerate(self.spec.nodes, start=1):
             self.net.add_node(node, v4=node_v4(i), v6=node_v6(i))
         self.net.add_node("client", v4=CLIENT_V4, v6=CLIENT_V6)
+        if self.reader_vips or self.spec.haproxy:
+            self.net.add_node("lb", v4=LB_V4, v6=LB_V6)
         self.etcd = EtcdCluster(
             size=self.spec.etcd_members,
             workdir=self.dir / "etcd",
@@ -180,6 +200,8 @@ class Lab:
         if self.spec.sidecars:
             for node in self.spec.nodes:
                 self.start_sidecar(node)
+        if self.reader_vips or self.spec.haproxy:
+            self.start_haproxy()
 
     def _start_postgres(self) -> None:
         template = Path(self.spec.pg_template) if self.spec.pg_template else None
@@ -214,10 +236,15 @@ class Lab:
     def close(self) -> None:
         """Stop and remove everything this lab created (idempotent)."""
         try:
-            for client in [*self.clients, *([self.writer] if self.writer else [])]:
+            clients: list[ClientWriter | ClientReader] = [*self.clients, *self.readers]
+            for client in [*clients, *([self.writer] if self.writer else [])]:
                 if client.returncode is None:
                     with contextlib.suppress(Exception):
                         client.stop()
+            if self.haproxy is not None:
+                with contextlib.suppress(Exception):
+                    self.haproxy.stop()
+            self._kernel.close()
             for sidecar in self.sidecars.values():
                 sidecar.kill()
             if self.patroni is not None:
@@ -585,6 +612,51 @@ class Lab:
             check=True, timeout=30,
         )  # fmt: skip
 
+    # -- reader VIPs and HAProxy (integration/lab/readers.py, haproxy.py) ---------
+
+    def start_haproxy(self) -> HAProxy:
+        """HAProxy on host ``lb``, the reader VIPs its backends (and the writer VIP's frontend)."""
+        if self.haproxy is not None:
+            raise RuntimeError("HAProxy runs already")
+        lb = self._node("lb")  # only the owner starts processes
+        listen = [a.ip for a in (lb.v4, lb.v6) if a is not None]
+        self.haproxy = HAProxy(self.netns("lb"), self.dir, [v.ip for v in self.reader_vips],
+                               self.vip.ip, listen)  # fmt: skip
+        self.haproxy.start()
+        return self.haproxy
+
+    def reader_holders(self) -> dict[IPAddress, set[str]]:
+        """For each reader VIP, the nodes that have it in the kernel (netlink)."""
+        return self._kernel.holders(self.spec.nodes, self.reader_vips)
+
+    def reader_counts(self) -> dict[str, int]:
+        """How many reader VIPs each database node has in the kernel."""
+        held = self.reader_holders()
+        return {n: sum(n in nodes for nodes in held.values()) for n in self.spec.nodes}
+
+    def reader_keys(self) -> dict[IPAddress, ReaderKey]:
+        """The reader keys in etcd (``<readers prefix><address>``), by VIP address."""
+        out = self.etcdctl("get", "--prefix", readers_prefix(self.name), "-w", "json")
+        return parse_reader_keys(self.name, out)
+
+    def _read_target(self, port: int) -> list[str]:
+        return ["--host", str(LB_V4.ip), "--port", str(port), "--user", SUPERUSER,
+                "--dbname", "postgres", "--password-file", str(self.password_file)]  # fmt: skip
+
+    def start_reader(self, mode: str = "per-read", interval_s: float = 0.02) -> ClientReader:
+        """A client on the client host reading through HAProxy: ``per-read`` (a new
+        connection per read) or ``long-lived`` (one connection, reconnecting on error)."""
+        reader = ClientReader(self.netns("client"), self._read_target(READ_PORT),
+                              self.dir / "logs" / f"reader-{mode}-{time.monotonic_ns()}.jsonl",
+                              mode, interval_s=interval_s)  # fmt: skip
+        self.readers.append(reader)
+        reader.start()
+        return reader
+
+    def client_reads(self, count: int = 1, mode: str = "per-read") -> list[Read]:
+        """``count`` reads through HAProxy from the client host, one after the other."""
+        return read_through(self.netns("client"), self._read_target(READ_PORT), count, mode)
+
     # -- client and monitor -------------------------------------------------
 
     def client_write(self, timeout_s: float = 1.0) -> Attempt:
@@ -634,7 +706,8 @@ class Lab:
             stable_after_s = float(settings.get("DBVIP_PROBE_INTERVAL_S", "0.2")) + 1.0
         sources = {n: self._role_source(n) for n in self.spec.nodes}
         hosts = [Host(n, self.netns(n)) for n in self.spec.nodes]
-        return InvariantMonitor(hosts, self.vip, sources, stable_after_s=stable_after_s)
+        return InvariantMonitor(hosts, self.vip, sources, stable_after_s=stable_after_s,
+                                readers=[v.ip for v in self.reader_vips])  # fmt: skip
 
     def _role_source(self, node: str) -> RoleSource:
         return RoleSource(self.servers[node].conninfo())
@@ -653,6 +726,7 @@ class Lab:
         finally:
             report = monitor.stop()
         report.assert_one_writer()
+        report.assert_one_holder_per_reader_vip()
 
 
 class RoleSource:

@@ -1,6 +1,8 @@
 """The lab's invariant monitor: watches every host's addresses and roles while a
 scenario runs, and reports double holders of the writer VIP (S1) and vacancies
-(a stable primary, yet no host holds the VIP), with a timeline of events.
+(a stable primary, yet no host holds the VIP), with a timeline of events; given
+reader VIPs, it reports double holders of each of them too (S1 per VIP), from
+the same address samples.
 
 Two layers: ``Ledger`` turns timestamped samples into intervals and events with
 no I/O and no clock; ``InvariantMonitor`` feeds it in a process of its own
@@ -19,6 +21,7 @@ saw the opposite state, so the change happened in ``(previous_at_s, at_s]``.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import enum
 import gc
 import ipaddress
@@ -68,6 +71,7 @@ class VipEvent:
     change: VipChange
     at_s: float
     previous_at_s: float | None
+    vip: str | None = None  # a reader VIP's address; None: the writer VIP
 
 
 @dataclass(frozen=True)
@@ -94,11 +98,13 @@ class Interval:
     end_s: float
     hosts: frozenset[str]
     unfinished: bool = False
+    vip: str | None = None  # a reader VIP's address; None: the writer VIP
 
     def describe(self, origin_s: float) -> str:
         tail = " (still going at the end)" if self.unfinished else ""
+        which = "" if self.vip is None else f"reader VIP {self.vip}: "
         return (
-            f"+{self.start_s - origin_s:.3f} s .. +{self.end_s - origin_s:.3f} s "
+            f"{which}+{self.start_s - origin_s:.3f} s .. +{self.end_s - origin_s:.3f} s "
             f"({self.end_s - self.start_s:.3f} s): {', '.join(sorted(self.hosts))}{tail}"
         )
 
@@ -116,12 +122,23 @@ class MonitorReport:
     vip_events: tuple[VipEvent, ...]
     role_events: tuple[RoleEvent, ...]
     errors: tuple[str, ...]
+    # Per reader VIP (each interval and event names its VIP); empty without readers.
+    reader_vips: tuple[str, ...] = ()
+    reader_double_holders: tuple[Interval, ...] = ()
+    reader_vip_events: tuple[VipEvent, ...] = ()
 
     def assert_one_writer(self) -> None:
         if self.double_holders:
             raise AssertionError(
                 f"{len(self.double_holders)} double-holder interval(s) of the writer VIP:\n"
                 + _lines(self.double_holders, self.started_s)
+            )
+
+    def assert_one_holder_per_reader_vip(self) -> None:
+        if self.reader_double_holders:
+            raise AssertionError(
+                f"{len(self.reader_double_holders)} double-holder interval(s) of reader VIPs:\n"
+                + _lines(self.reader_double_holders, self.started_s)
             )
 
     def assert_no_vacancy(self) -> None:
@@ -142,19 +159,28 @@ class MonitorReport:
             lines.append("double holders:\n" + _lines(self.double_holders, self.started_s))
         if self.vacancies:
             lines.append("vacancies:\n" + _lines(self.vacancies, self.started_s))
+        if self.reader_vips:
+            lines.append(
+                f"reader VIPs {', '.join(self.reader_vips)}: double holders "
+                f"{len(self.reader_double_holders)}; events {len(self.reader_vip_events)}"
+            )
+        if self.reader_double_holders:
+            lines.append("reader double holders:\n"
+                         + _lines(self.reader_double_holders, self.started_s))  # fmt: skip
         lines.extend(f"error: {error}" for error in self.errors)
         return "\n".join(lines)
 
     def timeline(self) -> str:
         """Role and VIP events in time order, relative to the start."""
         rows: list[tuple[float, str]] = []
-        for vip in self.vip_events:
+        for vip in (*self.vip_events, *self.reader_vip_events):
             since = (
                 ""
                 if vip.previous_at_s is None
                 else f" (not before +{self._rel(vip.previous_at_s)})"
             )
-            rows.append((vip.at_s, f"{vip.host}: VIP {vip.change.value}{since}"))
+            which = "VIP" if vip.vip is None else f"reader VIP {vip.vip}"
+            rows.append((vip.at_s, f"{vip.host}: {which} {vip.change.value}{since}"))
         for role in self.role_events:
             old = "none" if role.old is None else role.old.value
             rows.append((role.at_s, f"{role.host}: role {old} -> {role.new.value}"))
@@ -329,12 +355,15 @@ class Ledger:
 
 
 class _AddressReader:
-    """One host's netlink socket, opened once; answers "does it hold the VIP?"."""
+    """One host's netlink socket, opened once; answers "which of these
+    addresses does it have?"."""
 
-    def __init__(self, host: Host, ip: IPAddress) -> None:
+    def __init__(self, host: Host, ips: Sequence[IPAddress]) -> None:
         self.host = host
-        self._ip = ip
-        self._family = socket.AF_INET if ip.version == 4 else socket.AF_INET6
+        self._ips = frozenset(ips)
+        self._families = sorted(
+            {socket.AF_INET if ip.version == 4 else socket.AF_INET6 for ip in ips}
+        )
         try:
             # flags=0: a mistyped name must fail, not create a namespace.
             self._ipr: Any = IPRoute(netns=host.netns, flags=0, groups=0)
@@ -351,12 +380,14 @@ class _AddressReader:
             self.close()
             raise
 
-    def holding(self) -> bool:
-        for msg in self._ipr.get_addr(index=self._index, family=self._family):
-            text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
-            if text is not None and ipaddress.ip_address(text) == self._ip:
-                return True
-        return False
+    def present(self) -> frozenset[IPAddress]:
+        found: set[IPAddress] = set()
+        for family in self._families:
+            for msg in self._ipr.get_addr(index=self._index, family=family):
+                text = msg.get_attr("IFA_LOCAL") or msg.get_attr("IFA_ADDRESS")
+                if text is not None:
+                    found.add(ipaddress.ip_address(text))
+        return frozenset(found & self._ips)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
@@ -373,6 +404,7 @@ class _Settings:
     stable_after_s: float
     period_s: float
     role_period_s: float
+    reader_vips: tuple[IPAddress, ...] = ()
 
 
 class _Sampler:
@@ -386,6 +418,8 @@ class _Sampler:
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._ledger: Ledger | None = None
+        # One ledger per reader VIP: double holders only (they get no roles).
+        self._reader_ledgers: dict[IPAddress, Ledger] = {}
         self._final: MonitorReport | None = None
 
     def start(self) -> None:
@@ -393,6 +427,8 @@ class _Sampler:
         settings = self._settings
         names = [host.name for host in settings.hosts]
         ledger = Ledger(names, settings.stable_after_s, time.monotonic())
+        self._reader_ledgers = {ip: Ledger(names, settings.stable_after_s, time.monotonic())
+                                for ip in settings.reader_vips}  # fmt: skip
         opened: Future[None] = Future()
         sampler = threading.Thread(
             target=self._sample_addresses, args=(ledger, opened), name="monitor-vip", daemon=True
@@ -428,7 +464,7 @@ class _Sampler:
         with self._lock:
             if stuck:
                 ledger.error(f"threads still running {join_timeout_s} s after stop: {stuck}")
-            self._final = ledger.report(time.monotonic(), stopped=True)
+            self._final = self._report(ledger, time.monotonic(), stopped=True)
         return self._final
 
     def holders(self) -> frozenset[str]:
@@ -436,12 +472,33 @@ class _Sampler:
         with self._lock:
             return ledger.holders()
 
+    def reader_holders(self) -> dict[str, frozenset[str]]:
+        self._started()
+        with self._lock:
+            return {str(ip): led.holders() for ip, led in self._reader_ledgers.items()}
+
     def report(self) -> MonitorReport:
         if self._final is not None:
             return self._final
         ledger = self._started()
         with self._lock:
-            return ledger.report(time.monotonic())
+            return self._report(ledger, time.monotonic())
+
+    def _report(self, ledger: Ledger, at_s: float, stopped: bool = False) -> MonitorReport:
+        """The writer's report with every reader VIP's double holders and events
+        (each named by its VIP); the caller holds the lock."""
+        doubles: list[Interval] = []
+        events: list[VipEvent] = []
+        for ip, reader in self._reader_ledgers.items():
+            part = reader.report(at_s, stopped)
+            doubles += [dataclasses.replace(i, vip=str(ip)) for i in part.double_holders]
+            events += [dataclasses.replace(e, vip=str(ip)) for e in part.vip_events]
+        return dataclasses.replace(
+            ledger.report(at_s, stopped),
+            reader_vips=tuple(map(str, self._reader_ledgers)),
+            reader_double_holders=tuple(sorted(doubles, key=lambda i: i.start_s)),
+            reader_vip_events=tuple(sorted(events, key=lambda e: e.at_s)),
+        )
 
     def _started(self) -> Ledger:
         if self._ledger is None:
@@ -454,7 +511,8 @@ class _Sampler:
         readers: list[_AddressReader] = []
         try:
             for host in self._settings.hosts:
-                readers.append(_AddressReader(host, self._settings.ip))
+                ips = (self._settings.ip, *self._settings.reader_vips)
+                readers.append(_AddressReader(host, ips))
         except BaseException as exc:
             for reader in readers:
                 reader.close()
@@ -471,16 +529,23 @@ class _Sampler:
         next_s = time.monotonic()
         while not self._stop.is_set():
             for reader in readers:
-                holding: bool | None
+                present: frozenset[IPAddress] | None
                 try:
-                    holding = reader.holding()
+                    present = reader.present()
                     error = None
                 except Exception as exc:
-                    holding = None
+                    present = None
                     error = f"{reader.host.name}: address dump failed: {exc!r}"
                 at_s = time.monotonic()
+                name = reader.host.name
                 with self._lock:
-                    ledger.address(reader.host.name, at_s, holding)
+                    ledger.address(
+                        name, at_s, None if present is None else self._settings.ip in present
+                    )
+                    for ip, reader_ledger in self._reader_ledgers.items():
+                        reader_ledger.address(
+                            name, at_s, None if present is None else ip in present
+                        )
                     if error is not None:
                         ledger.error(error)
             # Fixed rate; after a stall, resume from now rather than catch up.
@@ -549,7 +614,12 @@ def _serve() -> None:
             if request == "stop":
                 conn.send((sampler.stop(join_timeout_s), sampler.holders()))
                 return
-            conn.send(sampler.holders() if request == "holders" else sampler.report())
+            if request == "holders":
+                conn.send(sampler.holders())
+            elif request == "reader_holders":
+                conn.send(sampler.reader_holders())
+            else:
+                conn.send(sampler.report())
     except (EOFError, OSError):
         return  # the caller closed the pipe or died
     finally:
@@ -586,7 +656,9 @@ class InvariantMonitor:
         stable_after_s: float = 1.2,
         period_s: float = 0.003,
         role_period_s: float = 0.01,
+        readers: Sequence[IPAddress] = (),
     ) -> None:
+        """``readers``: reader VIPs, each checked for double holders like the writer VIP."""
         names = [host.name for host in hosts]
         if len(set(names)) != len(names):
             raise ValueError(f"host names must be unique: {names}")
@@ -608,6 +680,7 @@ class InvariantMonitor:
             stable_after_s=stable_after_s,
             period_s=period_s,
             role_period_s=role_period_s,
+            reader_vips=tuple(readers),
         )
         self._lock = threading.Lock()  # one request at a time on the pipe
         self._process: subprocess.Popen[bytes] | None = None
@@ -685,6 +758,16 @@ class InvariantMonitor:
             if self._final is not None:
                 return self._final[1]
             holders: frozenset[str] = self._exchange(("holders", None), _ANSWER_TIMEOUT_S)
+            return holders
+
+    def reader_holders(self) -> dict[str, frozenset[str]]:
+        """For each reader VIP, the hosts whose latest sample shows it (while running)."""
+        with self._lock:
+            if self._final is not None:
+                raise RuntimeError("the monitor has stopped: ask its report")
+            holders: dict[str, frozenset[str]] = self._exchange(
+                ("reader_holders", None), _ANSWER_TIMEOUT_S
+            )
             return holders
 
     def report(self) -> MonitorReport:

@@ -357,3 +357,22 @@ def test_status_reads_every_reader_key_with_its_lease_ttl(
     assert claimed.value.node == "n2" and claimed.lease_id == lease2
     junk = by_vip["198.51.100.23"]
     assert isinstance(junk.value, Garbage) and (junk.lease_id, junk.ttl_s) == (0, None)
+
+
+def test_give_back_clears_what_is_left_of_a_pair_edited_by_hand(
+    etcd_single: EtcdCluster, nodes: NodeFactory
+) -> None:
+    n1, n2 = nodes(etcd_single, "n1"), nodes(etcd_single, "n2")
+    keys = n1.leases.keys
+    lease1 = n1.lease()
+    for vip in (R1, R2):
+        assert isinstance(n1.readers.take_reader(vip, lease1, 0, TIMEOUT_S), Taken)
+    etcd_single.etcdctl("del", keys.reader(R1))  # its claim is left
+    etcd_single.etcdctl("del", keys.reader_claim(R2))  # its key is left
+    for vip in (R1, R2):
+        assert n1.readers.give_back_reader(vip, lease1, TIMEOUT_S) == Done()
+    assert n2.pool().keys == ()
+    assert etcd_json(etcd_single, keys.reader_claim(R1)) is None
+    # Both free: anyone may take them.
+    lease2 = n2.lease()
+    assert all(isinstance(n2.readers.take_reader(v, lease2, 0, TIMEOUT_S), Taken) for v in (R1, R2))

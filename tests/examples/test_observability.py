@@ -211,6 +211,9 @@ def test_the_dashboard_shows_what_an_on_call_engineer_needs() -> None:
         "PostgreSQL probe latency (p50, p99)": "dbvip_probe_duration_seconds_bucket",
         "etcd request latency (p99) and failures": "dbvip_etcd_request_duration_seconds_bucket",
         "Actions by result": "dbvip_actions_total",
+        "Reader VIP holders": "dbvip_reader_vip_held",
+        "Replica lag behind the primary": "dbvip_lag_bytes",
+        "Reader VIP moves by reason": "dbvip_reader_moves_total",
     }
     for title, series in wanted.items():
         assert series in read_by_panel[title], title
