@@ -134,7 +134,11 @@ class Looker:
             # A holder looking again and again at a database that stopped
             # answering: the key was just read, the watch reports changes.
             return False
-        if state.lease is not None and role is Role.PRIMARY and vip is VipPresence.PRESENT:
+        settled = state.lease is not None and role is Role.PRIMARY and vip is VipPresence.PRESENT
+        # Not with failsafe on: its holder asks its peers on a failed read of
+        # the key, and must learn etcd is gone on the tick it goes (found in
+        # the lab: with reads every renew interval it asked too late).
+        if settled and self.timing.failsafe_window_s <= 0:
             # A settled holder: its keepalives prove the lease alive, the
             # claim keeps the key from anyone else while it lives, and the
             # watch marks the key dirty when it changes (or reconnects). A
