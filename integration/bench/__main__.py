@@ -1,8 +1,14 @@
-"""``python -m integration.bench``: run the failover benchmark and write its report.
+"""``python -m integration.bench``: run one part of the benchmark and write its report.
 
-    python -m integration.bench [--quick] [--repetitions 20] [--systems dbvip,keepalived]
-        [--settings default,fast] [--scenarios switchover,crash,dead-holder]
+    python -m integration.bench [--part failover] [--quick] [--repetitions 20]
+        [--systems dbvip,keepalived] [--settings default,fast]
+        [--scenarios switchover,crash,dead-holder]
         [--out integration/bench/results] [--footprint-s 20] [--readme README.md]
+
+``--part`` picks the part (``PARTS``; ``failover``, the first round, by
+default); every part but ``failover`` is a module of its own whose ``main``
+takes the remaining arguments, so each part finishes within 30 minutes on a
+2-core machine and can be run again alone.
 
 Runs as root (network namespaces); ``scripts/bench.sh`` installs what it needs.
 """
@@ -10,6 +16,7 @@ Runs as root (network namespaces); ``scripts/bench.sh`` installs what it needs.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import signal
@@ -50,6 +57,12 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m integration.bench", description=__doc__.split("\n")[0]
     )
+    p.add_argument(
+        "--part",
+        choices=tuple(PARTS),
+        default="failover",
+        help="which part to run (failover: writer hand-offs, this page's options)",
+    )
     p.add_argument("--repetitions", type=int, default=20, help="per scenario and setup (20)")
     p.add_argument(
         "--quick",
@@ -85,7 +98,23 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+# part -> module whose ``main(argv) -> int`` runs it; ``failover`` is this module.
+PARTS: dict[str, str] = {"failover": __name__}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    rest = list(sys.argv[1:] if argv is None else argv)
+    picker = argparse.ArgumentParser(prog="python -m integration.bench", add_help=False)
+    picker.add_argument("--part", choices=tuple(PARTS), default="failover")
+    picked, rest = picker.parse_known_args(rest)
+    if picked.part != "failover":
+        module = importlib.import_module(PARTS[picked.part])
+        code: int = module.main(rest)
+        return code
+    return _failover(rest)
+
+
+def _failover(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
     if os.geteuid() != 0:
         print("integration.bench: run as root (it creates network namespaces)", file=sys.stderr)
