@@ -23,7 +23,7 @@ from dbvip.hooks import HookResult
 from dbvip.keys import IN_POOL
 from dbvip.model import Action, Reason, Role
 from dbvip.reporting import Snapshot, snake_case
-from dbvip.shell import ActionResult, EtcdOperation, ReaderChange
+from dbvip.shell import ActionResult, EtcdOperation, PeerAnswerKind, ReaderChange
 
 # From a fast loopback answer up to the longest timeouts one would configure.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -147,6 +147,22 @@ METRICS: tuple[MetricDoc, ...] = (
         "writer VIP, at scrape time; absent while there is none",
     ),
     MetricDoc(
+        "dbvip_failsafe_peer_answers_total",
+        "counter",
+        ("answer",),
+        "failsafe: answers this holder got from its peers, by answer (acked; declined: "
+        "the peer may not promise; unreachable: no answer, or none proven to come from "
+        "the peer asked); absent with failsafe off",
+    ),
+    MetricDoc(
+        "dbvip_failsafe_peers",
+        "gauge",
+        ("answer",),
+        "failsafe: the last ask's peers by answer (acked, declined, unreachable); the "
+        "holder keeps the VIP past its lease only while every peer acked; absent with "
+        "failsafe off",
+    ),
+    MetricDoc(
         "dbvip_reader_vip_held",
         "gauge",
         ("reader_vip",),
@@ -196,6 +212,7 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "event": tuple(k.value for k in EventKind),
     "operation": get_args(EtcdOperation),
     "change": get_args(ReaderChange),
+    "answer": get_args(PeerAnswerKind),
 }
 # Labels whose values are open-ended (the configuration's, or the reader
 # policy's words): not checked against a list.
@@ -228,9 +245,11 @@ class Metrics:
         refusal: bool = False,
         *,
         reader_vips: Sequence[str] = (),
+        failsafe: bool = False,
     ) -> None:
         """``refusal``: refuse_s is on (the refusal's metrics are exported);
-        ``reader_vips``: the configured reader VIPs, addresses as in the keys."""
+        ``reader_vips``: the configured reader VIPs, addresses as in the keys;
+        ``failsafe``: failsafe is on (the peer answers are exported)."""
         self.registry = CollectorRegistry(auto_describe=True)
         self._board = board
         self._last_reason = ""
@@ -270,6 +289,15 @@ class Metrics:
             self._refusal_ready = Gauge(d.name, d.help, registry=self.registry)
             self._refusal_ready.set(1)  # until a setting fails
             self._ended = counter("dbvip_connections_ended_total")
+        self._peer_answers: Counter | None = None
+        self._peers: Gauge | None = None
+        if failsafe:
+            self._peer_answers = counter("dbvip_failsafe_peer_answers_total")
+            d = _doc("dbvip_failsafe_peers")
+            self._peers = Gauge(d.name, d.help, d.labels, registry=self.registry)
+            for kind in get_args(PeerAnswerKind):  # every series from the start, at 0
+                self._peer_answers.labels(kind)
+                self._peers.labels(kind)
 
     # -- the runner's Observer ----------------------------------------------
 
@@ -285,6 +313,13 @@ class Metrics:
 
     def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
         self._reader_moves.labels(vip, change, reason).inc()
+
+    def peers_answered(self, answers: dict[PeerAnswerKind, int]) -> None:
+        if self._peer_answers is None or self._peers is None:
+            return
+        for kind, count in answers.items():
+            self._peer_answers.labels(kind).inc(count)
+            self._peers.labels(kind).set(count)
 
     # -- the hook runner's observer (called on its worker thread) -------------
 

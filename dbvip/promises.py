@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Protocol
 
 from dbvip.failsafe import Acked, Declined, PeerLocal, answer, ask_set, promised, record_for
@@ -39,6 +39,7 @@ from dbvip.model import (
     VipPresence,
 )
 from dbvip.ports import Clock, Done, Unknown
+from dbvip.shell import PeerAnswerKind
 
 log = logging.getLogger("dbvip.failsafe")
 
@@ -59,18 +60,6 @@ class PeerChannel(Protocol):
 
 class RecordStore(Protocol):
     def write_failsafe_record(self, record: FailsafeRecord, timeout_s: float) -> Done | Unknown: ...
-
-
-@dataclass(frozen=True)
-class PromiseView:
-    """For status and metrics."""
-
-    promised_until_s: float | None
-    promised_to: str
-    asked: int
-    acked: int
-    unreachable: int
-    declined: int
 
 
 class Failsafe:
@@ -97,6 +86,7 @@ class Failsafe:
         self._seen: tuple[Seat, ...] = ()
         self._endpoints: dict[Seat, str] = {}
         self.last_asks: tuple[tuple[Seat, PeerAnswer], ...] = ()
+        self._last_peers: tuple[Seat, ...] = ()
 
     # -- a peer's side (the peer channel's server thread) ---------------------
 
@@ -184,6 +174,7 @@ class Failsafe:
 
     def ask(self, action: AskPeers, deadline_s: float) -> Outcome:
         peers = ask_set(self._confirmed, self._read, self._seen, self.me)
+        self.last_asks, self._last_peers = (), peers or ()
         if peers is None:
             return Failed(action, "no failsafe record of this node in etcd: nobody to ask")
         if self.channel is None:
@@ -217,15 +208,25 @@ class Failsafe:
             return None
         return host.strip("[]"), int(port)
 
-    def view(self) -> PromiseView:
+    def promise(self) -> tuple[float | None, str]:
+        """The promise this node gave (until when, monotonic; None: none
+        given) and to whom."""
         with self._lock:
-            until, to = self._promised_until_s, self._promised_to
-        answers = [a for _, a in self.last_asks]
-        return PromiseView(
-            until,
-            to,
-            len(answers),
-            sum(isinstance(a, Acked) for a in answers),
-            sum(isinstance(a, Unknown) for a in answers),
-            sum(isinstance(a, Declined) for a in answers),
-        )
+            return self._promised_until_s, self._promised_to
+
+    def tally(self) -> dict[PeerAnswerKind, int]:
+        """The last ask's answers by kind; a peer in the record that was not
+        asked counts as unreachable."""
+        asked = dict(self.last_asks)
+        kinds: dict[PeerAnswerKind, int] = {"acked": 0, "declined": 0, "unreachable": 0}
+        for seat in self._last_peers:
+            answer_ = asked.get(seat)
+            kind: PeerAnswerKind = (
+                "acked"
+                if isinstance(answer_, Acked)
+                else "declined"
+                if isinstance(answer_, Declined)
+                else "unreachable"
+            )
+            kinds[kind] += 1
+        return kinds

@@ -244,6 +244,9 @@ class Runner:
             seconds = self.ports.clock.monotonic_s() - started
             result = action_result(outcome)
             self.telemetry.tell(lambda o: o.action_done("ask_peers", result, seconds))
+            if fs is not None:
+                tally = fs.tally()
+                self.telemetry.tell(lambda o: o.peers_answered(tally))
             return outcome
         why = fs.may_start(action) if fs is not None else None
         if why is not None:

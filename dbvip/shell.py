@@ -51,6 +51,9 @@ EtcdOperation = Literal[
     "revoke_reader_lease",
 ]
 ReaderChange = Literal["taken", "given_back"]
+# A peer's answer to a failsafe ask: unreachable also covers an answer that
+# could not be proven to come from the peer asked.
+PeerAnswerKind = Literal["acked", "declined", "unreachable"]
 
 
 class Observer(Protocol):
@@ -71,6 +74,11 @@ class Observer(Protocol):
         this node, for ``reason`` (the reader policy's)."""
         ...
 
+    def peers_answered(self, answers: dict[PeerAnswerKind, int]) -> None:
+        """A failsafe ask ended: how many peers acknowledged, declined, or could
+        not be reached (or not proven to be who answered)."""
+        ...
+
 
 class NoObserver:
     def action_done(self, kind: str, result: ActionResult, seconds: float) -> None:
@@ -83,6 +91,9 @@ class NoObserver:
         pass
 
     def reader_moved(self, vip: str, change: ReaderChange, reason: str) -> None:
+        pass
+
+    def peers_answered(self, answers: dict[PeerAnswerKind, int]) -> None:
         pass
 
 

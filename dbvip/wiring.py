@@ -139,6 +139,7 @@ class Sidecar:
                 str(vip),
                 refusal=refuse_s(config) > 0,
                 reader_vips=config.readers.vips,
+                failsafe=config["failsafe"] == "on",
             )
             # Bound first: a port in use stops the start before anything else is made.
             self.http = _listen(config, self.board, self.metrics)

@@ -48,8 +48,8 @@ class ObservedNode:
         self.announcer = FakeAnnouncer(self.kernel, name)
         self.board = Board(VIP, T, self.clock)
         self.metrics = Metrics(
-            self.board, "main", name, VIP, refusal=True, reader_vips=reader_vips
-        )  # refuse_s is on by default
+            self.board, "main", name, VIP, refusal=True, reader_vips=reader_vips, failsafe=True
+        )  # refuse_s is on by default; failsafe on, so that its series are exported
         self.published: list[Snapshot] = []
 
         def publish(snapshot: Snapshot) -> None:

@@ -197,7 +197,7 @@ class FailsafeSim(Sim):
                 continue  # the record does not list it: it takes nothing (S1 still checked)
             runner = other.runner
             assert isinstance(runner, FsRunner)
-            promise = runner.book.view().promised_until_s
+            promise, _ = runner.book.promise()
             if promise is None or promise < until:
                 self.fail(
                     "F",

@@ -8,6 +8,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from dbvip.board import etcd_window_s, liveness_window_s
+from dbvip.failsafe import Acked, Declined
+from dbvip.identity import Identity
 from dbvip.metrics import (
     LABEL_VALUES,
     METRIC_LABEL_VALUES,
@@ -16,9 +18,22 @@ from dbvip.metrics import (
     RESULT_VALUES,
     Metrics,
 )
-from dbvip.model import LeaseGone, LeaseRefused, LeaseRenewed, Reason, Role
+from dbvip.model import (
+    AskPeers,
+    LeaseGone,
+    LeaseRefused,
+    LeaseRenewed,
+    PeerView,
+    Reason,
+    Role,
+    Seat,
+)
+from dbvip.ports import Unknown
+from dbvip.promises import Failsafe
 from dbvip.runner import Snapshot, action_result
 from tests.observed import VIP, ObservedNode, T, run
+from tests.unit.test_core import HOLDING, MINE, obs
+from tests.unit.test_promises import Channel, Records
 
 
 def test_a_take_over_shows_in_every_gauge_and_counter() -> None:
@@ -294,6 +309,8 @@ def test_the_refusal_metrics_follow_its_observer_and_exist_only_when_it_is_on() 
     text = off.render().decode()
     assert "dbvip_refusal_ready" not in text
     assert "dbvip_connections_ended" not in text
+    off.peers_answered({"acked": 1, "declined": 0, "unreachable": 2})  # failsafe off
+    assert "dbvip_failsafe_peer" not in off.render().decode()
 
 
 def test_the_reader_metrics_follow_the_snapshot_and_count_moves_by_reason() -> None:
@@ -330,3 +347,34 @@ def test_without_reader_vips_no_reader_series_is_exported() -> None:
     for name in ("dbvip_reader_vip_held", "dbvip_lag_bytes", "dbvip_in_pool"):
         assert _sample(text, name) is None
     assert "dbvip_reader_moves_total{" not in text
+
+
+def test_a_failsafe_ask_counts_every_peer_answer_and_shows_the_last_one() -> None:
+    n1 = ObservedNode()
+    me = n1.store.identity
+    peers = [Identity(f"n{i}", f"i{i}", f"h{i}", "eth0") for i in (2, 3, 4)]
+    channel = Channel(
+        {
+            Seat.of(peers[0]): Acked(n1.clock.now_s + 10.0, 10.0),
+            Seat.of(peers[1]): Declined("database is primary"),
+            Seat.of(peers[2]): Unknown("connection refused"),
+        }
+    )
+    fs = Failsafe(me, replace(T, failsafe_window_s=10.0), n1.clock, channel, Records())
+    n1.runner.failsafe = fs
+    looked = fs.look(obs(writer=MINE), tuple(PeerView(p.node, Role.REPLICA, 1, p) for p in peers))
+    fs.keep_record(HOLDING, looked, 1.0)
+    for _ in range(2):
+        n1.runner.execute(AskPeers(10.0), n1.clock.monotonic_s() + 1.0)
+
+    for answer in ("acked", "declined", "unreachable"):
+        assert n1.value("dbvip_failsafe_peers", answer=answer) == 1
+        assert n1.value("dbvip_failsafe_peer_answers_total", answer=answer) == 2
+    assert n1.value("dbvip_actions_total", action="ask_peers", result="failed") == 2
+
+    channel.answers = {Seat.of(p): Acked(n1.clock.now_s + 10.0, 10.0) for p in peers}
+    n1.runner.execute(AskPeers(10.0), n1.clock.monotonic_s() + 1.0)
+    assert n1.value("dbvip_failsafe_peers", answer="acked") == 3
+    assert n1.value("dbvip_failsafe_peers", answer="unreachable") == 0
+    assert n1.value("dbvip_failsafe_peer_answers_total", answer="acked") == 5
+    assert n1.value("dbvip_actions_total", action="ask_peers", result="ok") == 1
