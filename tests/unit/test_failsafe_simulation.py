@@ -301,6 +301,14 @@ def test_failsafe_outage_patterns(
     fs_simulate(steps, setup)
 
 
+# A KNOWN COUNTEREXAMPLE, found by this search on 2026-12-05 and not fixed yet
+# (issue 11 stays open): timing "tight", lateness_s 0.22, watch on, etcd
+# refusing for 20.86 s, n1 reaching it again then refused again: check F
+# fires, "n1's VIP lives until 1026.220 without its lease, but n3 promised only
+# until 1024.4" (a late joiner's promise does not cover the holder's window).
+# Whether a run draws it depends on what ran before, so it is marked xfail, not
+# strict, until the rule is fixed; failsafe is off by default.
+@pytest.mark.xfail(reason="known failsafe counterexample with a late joiner (issue 11)")
 @settings(SIM_SETTINGS, max_examples=_examples(100))
 @given(setup=setups, steps=scenarios(_failsafe_events, 20))  # type: ignore[arg-type]
 def test_failsafe_safety_with_a_node_that_joins_late(setup: Setup, steps: list[FsStep]) -> None:
