@@ -1,5 +1,5 @@
 """The README's reference tables, generated from the code so they cannot drift:
-settings from ``dbvip.config.SETTINGS``, metrics from ``dbvip.metrics.METRICS``.
+settings from ``dbvip.config.SETTINGS``, metrics from ``dbvip.metric_docs.METRICS``.
 
     python -m dbvip.docs README.md            # rewrite the generated tables
     python -m dbvip.docs --check README.md    # exit 1 when they are out of date
@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from dbvip.config import REQUIRED_TO_RUN, SETTINGS
-from dbvip.metrics import METRICS
+from dbvip.metric_docs import METRICS
 
 
 def _cell(text: str) -> str:

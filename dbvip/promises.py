@@ -220,13 +220,13 @@ class Failsafe:
         asked = dict(self.last_asks)
         kinds: dict[PeerAnswerKind, int] = {"acked": 0, "declined": 0, "unreachable": 0}
         for seat in self._last_peers:
-            answer_ = asked.get(seat)
-            kind: PeerAnswerKind = (
-                "acked"
-                if isinstance(answer_, Acked)
-                else "declined"
-                if isinstance(answer_, Declined)
-                else "unreachable"
-            )
-            kinds[kind] += 1
+            kinds[_kind(asked.get(seat))] += 1
         return kinds
+
+
+def _kind(answer_: PeerAnswer | None) -> PeerAnswerKind:
+    if isinstance(answer_, Acked):
+        return "acked"
+    if isinstance(answer_, Declined):
+        return "declined"
+    return "unreachable"  # no answer, or none proven to come from the peer asked

@@ -55,13 +55,9 @@ def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m integration.bench", description=__doc__.split("\n")[0]
-    )
-    p.add_argument(
-        "--part",
-        choices=tuple(PARTS),
-        default="failover",
-        help="which part to run (failover: writer hand-offs, this page's options)",
+        prog="python -m integration.bench",
+        description=__doc__.split("\n")[0],
+        parents=[_picker()],
     )
     p.add_argument("--repetitions", type=int, default=20, help="per scenario and setup (20)")
     p.add_argument(
@@ -102,11 +98,22 @@ def _parser() -> argparse.ArgumentParser:
 PARTS: dict[str, str] = {"failover": __name__}
 
 
+def _picker() -> argparse.ArgumentParser:
+    """``--part`` alone: read first, then the part parses the rest (the
+    failover part's parser has it too, for its --help)."""
+    p = argparse.ArgumentParser(prog="python -m integration.bench", add_help=False)
+    p.add_argument(
+        "--part",
+        choices=tuple(PARTS),
+        default="failover",
+        help="which part to run (failover: writer hand-offs, this page's options)",
+    )
+    return p
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     rest = list(sys.argv[1:] if argv is None else argv)
-    picker = argparse.ArgumentParser(prog="python -m integration.bench", add_help=False)
-    picker.add_argument("--part", choices=tuple(PARTS), default="failover")
-    picked, rest = picker.parse_known_args(rest)
+    picked, rest = _picker().parse_known_args(rest)
     if picked.part != "failover":
         module = importlib.import_module(PARTS[picked.part])
         code: int = module.main(rest)

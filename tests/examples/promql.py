@@ -17,7 +17,7 @@ import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
-from dbvip.metrics import LABEL_VALUES, METRIC_LABEL_VALUES, METRICS, RESULT_VALUES
+from dbvip.metric_docs import LABEL_VALUES, METRIC_LABEL_VALUES, METRICS, RESULT_VALUES
 
 _TOKEN = re.compile(
     r"""

@@ -1,7 +1,7 @@
 """The alert rules (examples/prometheus) under the real promtool, and the
 Grafana dashboard (examples/grafana): both may read only metrics, labels and
 label values dbvip exports (tests/examples/promql.py), so they cannot drift
-from dbvip/metrics.py.
+from dbvip/metric_docs.py.
 
 promtool comes from the Debian package ``prometheus`` (scripts/setup.sh).
 """
@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
-from dbvip.metrics import METRICS
+from dbvip.metric_docs import METRICS
 from tests.examples.deploy import EXAMPLES, ROOT, Run
 from tests.examples.promql import exported_series, legend_labels, problems, reads, result_labels
 from tests.observed import ObservedNode, run

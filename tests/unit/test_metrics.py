@@ -10,14 +10,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from dbvip.board import etcd_window_s, liveness_window_s
 from dbvip.failsafe import Acked, Declined
 from dbvip.identity import Identity
-from dbvip.metrics import (
+from dbvip.metric_docs import (
     LABEL_VALUES,
     METRIC_LABEL_VALUES,
     METRICS,
     OPEN_LABELS,
     RESULT_VALUES,
-    Metrics,
 )
+from dbvip.metrics import Metrics
 from dbvip.model import (
     AskPeers,
     LeaseGone,

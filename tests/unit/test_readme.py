@@ -9,7 +9,7 @@ import pytest
 from dbvip.config import SETTINGS
 from dbvip.docs import main, render
 from dbvip.health import PATHS
-from dbvip.metrics import METRICS
+from dbvip.metric_docs import METRICS
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
