@@ -9,6 +9,7 @@ marks it dirty when it changes.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from dbvip.identity import Identity
 from dbvip.model import (
@@ -47,6 +48,8 @@ class Looker:
         self._maintenance: bool | None = None  # not read yet
         self.failsafe_record: FailsafeRecord | None = None  # as last read
         self.members_read_s = float("-inf")  # when the members read last got an answer
+        # The reader pool as the last members read found it, and when.
+        self.pool_seen: tuple[float, PoolReading] | None = None
 
     def observe(self, state: NodeState, stopping: bool = False) -> Observation:
         clock = self.ports.clock
@@ -58,24 +61,38 @@ class Looker:
         )
         now = clock.monotonic_s()
         self.telemetry.tell(lambda o: o.probe_done(role.role, now - started))
+        members_due = not stopping and now - self._peers_read_s >= self.timing.renew_interval_s
         if self._needs_key(state, role.role, vip.presence, stopping, now):
             self.key_dirty = False
-            timeout = request_deadline_s(state, now, vip.presence, self.timing) - now
-            if timeout < MIN_REQUEST_S:
-                view: WriterView = KeyUnknown("no time left before the lease deadline")
-            else:
-                view = self.telemetry.etcd(
-                    "read_writer",
-                    lambda: guarded(lambda: self.ports.store.read_writer(timeout), KeyUnknown),
-                )
+            view: WriterView | None = None
+            if members_due:
+                # Both due: the members read finds the key too, at the same
+                # revision, in one request instead of two.
+                members_due = False
+                view = self._read_peers(state, now, vip.presence)
+                now = clock.monotonic_s()
+            if view is None:
+                timeout = request_deadline_s(state, now, vip.presence, self.timing) - now
+                if timeout < MIN_REQUEST_S:
+                    view = KeyUnknown("no time left before the lease deadline")
+                else:
+                    view = self.telemetry.etcd(
+                        "read_writer",
+                        lambda: guarded(lambda: self.ports.store.read_writer(timeout), KeyUnknown),
+                    )
             if isinstance(view, KeyUnknown):
                 self.key_dirty = True
             else:
                 self._key_read_s = now
             self._last_view = view
             now = clock.monotonic_s()
-        if not stopping and now - self._peers_read_s >= self.timing.renew_interval_s:
-            self._read_peers(state, now, vip.presence)
+        if members_due:
+            view = self._read_peers(state, now, vip.presence)
+            if view is not None and not self.key_dirty:
+                # A fresh look at the key for free: the periodic read is not due
+                # for another renew interval (a change the watch reported since
+                # the read began stays dirty and is read at once next tick).
+                self._last_view, self._key_read_s = view, now
             now = clock.monotonic_s()
         reset = guarded(self.ports.store.history_reset, lambda c: None)
         return Observation(
@@ -92,14 +109,16 @@ class Looker:
             failsafe_record=self.failsafe_record,
         )
 
-    def _read_peers(self, state: NodeState, now: float, vip: VipPresence) -> None:
+    def _read_peers(self, state: NodeState, now: float, vip: VipPresence) -> WriterView | None:
         """Other members' reports (is another primary newer?) and this node's
         maintenance flag, every renew interval: both are slow evidence anyway
         (a report is published after its node's own probe; an operator's
-        flag is confirmed by this node's report, see ``dbvip maintenance``)."""
+        flag is confirmed by this node's report, see ``dbvip maintenance``).
+        The same read finds the writer key (returned, None if not read) and
+        the reader pool (kept for the reader looker: ``pool_seen``)."""
         timeout = request_deadline_s(state, now, vip, self.timing) - now
         if timeout < MIN_REQUEST_S:
-            return
+            return None
         reading = self.telemetry.etcd(
             "read_members",
             lambda: guarded(lambda: self.ports.store.read_members(timeout), Unknown),
@@ -111,12 +130,15 @@ class Looker:
             log.debug("members not read cause=%r", reading.cause)
             if self._maintenance is not None:
                 self._peers_read_s = now
-            return
+            return None
         self._peers_read_s = now
         self._peers, self._maintenance = reading.peers, reading.maintenance
         self._same_name = reading.same_name
         self.failsafe_record = reading.failsafe_record
         self.members_read_s = now
+        if reading.pool is not None:
+            self.pool_seen = (now, reading.pool)
+        return reading.writer
 
     @property
     def peers_seen(self) -> tuple[PeerView, ...]:
@@ -166,6 +188,9 @@ class ReaderLooker:
         self._read_s = float("-inf")
         self._reading: PoolReading | None = None
         self._cause = "not read yet"
+        # The pool as another read of the same keys found it, and when (the
+        # runner hands over the writer looker's members read).
+        self.shared: Callable[[], tuple[float, PoolReading] | None] = lambda: None
 
     def presence(self) -> dict[str, VipPresence]:
         look = self.ports.look
@@ -186,6 +211,14 @@ class ReaderLooker:
         now = self.clock.monotonic_s()
         if not (self.dirty or stopping or now - self._read_s >= self.timing.renew_interval_s):
             return self._reading, self._cause
+        seen = self.shared()
+        if seen is not None and not (self.dirty or stopping):
+            # The periodic look is due and the writer's members read, this
+            # tick or lately, read the same keys: no second request.
+            read_s, shared = seen
+            if read_s > self._read_s and now - read_s < self.timing.renew_interval_s:
+                self._read_s, self._reading, self._cause = read_s, shared, ""
+                return self._reading, self._cause
         timeout = limit_s - now
         if timeout < MIN_REQUEST_S:
             return None, "no time left before the lease deadline"

@@ -1,8 +1,12 @@
 """Publishes this member's report under ``/members/<node>``, off the loop.
 
 The safety loop hands over its latest snapshot and never waits: a slow or
-dead etcd delays only this thread. A report goes out when it changes and
-at least every ``period_s`` (which also keeps its lease alive).
+dead etcd delays only this thread. A report is put when it changes, and
+only then: every ``period_s`` its lease is kept alive, which is what keeps
+the report alive (liveness rides on the lease, not on rewriting the same
+value: an idle cluster costs etcd no write). A moved LSN or lag alone is
+put with the next keepalive, at most once a period (the primary's
+position is what replicas measure their lag against).
 """
 
 from __future__ import annotations
@@ -11,7 +15,8 @@ import logging
 import threading
 from dataclasses import replace
 
-from dbvip.ports import LeaseStore, MemberReport, Unknown
+from dbvip.boottime import boot_s
+from dbvip.ports import Alive, Done, Gone, LeaseStore, MemberReport, Unknown
 from dbvip.reporting import Snapshot
 
 log = logging.getLogger("dbvip.members")
@@ -66,17 +71,33 @@ class MemberPublisher:
 
     def _loop(self) -> None:
         sent: MemberReport | None = None
+        touched_s = float("-inf")  # when the lease was last kept alive (or the report put)
         last_cause = ""
         while True:
             with self._changed:
                 if _same(sent, self._latest) and not self._stopped:
-                    self._changed.wait(self._period_s)
+                    self._changed.wait(max(0.0, touched_s + self._period_s - boot_s()))
                 if self._stopped:
                     return
                 report = self._latest
             if report is None:
                 continue
-            result = self._store.publish_member(report, self._timeout_s)
+            due = boot_s() - touched_s >= self._period_s
+            result: Done | Alive | Unknown
+            if not _same(sent, report) or (due and report != sent):
+                started = boot_s()
+                result = self._store.publish_member(report, self._timeout_s)
+            elif due:
+                started = boot_s()
+                kept = self._store.keep_member(self._timeout_s)
+                if isinstance(kept, Gone):
+                    # The lease ended (etcd unreachable past its TTL, or revoked
+                    # by hand): the report went with it; put it again at once.
+                    sent = None
+                    continue
+                result = kept
+            else:
+                continue  # woken early with nothing new: wait out the period
             if isinstance(result, Unknown):
                 if result.cause != last_cause:
                     log.warning("member report not published cause=%r", result.cause)
@@ -85,6 +106,7 @@ class MemberPublisher:
                     self._changed.wait(min(self._period_s, 1.0))
                 continue
             last_cause = ""
+            touched_s = started
             sent = report
 
 

@@ -116,6 +116,7 @@ class Runner:
                 self.identity,
             )  # fmt: skip
             self.reporter.reader_facts = self._reader_facts
+            self.readers.looker.shared = lambda: self.looker.pool_seen
 
     @property
     def observer(self) -> Observer:

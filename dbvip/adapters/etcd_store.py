@@ -26,7 +26,7 @@ from dbvip.adapters.etcd_pages import (
     read_all,
     revoke_quietly,
 )
-from dbvip.adapters.etcd_readers import reader_entries, reader_value
+from dbvip.adapters.etcd_readers import pool_reading, reader_entries, reader_value
 from dbvip.adapters.etcd_watch import Watch
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
@@ -291,6 +291,19 @@ class EtcdLeaseStore:
         except EtcdUnavailableError as exc:
             return Unknown(f"member publish: {exc.cause}")
 
+    def keep_member(self, timeout_s: float) -> Alive | Gone | Unknown:
+        lease_id = self._member_lease
+        if lease_id is None:
+            return Gone()
+        try:
+            ttl_s = self._client.keepalive(lease_id, timeout_s)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"member lease keepalive: {exc.cause}")
+        if ttl_s <= 0:
+            self._member_lease = None
+            return Gone()
+        return Alive(ttl_s)
+
     def _put_report(
         self, value: bytes, lease_id: int, remaining_s: Callable[[], float]
     ) -> Done | Unknown:
@@ -316,11 +329,17 @@ class EtcdLeaseStore:
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
-        # One paged range over the cluster's keys: member reports and maintenance flags.
+        # One paged range over the cluster's keys: member reports, maintenance
+        # flags, and the writer key and the reader pool at the same revision.
         try:
-            _, kvs = read_all(self._client, self._keys, timeout_s)
+            revision, kvs = read_all(self._client, self._keys, timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"members read: {exc.cause}")
+        by_key = {kv.key: kv for kv in kvs}
+        keys = self._keys
+        writer = _writer_view(
+            by_key.get(keys.writer.encode()), revision, by_key.get(keys.claim.encode())
+        )
         members_prefix = self._keys.members_prefix
         mine = self._keys.maintenance(self._node)
         peers = []
@@ -347,7 +366,10 @@ class EtcdLeaseStore:
                 peer = peer_view(node, value)
                 if peer is not None:
                     peers.append(peer)
-        return MembersReading(tuple(peers), maintenance, tuple(same_name), record)
+        return MembersReading(
+            tuple(peers), maintenance, tuple(same_name), record, writer,
+            pool_reading(keys, self._node, revision, kvs),
+        )  # fmt: skip
 
     def write_failsafe_record(self, record: FailsafeRecord, timeout_s: float) -> Done | Unknown:
         """Put the failsafe record, without a lease (it must outlive one)."""
