@@ -40,6 +40,9 @@ class Looker:
         self.ports = ports
         self.telemetry = telemetry
         self.key_dirty = True  # read the writer key at least once at start
+        # The watch saw a maintenance flag, the failsafe record or this node's
+        # own report change: read the members at once.
+        self.members_dirty = False
         self._key_read_s = float("-inf")
         self._last_view: WriterView = KeyUnknown("not read yet")
         self._peers: tuple[PeerView, ...] = ()
@@ -61,9 +64,12 @@ class Looker:
         )
         now = clock.monotonic_s()
         self.telemetry.tell(lambda o: o.probe_done(role.role, now - started))
-        members_due = not stopping and now - self._peers_read_s >= self.timing.renew_interval_s
+        every_s = self._backstop_s(state, role.role, vip.presence)
+        members_due = not stopping and (self.members_dirty or now - self._peers_read_s >= every_s)
+        self.members_dirty = False
         if self._needs_key(state, role.role, vip.presence, stopping, now):
             self.key_dirty = False
+            asked = now
             view: WriterView | None = None
             if members_due:
                 # Both due: the members read finds the key too, at the same
@@ -83,7 +89,7 @@ class Looker:
             if isinstance(view, KeyUnknown):
                 self.key_dirty = True
             else:
-                self._key_read_s = now
+                self._key_read_s = asked
             self._last_view = view
             now = clock.monotonic_s()
         if members_due:
@@ -171,7 +177,32 @@ class Looker:
         if state.lease is not None or vip is not VipPresence.ABSENT:
             return True
         mine = isinstance(self._last_view, KeyHeld) and self._last_view.holder == self.node
-        return mine or now - self._key_read_s >= self.timing.renew_interval_s
+        return mine or now - self._key_read_s >= self._backstop_s(state, role, vip)
+
+    def _backstop_s(self, state: NodeState, role: Role, vip: VipPresence) -> float:
+        """How often the cluster's keys are read when nothing woke the loop.
+
+        Every renew interval, but for a replica that has nothing and sees the
+        key held by another node, when no reader VIPs are configured: every
+        ``ttl_s``. Such a replica acts on nothing until the key is free, and
+        the watch (resumed by revision: it misses nothing) wakes it when the
+        key changes; this read is only the backstop for a watch stuck on a
+        frozen member (left after 60 s idle), so a hand-off may come up to a
+        TTL later only then. Safety does not rest on it: taking the key is a
+        transaction that fails while another node's lease lives. On the way
+        to acting (promoted, or the key free or its own) the node reads
+        every renew interval again, members and maintenance flag first. Not
+        with reader VIPs: the pool's periodic read brings the primary's
+        moving LSN that a replica's lag is measured against."""
+        quiet = (
+            self.ports.readers is None
+            and role in (Role.REPLICA, Role.DOWN)
+            and state.lease is None
+            and vip is VipPresence.ABSENT
+            and isinstance(self._last_view, KeyHeld)
+            and self._last_view.holder != self.node
+        )
+        return float(self.timing.ttl_s) if quiet else self.timing.renew_interval_s
 
 
 class ReaderLooker:

@@ -27,7 +27,7 @@ from dbvip.adapters.etcd_pages import (
     revoke_quietly,
 )
 from dbvip.adapters.etcd_readers import pool_reading, reader_entries, reader_value
-from dbvip.adapters.etcd_watch import Watch
+from dbvip.adapters.etcd_watch import Watch, WatchEvent
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (
@@ -44,6 +44,7 @@ from dbvip.keys import (
     encode_writer,
     member_identity,
     peer_view,
+    writer_event_matters,
 )
 from dbvip.model import (
     FailsafeRecord,
@@ -273,7 +274,9 @@ class EtcdLeaseStore:
             return Unknown(f"lease revoke: {exc.cause}")
         return Done()  # revoked now, or gone already: either way nothing is left
 
-    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
+    def publish_member(
+        self, report: MemberReport, timeout_s: float, lease_id: int | None = None
+    ) -> Done | Unknown:
         deadline = boot_s() + timeout_s
 
         def remaining_s() -> float:
@@ -281,6 +284,11 @@ class EtcdLeaseStore:
 
         value = encode_member(report, self._clock.wall_iso(), self._identity)
         try:
+            if lease_id is not None:
+                # The node's reader lease, kept alive by the loop: the member
+                # lease is left to lapse (nothing is under it any more).
+                self._member_lease = None
+                return self._put_report(value, lease_id, remaining_s)
             lease_id = self._member_lease
             if lease_id is not None and self._client.keepalive(lease_id, remaining_s()) <= 0:
                 lease_id = None
@@ -440,19 +448,25 @@ class EtcdLeaseStore:
         )
 
     def writer_watcher(self) -> EtcdKeyWatcher:
-        return EtcdKeyWatcher(self._client, self._keys.writer)
+        keys, node = self._keys, self._node
+        return EtcdKeyWatcher(
+            self._client, keys.base + "/", lambda e: writer_event_matters(keys, node, e.key)
+        )
 
 
 class EtcdKeyWatcher:
-    """``KeyWatcher`` over a client watch of one key; a wake-up, never the state."""
+    """``KeyWatcher`` over a client watch of the cluster's keys, waking the
+    loop for the changes ``wants`` says yes to; a wake-up, never the state."""
 
-    def __init__(self, client: EtcdClient, key: str) -> None:
-        self._client, self._key = client, key
+    def __init__(
+        self, client: EtcdClient, prefix: str, wants: Callable[[WatchEvent], bool]
+    ) -> None:
+        self._client, self._prefix, self._wants = client, prefix, wants
         self._watch: Watch | None = None
 
     def start(self, wake: Callable[[], None]) -> None:
         self.stop()
-        self._watch = Watch(self._client, self._key, wake)
+        self._watch = Watch(self._client, self._prefix, wake, prefix=True, wants=self._wants)
         self._watch.start()
 
     def stop(self) -> None:

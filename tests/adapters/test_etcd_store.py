@@ -299,6 +299,14 @@ def test_watcher_wakes_on_acquire_and_release(
         eventually(lambda: len(wakes) >= 2)
         store.release(granted.lease_id, TIMEOUT_S)
         eventually(lambda: len(wakes) >= 3)
+        # Another member's report (its LSN refreshed) is not news for the loop...
+        other = stores(etcd_single, "n2")
+        assert other.publish_member(REPORT, TIMEOUT_S) == Done()
+        # ...a maintenance flag is: the next change, and the only one seen.
+        assert other.set_maintenance("n1", True, TIMEOUT_S) == Done()
+        eventually(lambda: len(wakes) >= 4)
+        time.sleep(0.2)
+        assert len(wakes) == 4
     finally:
         watcher.stop()
 
