@@ -2,11 +2,18 @@
 
 The safety loop hands over its latest snapshot and never waits: a slow or
 dead etcd delays only this thread. A report is put when it changes, and
-only then: every ``period_s`` its lease is kept alive, which is what keeps
-the report alive (liveness rides on the lease, not on rewriting the same
-value: an idle cluster costs etcd no write). A moved LSN or lag alone is
-put with the next keepalive, at most once a period (the primary's
-position is what replicas measure their lag against).
+only then: liveness rides on the lease, not on rewriting the same value
+(an idle cluster costs etcd no write). A moved LSN or lag alone is put
+with the next keepalive, at most once a period (the primary's position is
+what replicas measure their lag against).
+
+One lease per node for its report and its reader keys: while the node
+holds a reader lease (kept alive by its loop every renew interval), the
+report is put under it and needs no keepalive of its own; without one, it
+is put under a member lease of its own that this thread keeps alive every
+``period_s``. Moving between the two is a put (something changed). The
+writer key keeps its own lease: releasing the VIP revokes that lease, and
+the core's deadline is computed from its keepalives alone.
 """
 
 from __future__ import annotations
@@ -44,6 +51,7 @@ class MemberPublisher:
         self._period_s = period_s
         self._timeout_s = timeout_s
         self._latest: MemberReport | None = None
+        self._lease: int | None = None  # the node's reader lease, as last offered
         self._changed = threading.Condition()
         self._stopped = False
         self._thread = threading.Thread(target=self._loop, name="dbvip-members", daemon=True)
@@ -55,10 +63,10 @@ class MemberPublisher:
         report = replace(report_of(snapshot, self._vip), failsafe=self._failsafe)
         with self._changed:
             # A replica's LSN moves on every look (every 10 ms while eager):
-            # it rides along with the periodic report, only other changes are
-            # sent at once.
-            news = not _same(report, self._latest)
-            self._latest = report
+            # it rides along with the periodic keepalive, only other changes
+            # (a reader lease granted or gone among them) are sent at once.
+            news = not _same(report, self._latest) or snapshot.reader_lease_id != self._lease
+            self._latest, self._lease = report, snapshot.reader_lease_id
             if news:
                 self._changed.notify()
 
@@ -71,24 +79,27 @@ class MemberPublisher:
 
     def _loop(self) -> None:
         sent: MemberReport | None = None
-        touched_s = float("-inf")  # when the lease was last kept alive (or the report put)
+        sent_lease: int | None = None  # the reader lease it was put under (None: its own)
+        touched_s = float("-inf")  # when its own lease was last kept alive (or the report put)
         last_cause = ""
         while True:
             with self._changed:
-                if _same(sent, self._latest) and not self._stopped:
+                current = _same(sent, self._latest) and sent_lease == self._lease
+                if current and not self._stopped:
                     self._changed.wait(max(0.0, touched_s + self._period_s - boot_s()))
                 if self._stopped:
                     return
-                report = self._latest
+                report, lease = self._latest, self._lease
             if report is None:
                 continue
-            due = boot_s() - touched_s >= self._period_s
+            # Under the reader lease, the loop's keepalives keep the report.
+            due = lease is None and boot_s() - touched_s >= self._period_s
+            moved = report != sent and (due or lease is not None)
             result: Done | Alive | Unknown
-            if not _same(sent, report) or (due and report != sent):
-                started = boot_s()
-                result = self._store.publish_member(report, self._timeout_s)
+            started = boot_s()
+            if not _same(sent, report) or lease != sent_lease or moved:
+                result = self._store.publish_member(report, self._timeout_s, lease)
             elif due:
-                started = boot_s()
                 kept = self._store.keep_member(self._timeout_s)
                 if isinstance(kept, Gone):
                     # The lease ended (etcd unreachable past its TTL, or revoked
@@ -97,7 +108,12 @@ class MemberPublisher:
                     continue
                 result = kept
             else:
-                continue  # woken early with nothing new: wait out the period
+                # Woken early with nothing new: wait out the period. Under the
+                # reader lease, nothing to keep alive: a period from now, look
+                # whether the LSN moved.
+                if lease is not None:
+                    touched_s = started
+                continue
             if isinstance(result, Unknown):
                 if result.cause != last_cause:
                     log.warning("member report not published cause=%r", result.cause)
@@ -107,7 +123,7 @@ class MemberPublisher:
                 continue
             last_cause = ""
             touched_s = started
-            sent = report
+            sent, sent_lease = report, lease
 
 
 def _same(a: MemberReport | None, b: MemberReport | None) -> bool:

@@ -181,9 +181,13 @@ class LeaseStore(Protocol):
         whether this node is in maintenance; one request."""
         ...
 
-    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
-        """Write ``/members/<node>`` under the member's own lease; never over
-        a live report of another sidecar using the same node name."""
+    def publish_member(
+        self, report: MemberReport, timeout_s: float, lease_id: int | None = None
+    ) -> Done | Unknown:
+        """Write ``/members/<node>`` under ``lease_id`` (the node's reader
+        lease, which its loop keeps alive), or else under the member's own
+        lease; never over a live report of another sidecar using the same
+        node name."""
         ...
 
     def keep_member(self, timeout_s: float) -> Alive | Gone | Unknown:

@@ -215,7 +215,8 @@ class FakeLeaseStore:
         self.fault: Fault = "ok"
         self.calls: list[str] = []
         self.members: list[MemberReport] = []
-        self.member_lease = False  # set by the first published report
+        self.member_lease = False  # its own member lease, granted by a publish
+        self.member_leases: list[int | None] = []  # the lease each report went under
 
     def _fail(self, timeout_s: float) -> Unknown | None:
         if self.fault == "refuse":
@@ -319,14 +320,17 @@ class FakeLeaseStore:
         self.etcd.revoke(lease_id)
         return self._reply() or Done()
 
-    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
+    def publish_member(
+        self, report: MemberReport, timeout_s: float, lease_id: int | None = None
+    ) -> Done | Unknown:
         failed = self._fail(timeout_s)
         if failed is not None:
             return failed
         if not self.etcd.report(self.identity, report):
             return Unknown(f"member report not written: {self.node} is in use by a twin")
         self.members.append(report)
-        self.member_lease = True
+        self.member_leases.append(lease_id)
+        self.member_lease = lease_id is None  # its own lease, or the reader lease given
         return Done()
 
     def keep_member(self, timeout_s: float) -> Alive | Gone | Unknown:
@@ -354,6 +358,7 @@ class FakeLeaseStore:
         # As the real store: the writer key and the pool from the same read.
         writer = parse_writer(self.etcd.get(WRITER), self.etcd.revision, self.etcd.get(CLAIM))
         pool = pool_of(self.etcd, self.node)
+        self._saw()  # its reply's revision, as the real client's History sees it
         return MembersReading(
             peers, maintenance, same_name, self.etcd.failsafe_record, writer, pool
         )
