@@ -65,16 +65,27 @@ class Looker:
         now = clock.monotonic_s()
         self.telemetry.tell(lambda o: o.probe_done(role.role, now - started))
         every_s = self._backstop_s(state, role.role, vip.presence)
-        members_due = not stopping and (self.members_dirty or now - self._peers_read_s >= every_s)
+        # With failsafe on, the members are read every renew interval, never
+        # an extra read on a wake-up in the tick that must read the key.
+        woken = self.members_dirty and self.timing.failsafe_window_s <= 0
         self.members_dirty = False
+
+        def members_due(at_s: float) -> bool:
+            return not stopping and (woken or at_s - self._peers_read_s >= every_s)
+
+        read_members = True
         if self._needs_key(state, role.role, vip.presence, stopping, now):
             self.key_dirty = False
-            asked = now
             view: WriterView | None = None
-            if members_due:
+            # Not with failsafe on: its holder must learn of a failed key read
+            # first thing in the tick (it asks its peers then), not a request
+            # timeout later, behind a members read (the failsafe simulation
+            # finds a VIP outliving a peer's promise that way).
+            combine = self.timing.failsafe_window_s <= 0
+            if combine and members_due(now):
                 # Both due: the members read finds the key too, at the same
                 # revision, in one request instead of two.
-                members_due = False
+                read_members = False
                 view = self._read_peers(state, now, vip.presence)
                 now = clock.monotonic_s()
             if view is None:
@@ -89,12 +100,12 @@ class Looker:
             if isinstance(view, KeyUnknown):
                 self.key_dirty = True
             else:
-                self._key_read_s = asked
+                self._key_read_s = now
             self._last_view = view
             now = clock.monotonic_s()
-        if members_due:
+        if read_members and members_due(now):  # as of now, after the key read
             view = self._read_peers(state, now, vip.presence)
-            if view is not None and not self.key_dirty:
+            if view is not None and not self.key_dirty and self.timing.failsafe_window_s <= 0:
                 # A fresh look at the key for free: the periodic read is not due
                 # for another renew interval (a change the watch reported since
                 # the read began stays dirty and is read at once next tick).
@@ -193,9 +204,12 @@ class Looker:
         to acting (promoted, or the key free or its own) the node reads
         every renew interval again, members and maintenance flag first. Not
         with reader VIPs: the pool's periodic read brings the primary's
-        moving LSN that a replica's lag is measured against."""
+        moving LSN that a replica's lag is measured against. Not with
+        failsafe on: a replica's promises to the holder rest on its members
+        reads (the failsafe record, who is listed) being recent."""
         quiet = (
             self.ports.readers is None
+            and self.timing.failsafe_window_s <= 0
             and role in (Role.REPLICA, Role.DOWN)
             and state.lease is None
             and vip is VipPresence.ABSENT
