@@ -12,9 +12,10 @@ Two windows define the verdicts, both derived from the timing settings:
   survives by design, does not make the process look dead.
 - ready: the last probe gave ``primary`` or ``replica``, and the loop's latest
   etcd request was answered, at most ``etcd_window_s`` ago. The loop asks etcd
-  at least every ``renew_interval_s`` (a settled replica), each request takes
-  up to ``request_timeout_s``, and the loop itself may be late by up to the
-  liveness window.
+  at least every ``ttl_s`` (a settled replica without reader VIPs; every
+  ``renew_interval_s`` otherwise, see ``looking.Looker._backstop_s``), each
+  request takes up to ``request_timeout_s``, and the loop itself may be late
+  by up to the liveness window.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def liveness_window_s(t: Timing) -> float:
 
 
 def etcd_window_s(t: Timing) -> float:
-    return t.renew_interval_s + t.request_timeout_s + liveness_window_s(t)
+    every_s = max(t.renew_interval_s, float(t.ttl_s))  # a settled replica's backstop read
+    return every_s + t.request_timeout_s + liveness_window_s(t)
 
 
 @dataclass(frozen=True)

@@ -367,3 +367,15 @@ def pool_event_matters(
         return _pool_fields(value) != _pool_fields(prev)
     watched = (keys.readers_prefix, keys.reader_claims_prefix, keys.maintenance_prefix)
     return name in (keys.writer, keys.claim) or name.startswith(watched)
+
+
+def writer_event_matters(keys: KeyLayout, node: str, key: bytes) -> bool:
+    """Whether a change of ``key`` is news for ``node``'s writer loop: the
+    writer key or its claim, a maintenance flag, the failsafe record, or its
+    own member report (a twin's). Not another member's report: its changes
+    (an LSN at every refresh) would wake every sidecar; a holder reads them
+    every renew interval anyway."""
+    name = key.decode(errors="replace")
+    return name in (keys.writer, keys.claim, keys.failsafe, keys.member(node)) or name.startswith(
+        keys.maintenance_prefix
+    )

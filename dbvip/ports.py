@@ -83,6 +83,10 @@ class MembersReading:
     same_name: tuple[Identity, ...] = ()
     # The failsafe record (``dbvip.failsafe``), if there is one.
     failsafe_record: FailsafeRecord | None = None
+    # The writer key and the reader pool as the same read found them (one
+    # request serves the periodic looks at all three); None when not read.
+    writer: WriterView | None = None
+    pool: PoolReading | None = None
 
 
 @dataclass(frozen=True)
@@ -177,9 +181,18 @@ class LeaseStore(Protocol):
         whether this node is in maintenance; one request."""
         ...
 
-    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
-        """Write ``/members/<node>`` under the member's own lease; never over
-        a live report of another sidecar using the same node name."""
+    def publish_member(
+        self, report: MemberReport, timeout_s: float, lease_id: int | None = None
+    ) -> Done | Unknown:
+        """Write ``/members/<node>`` under ``lease_id`` (the node's reader
+        lease, which its loop keeps alive), or else under the member's own
+        lease; never over a live report of another sidecar using the same
+        node name."""
+        ...
+
+    def keep_member(self, timeout_s: float) -> Alive | Gone | Unknown:
+        """Keep the member lease alive, with it the report as last published
+        (no write); Gone when there is no live member lease to keep."""
         ...
 
     def close(self) -> None: ...

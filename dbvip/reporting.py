@@ -63,6 +63,9 @@ class Snapshot:
     lag_bytes: int | None = None
     reader_reason: str = ""
     reader_detail: str = ""
+    # The reader lease this node holds, if any: its member report rides on
+    # it (one lease kept alive for both, see ``dbvip.members``).
+    reader_lease_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class ReaderFacts:
     lag_bytes: int | None
     reason: str
     detail: str
+    lease_id: int | None = None  # the reader lease, if any
 
 
 NO_READERS = ReaderFacts((), "", None, "", "")
@@ -143,6 +147,7 @@ class Reporter:
             lag_bytes=readers.lag_bytes,
             reader_reason=readers.reason,
             reader_detail=readers.detail,
+            reader_lease_id=readers.lease_id,
         )
         try:
             self.publish(snapshot)

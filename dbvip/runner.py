@@ -116,6 +116,7 @@ class Runner:
                 self.identity,
             )  # fmt: skip
             self.reporter.reader_facts = self._reader_facts
+            self.readers.looker.shared = lambda: self.looker.pool_seen
 
     @property
     def observer(self) -> Observer:
@@ -144,8 +145,11 @@ class Runner:
     # -- wiring ---------------------------------------------------------------
 
     def key_changed(self) -> None:
-        """Watch callback: the writer key changed or the watch reconnected."""
+        """Watch callback: the writer key, a maintenance flag, the failsafe
+        record or this node's own report changed (or the watch started
+        afresh): one read of the cluster's keys at once."""
         self.looker.key_dirty = True
+        self.looker.members_dirty = True
         self.waiter.wake()
 
     def pool_changed(self) -> None:
@@ -230,7 +234,8 @@ class Runner:
         st = r.state
         here = tuple(v for v, p in r.presence.items() if p is VipPresence.PRESENT)
         pool = "in_pool" if st.in_pool else st.why
-        return ReaderFacts(here, pool, st.lag_bytes, st.reason, st.detail)
+        lease_id = st.lease.lease_id if st.lease is not None else None
+        return ReaderFacts(here, pool, st.lag_bytes, st.reason, st.detail, lease_id)
 
     def observe(self, stopping: bool = False) -> Observation:
         return self.looker.observe(self.state, stopping)

@@ -215,6 +215,8 @@ class FakeLeaseStore:
         self.fault: Fault = "ok"
         self.calls: list[str] = []
         self.members: list[MemberReport] = []
+        self.member_lease = False  # its own member lease, granted by a publish
+        self.member_leases: list[int | None] = []  # the lease each report went under
 
     def _fail(self, timeout_s: float) -> Unknown | None:
         if self.fault == "refuse":
@@ -318,14 +320,27 @@ class FakeLeaseStore:
         self.etcd.revoke(lease_id)
         return self._reply() or Done()
 
-    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
+    def publish_member(
+        self, report: MemberReport, timeout_s: float, lease_id: int | None = None
+    ) -> Done | Unknown:
         failed = self._fail(timeout_s)
         if failed is not None:
             return failed
         if not self.etcd.report(self.identity, report):
             return Unknown(f"member report not written: {self.node} is in use by a twin")
         self.members.append(report)
+        self.member_leases.append(lease_id)
+        self.member_lease = lease_id is None  # its own lease, or the reader lease given
         return Done()
+
+    def keep_member(self, timeout_s: float) -> Alive | Gone | Unknown:
+        """The member lease is not modelled beyond "granted by a publish":
+        a keepalive is counted, never a write."""
+        self.calls.append("keep_member")
+        failed = self._fail(timeout_s)
+        if failed is not None:
+            return failed
+        return Alive(self.etcd.min_ttl_s) if self.member_lease else Gone()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
         self.calls.append("members")
@@ -340,7 +355,13 @@ class FakeLeaseStore:
         there = self.etcd.member_ids.get(self.node)
         same_name = (there,) if there is not None else ()
         maintenance = self.node in self.etcd.maintenance
-        return MembersReading(peers, maintenance, same_name, self.etcd.failsafe_record)
+        # As the real store: the writer key and the pool from the same read.
+        writer = parse_writer(self.etcd.get(WRITER), self.etcd.revision, self.etcd.get(CLAIM))
+        pool = pool_of(self.etcd, self.node)
+        self._saw()  # its reply's revision, as the real client's History sees it
+        return MembersReading(
+            peers, maintenance, same_name, self.etcd.failsafe_record, writer, pool
+        )
 
     def write_failsafe_record(self, record: FailsafeRecord, timeout_s: float) -> Done | Unknown:
         self.calls.append("failsafe_record")
@@ -482,6 +503,26 @@ def parse_reader(vip: str, entry: _Entry | None, claim: _Entry | None) -> Reader
     )
 
 
+def pool_of(etcd: FakeEtcd, me: str) -> PoolReading:
+    """The reader pool as ``me`` reads it from the cluster's keys."""
+    now = etcd.clock.now_s
+    etcd.expire()
+    vips = {k[len(READERS) :] for k in etcd.kv if k.startswith(READERS)}
+    vips |= {k[len(READER_CLAIMS) :] for k in etcd.kv if k.startswith(READER_CLAIMS)}
+    keys = tuple(
+        k
+        for v in sorted(vips)
+        if (k := parse_reader(v, etcd.kv.get(READERS + v), etcd.kv.get(READER_CLAIMS + v)))
+    )
+    members = tuple(
+        PoolMember(node, Role(r.role), r.pool == "in_pool", r.lsn)
+        for node, r in sorted(etcd.members.items())
+        if node != me and now - etcd.member_at.get(node, now) < MEMBER_TTL_S
+    )
+    holder = etcd.writer_holder()
+    return PoolReading(etcd.revision, keys, members, holder[0] if holder else None)
+
+
 class FakeReaderStore:
     """The reader keys over ``FakeEtcd``; shares its lease store's faults and identity."""
 
@@ -505,22 +546,7 @@ class FakeReaderStore:
         failed = self._fail(timeout_s)
         if failed is not None:
             return failed
-        etcd, now = self.etcd, self.etcd.clock.now_s
-        etcd.expire()
-        vips = {k[len(READERS) :] for k in etcd.kv if k.startswith(READERS)}
-        vips |= {k[len(READER_CLAIMS) :] for k in etcd.kv if k.startswith(READER_CLAIMS)}
-        keys = tuple(
-            k
-            for v in sorted(vips)
-            if (k := parse_reader(v, etcd.kv.get(READERS + v), etcd.kv.get(READER_CLAIMS + v)))
-        )
-        members = tuple(
-            PoolMember(node, Role(r.role), r.pool == "in_pool", r.lsn)
-            for node, r in sorted(etcd.members.items())
-            if node != self.identity.node and now - etcd.member_at.get(node, now) < MEMBER_TTL_S
-        )
-        holder = etcd.writer_holder()
-        reading = PoolReading(etcd.revision, keys, members, holder[0] if holder else None)
+        reading = pool_of(self.etcd, self.identity.node)
         return self._reply() or reading
 
     def grant_reader_lease(self, ttl_s: int, timeout_s: float) -> Granted | Unknown:

@@ -17,12 +17,15 @@ from dbvip.boottime import boot_s
 from dbvip.keys import Garbage, KeyLayout, decode_member
 
 # Keys per range request when reading a whole cluster. etcd keeps a value to
-# its --max-request-bytes (1.5 MiB by default), so a page is at most 8 x 1.5
-# MiB = 12 MiB (16 MiB base64), far under the client's 64 MiB reply cap, for
-# any number of members: 70 junk values of 1 MB no longer make the one reply
+# its --max-request-bytes (1.5 MiB by default), so a page is at most 16 x 1.5
+# MiB = 24 MiB (32 MiB base64), under the client's 64 MiB reply cap, for any
+# number of members: 70 junk values of 1 MB no longer make the one reply
 # exceed it. Paging keeps memory bounded too; reading dbvip's own ~200-byte
-# values stays one request for up to 8 keys and ceil(n/8) for more.
-PAGE_KEYS = 8
+# values stays one request for up to 16 keys and ceil(n/16) for more. 16, not
+# 8: three members with four reader VIPs are 13 keys (a report each, the
+# writer key and its claim, a key and a claim per reader VIP), and every
+# page is one more request to etcd on every periodic read of every sidecar.
+PAGE_KEYS = 16
 # A member report or a reader value dbvip writes is about 200 bytes: one past
 # this is not one, and only this much of it is kept while the other pages
 # are read.

@@ -107,6 +107,27 @@ def _writer_holder(writer: KeyValue | None, claim: KeyValue | None) -> str | Non
     return value.node if isinstance(value, WriterValue) else None
 
 
+def pool_reading(keys: KeyLayout, node: str, revision: int, kvs: list[KeyValue]) -> PoolReading:
+    """The pool as ``node`` reads it from one read of its cluster's keys."""
+    members: list[PoolMember] = []
+    by_key: dict[str, KeyValue] = {}
+    for kv in kvs:
+        key = kv.key.decode(errors="replace")
+        by_key[key] = kv
+        if key.startswith(keys.members_prefix):
+            other = key[len(keys.members_prefix) :]
+            if other and other != node:
+                member = pool_member(other, member_value(kv))
+                if member is not None:
+                    members.append(member)
+    return PoolReading(
+        revision,
+        reader_keys(keys, kvs),
+        tuple(members),
+        _writer_holder(by_key.get(keys.writer), by_key.get(keys.claim)),
+    )
+
+
 class EtcdReaderStore:
     def __init__(
         self, client: EtcdClient, keys: KeyLayout, identity: Identity, clock: Clock
@@ -121,24 +142,7 @@ class EtcdReaderStore:
             revision, kvs = read_all(self._client, self._keys, timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"pool read: {exc.cause}")
-        keys = self._keys
-        members: list[PoolMember] = []
-        by_key: dict[str, KeyValue] = {}
-        for kv in kvs:
-            key = kv.key.decode(errors="replace")
-            by_key[key] = kv
-            if key.startswith(keys.members_prefix):
-                node = key[len(keys.members_prefix) :]
-                if node and node != self._identity.node:
-                    member = pool_member(node, member_value(kv))
-                    if member is not None:
-                        members.append(member)
-        return PoolReading(
-            revision,
-            reader_keys(keys, kvs),
-            tuple(members),
-            _writer_holder(by_key.get(keys.writer), by_key.get(keys.claim)),
-        )
+        return pool_reading(self._keys, self._identity.node, revision, kvs)
 
     # -- the reader lease ---------------------------------------------------
 

@@ -26,8 +26,8 @@ from dbvip.adapters.etcd_pages import (
     read_all,
     revoke_quietly,
 )
-from dbvip.adapters.etcd_readers import reader_entries, reader_value
-from dbvip.adapters.etcd_watch import Watch
+from dbvip.adapters.etcd_readers import pool_reading, reader_entries, reader_value
+from dbvip.adapters.etcd_watch import Watch, WatchEvent
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (
@@ -44,6 +44,7 @@ from dbvip.keys import (
     encode_writer,
     member_identity,
     peer_view,
+    writer_event_matters,
 )
 from dbvip.model import (
     FailsafeRecord,
@@ -273,7 +274,9 @@ class EtcdLeaseStore:
             return Unknown(f"lease revoke: {exc.cause}")
         return Done()  # revoked now, or gone already: either way nothing is left
 
-    def publish_member(self, report: MemberReport, timeout_s: float) -> Done | Unknown:
+    def publish_member(
+        self, report: MemberReport, timeout_s: float, lease_id: int | None = None
+    ) -> Done | Unknown:
         deadline = boot_s() + timeout_s
 
         def remaining_s() -> float:
@@ -281,6 +284,11 @@ class EtcdLeaseStore:
 
         value = encode_member(report, self._clock.wall_iso(), self._identity)
         try:
+            if lease_id is not None:
+                # The node's reader lease, kept alive by the loop: the member
+                # lease is left to lapse (nothing is under it any more).
+                self._member_lease = None
+                return self._put_report(value, lease_id, remaining_s)
             lease_id = self._member_lease
             if lease_id is not None and self._client.keepalive(lease_id, remaining_s()) <= 0:
                 lease_id = None
@@ -290,6 +298,19 @@ class EtcdLeaseStore:
             return self._put_report(value, lease_id, remaining_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"member publish: {exc.cause}")
+
+    def keep_member(self, timeout_s: float) -> Alive | Gone | Unknown:
+        lease_id = self._member_lease
+        if lease_id is None:
+            return Gone()
+        try:
+            ttl_s = self._client.keepalive(lease_id, timeout_s)
+        except EtcdUnavailableError as exc:
+            return Unknown(f"member lease keepalive: {exc.cause}")
+        if ttl_s <= 0:
+            self._member_lease = None
+            return Gone()
+        return Alive(ttl_s)
 
     def _put_report(
         self, value: bytes, lease_id: int, remaining_s: Callable[[], float]
@@ -316,11 +337,17 @@ class EtcdLeaseStore:
         return Done()
 
     def read_members(self, timeout_s: float) -> MembersReading | Unknown:
-        # One paged range over the cluster's keys: member reports and maintenance flags.
+        # One paged range over the cluster's keys: member reports, maintenance
+        # flags, and the writer key and the reader pool at the same revision.
         try:
-            _, kvs = read_all(self._client, self._keys, timeout_s)
+            revision, kvs = read_all(self._client, self._keys, timeout_s)
         except EtcdUnavailableError as exc:
             return Unknown(f"members read: {exc.cause}")
+        by_key = {kv.key: kv for kv in kvs}
+        keys = self._keys
+        writer = _writer_view(
+            by_key.get(keys.writer.encode()), revision, by_key.get(keys.claim.encode())
+        )
         members_prefix = self._keys.members_prefix
         mine = self._keys.maintenance(self._node)
         peers = []
@@ -347,7 +374,10 @@ class EtcdLeaseStore:
                 peer = peer_view(node, value)
                 if peer is not None:
                     peers.append(peer)
-        return MembersReading(tuple(peers), maintenance, tuple(same_name), record)
+        return MembersReading(
+            tuple(peers), maintenance, tuple(same_name), record, writer,
+            pool_reading(keys, self._node, revision, kvs),
+        )  # fmt: skip
 
     def write_failsafe_record(self, record: FailsafeRecord, timeout_s: float) -> Done | Unknown:
         """Put the failsafe record, without a lease (it must outlive one)."""
@@ -418,19 +448,25 @@ class EtcdLeaseStore:
         )
 
     def writer_watcher(self) -> EtcdKeyWatcher:
-        return EtcdKeyWatcher(self._client, self._keys.writer)
+        keys, node = self._keys, self._node
+        return EtcdKeyWatcher(
+            self._client, keys.base + "/", lambda e: writer_event_matters(keys, node, e.key)
+        )
 
 
 class EtcdKeyWatcher:
-    """``KeyWatcher`` over a client watch of one key; a wake-up, never the state."""
+    """``KeyWatcher`` over a client watch of the cluster's keys, waking the
+    loop for the changes ``wants`` says yes to; a wake-up, never the state."""
 
-    def __init__(self, client: EtcdClient, key: str) -> None:
-        self._client, self._key = client, key
+    def __init__(
+        self, client: EtcdClient, prefix: str, wants: Callable[[WatchEvent], bool]
+    ) -> None:
+        self._client, self._prefix, self._wants = client, prefix, wants
         self._watch: Watch | None = None
 
     def start(self, wake: Callable[[], None]) -> None:
         self.stop()
-        self._watch = Watch(self._client, self._key, wake)
+        self._watch = Watch(self._client, self._prefix, wake, prefix=True, wants=self._wants)
         self._watch.start()
 
     def stop(self) -> None:

@@ -1,9 +1,14 @@
 """Watching a key or prefix of etcd through the v3 JSON gateway, as a wake-up.
 
 A watch never carries state to the loop: it only says "look again", after
-every (re)connect and every batch of changes (or only the batches holding a
-change the caller cares about). The loop then reads what it needs itself,
-so nothing that happened while disconnected goes unnoticed.
+a fresh connect and every batch of changes (or only the batches holding a
+change the caller cares about). The loop then reads what it needs itself.
+
+A stream stays open for as long as it works, and a reconnect resumes at the
+revision after the last one seen: etcd replays what happened meanwhile, so
+a reconnect costs one Watch request and no read. Only a fresh start (the
+first connect, or history compacted past the resume point) wakes the loop
+to read everything again.
 """
 
 from __future__ import annotations
@@ -29,6 +34,12 @@ log = logging.getLogger(__name__)
 
 _WATCH_CONNECT_S = 1.0
 _WATCH_BACKOFF_MAX_S = 1.0
+# An idle stream is reconnected after this long: that is how a stream to a
+# member that froze (or was cut off without a reset) is left. Not sooner:
+# each reconnect is a request to etcd, and missing nothing does not depend
+# on it (the resume does), only how soon a frozen member's stream is left;
+# the loop's periodic reads are the backstop meanwhile.
+IDLE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -45,10 +56,12 @@ class WatchEvent:
 class Watch:
     """Watches a key (or prefix) from a daemon thread, as a wake-up only.
 
-    ``on_wake`` is called after every (re)connect, once etcd confirmed the
-    watch, and on every event batch: the caller then re-reads the key, so
-    nothing that happened while disconnected goes unnoticed. A stream idle
-    for ``idle_s`` is reconnected, which also moves off a frozen member.
+    ``on_wake`` is called after a fresh connect, once etcd confirmed the
+    watch, and on every event batch: the caller then re-reads the key. A
+    reconnect resumes at the revision after the last one seen, so nothing
+    that happened while disconnected goes unnoticed without a wake-up. A
+    stream idle for ``idle_s`` is reconnected, which also moves off a frozen
+    member.
     """
 
     def __init__(
@@ -58,7 +71,7 @@ class Watch:
         on_wake: Callable[[], None],
         *,
         prefix: bool = False,
-        idle_s: float = 5.0,
+        idle_s: float = IDLE_S,
         wants: Callable[[WatchEvent], bool] | None = None,
     ) -> None:
         """``wants``: wake for an event batch only if it holds an event this
@@ -74,6 +87,9 @@ class Watch:
         self._stopping = threading.Event()
         self._conn: Connection | None = None
         self._confirmed = False
+        # The last revision this watch has seen everything up to (0: none,
+        # the next connect starts afresh and wakes).
+        self._revision = 0
         self._thread = threading.Thread(target=self._run, name="etcd-watch", daemon=True)
 
     def start(self) -> None:
@@ -129,7 +145,11 @@ class Watch:
     def _follow(self, conn: Connection, token: str | None) -> None:
         """Read the stream's messages (newline-delimited JSON) until it fails."""
         headers = {"Authorization": token} if token else {}
-        body = json.dumps(self._body).encode()
+        resume = self._revision
+        request = dict(self._body["create_request"])
+        if resume:
+            request["start_revision"] = str(resume + 1)
+        body = json.dumps({"create_request": request}).encode()
         conn.send("/v3/watch", body, headers, boot_s() + self._idle_s)
         conn.deadline = boot_s() + self._idle_s
         head = conn.read_head()
@@ -146,11 +166,31 @@ class Watch:
             if error is not None or result.get("canceled"):
                 if _INVALID_TOKEN in reason:
                     self._client.forget_token()
+                if int(result.get("compact_revision", 0)):
+                    self._revision = 0  # compacted past the resume point: start afresh
                 raise _TransientError(f"watch canceled: {self._client.hide(reason, token)}")
-            if result.get("created") or result.get("events"):
+            created, events = bool(result.get("created")), result.get("events", ())
+            if created and resume and _header_revision(result) < resume:
+                # etcd's history went back (restored, or another cluster): a
+                # resume point ahead of it would skip what comes until then.
+                self._revision = 0
+                raise _TransientError("etcd revision went back; watching afresh")
+            if created or events:
                 self._confirmed = True
-                if result.get("created") or self._wanted(result.get("events", ())):
+                fresh = created and not resume
+                self._seen(result, fresh)
+                if fresh or (events and self._wanted(events)):
                     self._wake()
+
+    def _seen(self, result: Json, fresh: bool) -> None:
+        """Remember how far this watch has seen: a fresh watch everything up
+        to the revision it was created at, a batch of events everything up
+        to its last event's (events come in revision order; a batch's header
+        may name a later revision whose events are still to come)."""
+        if fresh:
+            self._revision = max(self._revision, _header_revision(result))
+        for event in result.get("events", ()):
+            self._revision = max(self._revision, int(event.get("kv", {}).get("mod_revision", 0)))
 
     def _wanted(self, events: Sequence[Json]) -> bool:
         if self._wants is None:
@@ -173,3 +213,7 @@ class Watch:
             self._on_wake()
         except Exception:  # the watch must outlive a faulty callback
             log.exception("etcd watch callback failed")
+
+
+def _header_revision(result: Json) -> int:
+    return int(result.get("header", {}).get("revision", 0))

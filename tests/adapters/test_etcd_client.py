@@ -267,7 +267,7 @@ class Wakes:
         return lambda: self.count > count
 
 
-def test_watch_wakes_on_connect_put_delete_and_reconnect(
+def test_watch_wakes_on_connect_put_delete_and_after_a_reconnect(
     etcd_private: EtcdCluster, clients: Callable[..., EtcdClient], key: str
 ) -> None:
     client = clients(etcd_private.endpoints)
@@ -288,10 +288,10 @@ def test_watch_wakes_on_connect_put_delete_and_reconnect(
         etcd_private.stop(0)
         seen = wakes.count
         etcd_private.start(0)
-        eventually(wakes.after(seen), timeout_s=15)  # reconnected
-        seen = wakes.count
+        # Reconnected and resumed where it left off: the reconnect alone is
+        # no news, a change after it is.
         client.put(key, b"y", TIMEOUT_S)
-        eventually(wakes.after(seen))
+        eventually(wakes.after(seen), timeout_s=15)
     finally:
         stopping = time.monotonic()
         watch.stop()
@@ -318,10 +318,10 @@ def test_watch_with_auth_survives_a_token_that_became_invalid(
         seen = wakes.count
         etcd_auth.restart(0)
         assert "invalid auth token" in _raw_range(etcd_auth, old_token)[1]
-        eventually(wakes.after(seen), timeout_s=15)  # reconnected, with a fresh token
-        seen = wakes.count
+        # Reconnected with a fresh token, resumed where it left off: the
+        # change is seen (whether made before or after the reconnect).
         etcd_auth.etcdctl("put", key, "x")
-        eventually(wakes.after(seen))
+        eventually(wakes.after(seen), timeout_s=15)
     finally:
         watch.stop()
     assert not watch.running

@@ -460,6 +460,52 @@ def test_watch_reads_messages_split_across_chunks_and_reads(
     assert not watch.running
 
 
+def test_watch_resumes_after_the_last_revision_seen_and_wakes_only_for_news(
+    servers: Callable[[Callable[[Peer], None]], TinyServer], clients: Callable[..., EtcdClient]
+) -> None:
+    """A reconnect asks for what came after the last revision seen (etcd
+    replays it) and wakes nobody by itself; compaction past that point, or
+    etcd's history going back, starts afresh with a wake-up."""
+    bodies: list[dict[str, object]] = []
+    streams = [
+        # Fresh: created at 5, then an event at 7 (a later header: still 7).
+        [{"header": {"revision": "5"}, "created": True},
+         {"header": {"revision": "9"}, "events": [{"kv": {"key": "L2s=", "mod_revision": "7"}}]}],
+        [{"header": {"revision": "9"}, "created": True}],  # resumed at 8: nothing new
+        [{"header": {"revision": "9"}, "canceled": True, "compact_revision": "9"}],
+        [{"header": {"revision": "12"}, "created": True}],  # afresh: wakes
+        [{"header": {"revision": "3"}, "created": True}],  # resumed at 13, but etcd is at 3
+        [{"header": {"revision": "3"}, "created": True}],  # afresh: wakes
+    ]  # fmt: skip
+
+    def serve(peer: Peer) -> None:
+        request = peer.request()
+        if request is None or not request[0].startswith("POST /v3/watch"):
+            return
+        bodies.append(json.loads(request[2])["create_request"])
+        peer.sock.sendall(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+        for msg in streams[len(bodies) - 1] if len(bodies) <= len(streams) else []:
+            line = json.dumps({"result": msg}).encode() + b"\n"
+            peer.sock.sendall(f"{len(line):x}\r\n".encode() + line + b"\r\n")
+        if len(bodies) < len(streams):
+            peer.sock.sendall(b"0\r\n\r\n")  # the stream ends: the watch reconnects
+        peer.wait_gone()
+
+    server = servers(serve)
+    client = clients([server.url()])
+    wakes: list[int] = []
+    watch = Watch(client, "/k", lambda: wakes.append(len(bodies)), idle_s=10.0)
+    watch.start()
+    try:
+        eventually(lambda: len(bodies) == len(streams) and len(wakes) == 4)
+        time.sleep(0.1)
+    finally:
+        watch.stop()
+    assert [b.get("start_revision") for b in bodies] == [None, "8", "8", None, "13", None]
+    # Created, the event, afresh after compaction, afresh after the history went back.
+    assert wakes == [1, 1, 4, 6]
+
+
 def test_watch_reconnects_a_stream_idle_for_its_idle_timeout(
     servers: Callable[[Callable[[Peer], None]], TinyServer], clients: Callable[..., EtcdClient]
 ) -> None:

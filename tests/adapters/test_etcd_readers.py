@@ -17,8 +17,18 @@ from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
 from dbvip.adapters.etcd_watch import WatchEvent
 from dbvip.identity import Identity
 from dbvip.keys import Garbage, KeyLayout, WriterValue
-from dbvip.model import Role
-from dbvip.ports import Alive, Done, Gone, Granted, MemberReport, Refused, Taken, Unknown
+from dbvip.model import KeyHeld, Role
+from dbvip.ports import (
+    Alive,
+    Done,
+    Gone,
+    Granted,
+    MemberReport,
+    MembersReading,
+    Refused,
+    Taken,
+    Unknown,
+)
 from dbvip.reader_model import PoolMember, PoolReading, ReaderKey
 from integration.lab.etcd import EtcdCluster, free_port
 from integration.lab.eventually import eventually
@@ -227,6 +237,47 @@ def test_read_pool_gives_the_other_members_and_the_writer_holder(
     # The writer key deleted by hand: its claim still names the holder.
     etcd_single.etcdctl("del", n1.leases.keys.writer)
     assert n1.pool().writer_holder == "n3"
+
+
+def test_the_members_read_finds_the_writer_key_and_the_pool_as_their_own_reads_do(
+    etcd_single: EtcdCluster, nodes: NodeFactory
+) -> None:
+    """One request serves the periodic looks at the members, the writer key
+    and the pool: it must see each as its own read does."""
+    n1, n2 = nodes(etcd_single, "n1"), nodes(etcd_single, "n2")
+    for node, role in ((n1, "primary"), (n2, "replica")):
+        report = MemberReport(role, 2, "0/3000000", (), role, "in_pool", 0)
+        assert node.leases.publish_member(report, TIMEOUT_S) == Done()
+    assert isinstance(n1.leases.acquire(10, TIMEOUT_S), Granted)
+    lease = n2.lease()
+    for vip in (R1, "198.51.100.22", "198.51.100.23", "198.51.100.24"):  # 12 keys in all
+        assert isinstance(n2.readers.take_reader(vip, lease, 0, TIMEOUT_S), Taken)
+    for reader in (n1, n2):
+        both = reader.leases.read_members(TIMEOUT_S)
+        assert isinstance(both, MembersReading), both
+        assert both.writer == reader.leases.read_writer(TIMEOUT_S)
+        assert both.pool == reader.pool()
+    assert isinstance(both.writer, KeyHeld) and both.writer.holder == "n1"
+    assert both.pool is not None and len(both.pool.keys) == 4
+
+
+def test_keeping_the_member_lease_alive_writes_nothing(
+    etcd_single: EtcdCluster, nodes: NodeFactory
+) -> None:
+    n1 = nodes(etcd_single, "n1")
+    assert n1.leases.keep_member(TIMEOUT_S) == Gone()  # nothing published yet
+    report = MemberReport("replica", 2, "0/3000000", (), "replica")
+    assert n1.leases.publish_member(report, TIMEOUT_S) == Done()
+    key = n1.leases.keys.member("n1")
+    before = n1.leases.client.range(key, TIMEOUT_S)
+    assert isinstance(n1.leases.keep_member(TIMEOUT_S), Alive)
+    after = n1.leases.client.range(key, TIMEOUT_S)
+    assert after.kvs == before.kvs and after.revision == before.revision  # no write
+    lease_id = before.kvs[0].lease_id
+    n1.leases.client.revoke(lease_id, TIMEOUT_S)  # by hand: the report goes with it
+    assert n1.leases.keep_member(TIMEOUT_S) == Gone()
+    assert n1.leases.publish_member(report, TIMEOUT_S) == Done()  # under a new lease
+    assert n1.leases.client.range(key, TIMEOUT_S).kvs[0].lease_id != lease_id
 
 
 def test_every_call_is_unknown_in_time_when_etcd_hangs(

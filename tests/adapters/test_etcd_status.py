@@ -48,7 +48,7 @@ def test_seventy_one_megabyte_member_values_do_not_break_status_or_the_loop(
     real = {"role": "replica", "timeline": 2, "vip": [], "reason": "replica"}
     for node in ("n1", "n2", "n3"):
         client.put(keys.member(node), json.dumps(real), 30)
-    assert MEMBERS > 8 * PAGE_KEYS  # several pages, and more than one reply cap's worth
+    assert MEMBERS > 4 * PAGE_KEYS  # several pages, and more than one reply cap's worth
     store = EtcdLeaseStore(etcd_private.endpoints, "big", "n1", VIP, WallClock())
     try:
         status = store.read_cluster(60)

@@ -89,10 +89,10 @@ def test_a_moving_lsn_is_not_published_at_every_look() -> None:
     real_publish = store.publish_member
     lock = threading.Lock()
 
-    def counting(report, timeout_s):  # type: ignore[no-untyped-def]
+    def counting(report, timeout_s, lease_id=None):  # type: ignore[no-untyped-def]
         with lock:
             published.append(report.reason)
-        return real_publish(report, timeout_s)
+        return real_publish(report, timeout_s, lease_id)
 
     store.publish_member = counting  # type: ignore[method-assign]
     publisher = MemberPublisher(store, "vip", period_s=60.0, timeout_s=1.0)
