@@ -189,15 +189,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_ylabel("writes acknowledged / s", fontsize=8)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    quick = ", --quick" if results["options"].get("quick") else ""
-    fig.suptitle(
-        f"Writes through an etcd outage: {results['date']}, commit "
-        f"{results['commit']['sha'][:12]}, {results['machine']['cores']} cores{quick}",
-        fontsize=9,
-    )
-    fig.tight_layout(rect=(0, 0, 1, 0.97))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    report.finish_figure(fig, path, "Writes through an etcd outage", results, top=0.97)
 
 
 def write(results: dict[str, Any], out_dir: Path, with_plot: bool = True) -> list[Path]:

@@ -29,11 +29,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from integration.bench import outage_report
+from integration.bench import outage_report, report
 from integration.bench.client import WRITER_INTERVAL_S
 from integration.bench.outage_lab import Plan, run_system
 from integration.bench.outage_systems import KEYS, system
-from integration.bench.runner import REPO, _first_line, commit_info, machine_info, versions
+from integration.bench.runner import (
+    REPO,
+    _first_line,
+    commit_info,
+    machine_info,
+    unwind_on_sigterm,
+    versions,
+)
 from integration.lab import cleanup
 from integration.lab.patroni import PATRONI
 from integration.lab.postgres import make_template
@@ -107,13 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         after_s=QUICK_AFTER_S if args.quick else AFTER_S,
         seed=args.seed,
     )
-    main_pid = os.getpid()
-
-    def interrupt(*_: object) -> None:
-        if os.getpid() == main_pid:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    unwind_on_sigterm()
     if args.worker is not None:
         return _work(args, plan)
     return _lead(args, plan)
@@ -172,17 +173,8 @@ def _lead(args: argparse.Namespace, plan: Plan) -> int:
         },
         "systems": entries,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "results.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    say(f"wrote {path}")
-    for written in outage_report.write(results, args.out, with_plot=not args.no_plot):
-        say(f"wrote {written}")
-    if args.readme is not None:
-        png = None if args.no_plot else os.path.relpath(
-            args.out / "results.png", args.readme.resolve().parent)  # fmt: skip
-        outage_report.update_readme(args.readme, results, png)
-        say(f"updated {args.readme}")
+    report.publish(results, args.out, args.readme, not args.no_plot, say,
+                   outage_report.write, outage_report.update_readme)  # fmt: skip
     print(outage_report.availability_table(results))
     return 1 if any(e["error"] for e in entries) else 0
 

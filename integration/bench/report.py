@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -336,14 +337,20 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("ms", fontsize=8)
         ax.grid(axis="x", which="both", alpha=0.3)
         ax.invert_yaxis()
+    finish_figure(fig, path, "Failover handoff", results, top=0.98)
+
+
+def finish_figure(fig: Any, path: Path, title: str, results: dict[str, Any], top: float) -> None:
+    """Title ``fig`` with the run's date, commit and machine; save it to ``path``; close it."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     commit = results["commit"]["sha"][:12]
     quick = ", --quick" if results["options"].get("quick") else ""
     fig.suptitle(
-        f"Failover handoff: {results['date']}, commit {commit}, "
-        f"{results['machine']['cores']} cores{quick}",
+        f"{title}: {results['date']}, commit {commit}, {results['machine']['cores']} cores{quick}",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -381,6 +388,32 @@ def replace_block(readme: Path, tag: str, body: str) -> None:
 def update_readme(readme: Path, results: dict[str, Any], plot_path: str | None) -> None:
     """Replace the README's benchmark block with the tables of ``results``."""
     replace_block(readme, "bench", markdown(results, plot_path))
+
+
+Results = dict[str, Any]
+
+
+def publish(
+    results: Results,
+    out: Path,
+    readme: Path | None,
+    with_plot: bool,
+    say: Callable[[str], None],
+    write_files: Callable[[Results, Path, bool], list[Path]] = write,
+    update: Callable[[Path, Results, str | None], None] = update_readme,
+) -> None:
+    """results.json, the part's report files (``write_files``) in ``out`` and,
+    given ``readme``, its block there (``update``, the plot linked relatively)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    say(f"wrote {path}")
+    for written in write_files(results, out, with_plot):
+        say(f"wrote {written}")
+    if readme is not None:
+        png = os.path.relpath(out / "results.png", readme.resolve().parent) if with_plot else None
+        update(readme, results, png)
+        say(f"updated {readme}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -320,6 +321,18 @@ def commit_info() -> dict[str, Any]:
         "subject": git("log", "-1", "--format=%s"),
         "dirty": bool(dirty),
     }
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds through the finally blocks like Ctrl-C (labs are removed),
+    in this process only: pyroute2 forks helpers that inherit the handler."""
+    main_pid = os.getpid()
+
+    def interrupt(*_: object) -> None:
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def leftover_labs() -> list[str]:
