@@ -8,14 +8,15 @@ instant its acknowledgement reached the client (``Attempt.ended_s``).
 
 Two figures per phase, both from acknowledgements only:
 
-* *available*: the share of the phase's 1-second slots (the last one
-  possibly shorter, weighted by its length) in which at least one write was
-  acknowledged. The ordinary client writes every 20 ms when it can, so a slot
-  without an acknowledgement is a second in which the application could not
-  write; a slot is coarse on purpose: a write slowed by a busy machine does
-  not count as unavailability;
+* *available*: the share of the phase that lies outside every stretch of
+  more than ``DOWN_AFTER_S`` (1 s) without an acknowledgement. The ordinary
+  client writes every 20 ms when it can, so a second without one is a second
+  in which the application could not write; shorter stretches (a write slowed
+  by a busy machine) do not count as unavailability;
 * *longest gap*: the longest stretch without an acknowledgement, the phase's
   edges included (a phase with none at all is one gap, its whole length).
+
+Per-second counts of acknowledgements (``slots``) are kept for the plot.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from integration.bench.measure import Reign, misdirected
 from integration.lab.monitor import Interval, RoleEvent
 from integration.lab.writer import Attempt
 
-SLOT_S = 1.0
+SLOT_S = 1.0  # the plot's resolution
+DOWN_AFTER_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -92,14 +94,14 @@ def slots(instants: Sequence[float], phase: Phase, slot_s: float = SLOT_S) -> li
     return counts
 
 
-def available(instants: Sequence[float], phase: Phase, slot_s: float = SLOT_S) -> float | None:
-    """The share of ``phase`` in slots with at least one acknowledgement (None: empty phase)."""
-    counts = slots(instants, phase, slot_s)
-    if not counts:
+def available(
+    instants: Sequence[float], phase: Phase, down_after_s: float = DOWN_AFTER_S
+) -> float | None:
+    """The share of ``phase`` outside gaps longer than ``down_after_s`` (None: empty phase)."""
+    if phase.length_s <= 0:
         return None
-    last_s = phase.length_s - slot_s * (len(counts) - 1)
-    up_s = sum(slot_s for c in counts[:-1] if c) + (last_s if counts[-1] else 0.0)
-    return up_s / phase.length_s
+    down_s = sum(g.length_s for g in gaps(instants, phase) if g.length_s > down_after_s)
+    return 1.0 - down_s / phase.length_s
 
 
 def gaps(instants: Sequence[float], phase: Phase) -> list[Gap]:

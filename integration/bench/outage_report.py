@@ -42,8 +42,8 @@ def rows(results: dict[str, Any]) -> list[tuple[dict[str, Any], dict[str, Any] |
 def availability_table(results: dict[str, Any]) -> str:
     repeated = results["options"].get("repetitions", 1) > 1
     lines = [
-        f"Writes through an etcd outage ({CLIENT}). *Available*: the share of 1-second "
-        "slots with at least one acknowledged write.",
+        f"Writes through an etcd outage ({CLIENT}). *Available*: the share of the time "
+        "outside stretches of more than 1 s without an acknowledged write.",
         "",
         "| System | Outage | Available during | Before | After | Whole window "
         "| Longest gap during (s) | Writes acked during | Double-holder intervals "
@@ -124,8 +124,9 @@ a random pause up to the system's longest timer period), then stops etcd
 connections), starts it again after the outage's length and measures
 {after_s:g} s more. *During*: from the stop to the instant etcd answered its
 health check again (the restart adds about a second). *Available*: the share
-of the phase's 1-second slots in which the client got at least one write
-acknowledged. *Longest gap*: the longest stretch without an acknowledgement,
+of the phase outside every stretch of more than 1 s in which the client got no
+write acknowledged (shorter ones, a write slowed by a busy machine, do not
+count). *Longest gap*: the longest stretch without an acknowledgement,
 the phase's edges included. *Double-holder intervals*: the invariant monitor
 (addresses sampled every {period_ms:g} ms) saw the VIP on two nodes at once.
 *Writes by a non-primary*: acknowledged by a node the monitor's role polls

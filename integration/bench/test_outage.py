@@ -62,12 +62,12 @@ def test_writes_all_along_are_available_throughout() -> None:
     assert gap is not None and gap.length_s == pytest.approx(0.02, abs=1e-6)
 
 
-def test_a_stop_midway_counts_the_slots_without_a_write() -> None:
-    """Writes until 103.5, none after: slots 100..103 have some, 104..109 none."""
+def test_a_stop_midway_is_unavailable_from_the_last_write() -> None:
+    """Writes until 103.5, none after: down from the last one (103.48) to the end."""
     phase = Phase("during", 100.0, 110.0)
     instants = acks(every(99.0, 103.5))
     assert slots(instants, phase)[:5] == [50, 50, 50, 25, 0]
-    assert available(instants, phase) == pytest.approx(0.4)
+    assert available(instants, phase) == pytest.approx(0.348, abs=1e-6)
     gap = longest_gap(instants, phase)
     assert gap is not None
     assert gap.end_s == 110.0  # the phase's edge ends the gap
@@ -81,12 +81,14 @@ def test_no_write_at_all_is_one_gap_the_whole_phase() -> None:
     assert [(g.start_s, g.end_s) for g in gaps(instants, phase)] == [(0.0, 30.0)]
 
 
-def test_a_short_last_slot_weighs_by_its_length() -> None:
-    """2.5 s: slots of 1, 1 and 0.5 s; a write in the last only: 0.5 / 2.5."""
+def test_only_gaps_over_a_second_count_as_unavailable() -> None:
+    """A write every 0.9 s is available throughout; one at 2.2 s of 2.5 is
+    down for the 2.2 s before it, up for the 0.3 s after."""
+    assert available([0.9 * i for i in range(1, 12)], Phase("p", 0.0, 10.0)) == 1.0
     phase = Phase("p", 0.0, 2.5)
     assert slots([2.2], phase) == [0, 0, 1]
-    assert available([2.2], phase) == pytest.approx(0.2)
-    assert available([0.5], phase) == pytest.approx(0.4)
+    assert available([2.2], phase) == pytest.approx(0.12)
+    assert available([1.1, 1.9], phase) == pytest.approx(1 - 1.1 / 2.5)
 
 
 def test_an_empty_phase_has_no_figures() -> None:
@@ -150,15 +152,14 @@ def test_summary_of_an_outage_that_stops_writes_for_a_while() -> None:
     ]
     result: dict[str, Any] = summary(outage, attempts, doubles, [Reign("n1", 0.0)])
     during = result["phases"]["during"]
-    assert during["available"] == pytest.approx(0.4)
+    assert during["available"] == pytest.approx(1 - 12.02 / 20, abs=1e-4)
     assert during["longest_gap_s"] == pytest.approx(12.02, abs=0.01)
     assert during["longest_gap_from_s"] == pytest.approx(7.98, abs=0.01)
     assert during["attempts"] == 400 + 2
     assert result["phases"]["before"]["available"] == 1.0
     assert result["phases"]["after"]["available"] == pytest.approx(0.8)
-    assert result["phases"]["window"]["available"] == pytest.approx(
-        26 / 40
-    )  # slots 90..107 and 122..129
+    # down from the last write (107.98) to the next (122.0), 14.02 s of 40
+    assert result["phases"]["window"]["available"] == pytest.approx(1 - 14.02 / 40, abs=1e-4)
     assert [g["from_s"] for g in result["gaps_over_1s"]] == [pytest.approx(7.98, abs=0.01)]
     assert result["double_holders"] == [
         {"from_s": 21.0, "length_s": pytest.approx(0.2), "hosts": ["n1", "n2"]}
@@ -186,7 +187,7 @@ def test_every_system_is_stated_and_the_database_side_is_the_same_without_patron
 
 def _results() -> dict[str, Any]:
     outage = Outage(stop_s=100.0, back_s=120.0, before_s=10.0, after_s=10.0)
-    attempts = [*every(90.0, 108.0), *every(122.0, 130.0)]
+    attempts = [*every(90.0, 108.0), *every(121.5, 130.0)]
     one = summary(outage, attempts, [], [Reign("n1", 0.0)])
     entry = {
         "key": "dbvip/failsafe-off",
@@ -234,8 +235,9 @@ def test_the_report_names_the_client_and_states_every_figure_and_setting() -> No
     assert "ordinary client: one connection attempt at a time" in text
     row = next(line for line in text.splitlines() if line.startswith("| dbvip/failsafe-off"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    # during 40%, before 100%, after 80%, window 65%, longest gap 12.0 s, 400 acked
-    assert cells[:8] == ["dbvip/failsafe-off", "20 s", "40.0%", "100.0%", "80.0%", "65.0%",
+    # down from 107.98 to 121.5: during 1 - 12.02 / 20, after 1 - 1.5 / 10, window
+    # 1 - 13.52 / 40; longest gap 12.0 s; 400 acknowledged during
+    assert cells[:8] == ["dbvip/failsafe-off", "20 s", "39.9%", "100.0%", "85.0%", "66.2%",
                          "12.0", "400"]  # fmt: skip
     assert "| dbvip/patroni-failsafe | failed: RuntimeError: boom |" in text
     assert "`DBVIP_FAILSAFE=on`" in text and "`failsafe_mode: true`" in text
