@@ -179,7 +179,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
             if not mine:
                 continue
             outage = mine[0]  # the first repetition
-            counts = outage["window_slots"]
+            counts = outage["window_slots"][:-1]  # the last second is cut short by the window
             xs = [k - before_s for k in range(len(counts))]
             ax.step(xs, counts, where="post", label=entry["key"], color=f"C{i}", lw=1)
             back_s = outage["phases"]["during"]["length_s"]
