@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# The failover benchmark: dbvip, vip-manager and keepalived side by side in the
-# lab (README, "Failover benchmark"). Installs what it needs (scripts/setup.sh,
-# the Debian packages vip-manager and keepalived, matplotlib in .venv), runs
-# every scenario 20 times per system and setting, writes
+# The benchmark: --part failover (the default) or --part outage (writes through
+# an etcd outage, README "Benchmark, second round"). Installs what it needs
+# (scripts/setup.sh, the Debian packages vip-manager and keepalived, matplotlib
+# in .venv). The failover part: dbvip, vip-manager and keepalived side by side
+# in the lab (README, "Failover benchmark"), every scenario 20 times per system
+# and setting; it writes
 # integration/bench/results/{results.json,results.md,results.png} and refreshes
 # the README's table. Arguments go to `python -m integration.bench`; with
 # --quick (2 repetitions, to try the harness) the README is left alone.

@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +25,7 @@ from pathlib import Path
 
 from integration.bench import report
 from integration.bench.client import WRITER_TIMEOUT_S
-from integration.bench.runner import REPO, Bench, Options, leftover_labs
+from integration.bench.runner import REPO, Bench, Options, leftover_labs, unwind_on_sigterm
 from integration.bench.setups import SCENARIOS, SETTINGS, SYSTEMS, setup
 
 START_S = time.monotonic()
@@ -95,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # part -> module whose ``main(argv) -> int`` runs it; ``failover`` is this module.
-PARTS: dict[str, str] = {"failover": __name__}
+PARTS: dict[str, str] = {"failover": __name__, "outage": "integration.bench.outage_run"}
 
 
 def _picker() -> argparse.ArgumentParser:
@@ -140,35 +138,14 @@ def _failover(argv: Sequence[str]) -> int:
         seed=args.seed,
         quick=args.quick,
     )
-    # SIGTERM unwinds through the finally blocks like Ctrl-C (labs are removed),
-    # in this process only: pyroute2 forks helpers that inherit the handler.
-    main_pid = os.getpid()
-
-    def interrupt(*_: object) -> None:
-        if os.getpid() == main_pid:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    unwind_on_sigterm()
     runs = len(options.setups) * len(options.scenarios) * options.repetitions
     say(
         f"{len(options.setups)} setups x {len(options.scenarios)} scenarios x "
         f"{options.repetitions} repetitions = {runs} runs; results in {args.out}"
     )
     results = Bench(options, say).run()
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "results.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    say(f"wrote {path}")
-    for written in report.write(results, args.out, with_plot=not args.no_plot):
-        say(f"wrote {written}")
-    if args.readme is not None:
-        png = (
-            None
-            if args.no_plot
-            else os.path.relpath(args.out / "results.png", args.readme.resolve().parent)
-        )
-        report.update_readme(args.readme, results, png)
-        say(f"updated {args.readme}")
+    report.publish(results, args.out, args.readme, not args.no_plot, say)
     print(report.latency_table(results))
     print(report.safety_table(results))
     return 0

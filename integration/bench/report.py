@@ -12,8 +12,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,16 +210,19 @@ def settings_list(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def provenance(results: dict[str, Any]) -> str:
+def provenance(results: dict[str, Any], runs: str | None = None) -> str:
+    """Date, commit, machine, load and versions; ``runs``: what was run (the
+    failover part's repetitions per scenario by default)."""
     commit = results["commit"]
     machine = results["machine"]
     options = results["options"]
     dirty = " with uncommitted changes" if commit["dirty"] else ""
     quick = " (**--quick**: indicative only)" if options["quick"] else ""
     versions = ", ".join(f"{k} {v}" for k, v in results["versions"].items())
+    runs = runs or f"{options['repetitions']} repetitions per scenario"
     return (
         f"Run on {results['date']} at commit `{commit['sha'][:12]}`{dirty} "
-        f"({commit['subject']}); {options['repetitions']} repetitions per scenario{quick}, "
+        f"({commit['subject']}); {runs}{quick}, "
         f"{results['duration_s'] / 60:.1f} minutes in all. Machine: {machine['cores']} cores "
         f"({machine['cpu']}), {machine['memory_gib']} GiB, {machine['os']}, kernel "
         f"{machine['kernel']}; load average before {_load(machine['load_before'])}, after "
@@ -333,41 +337,83 @@ def plot(results: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("ms", fontsize=8)
         ax.grid(axis="x", which="both", alpha=0.3)
         ax.invert_yaxis()
+    finish_figure(fig, path, "Failover handoff", results, top=0.98)
+
+
+def finish_figure(fig: Any, path: Path, title: str, results: dict[str, Any], top: float) -> None:
+    """Title ``fig`` with the run's date, commit and machine; save it to ``path``; close it."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
     commit = results["commit"]["sha"][:12]
     quick = ", --quick" if results["options"].get("quick") else ""
     fig.suptitle(
-        f"Failover handoff: {results['date']}, commit {commit}, "
-        f"{results['machine']['cores']} cores{quick}",
+        f"{title}: {results['date']}, commit {commit}, {results['machine']['cores']} cores{quick}",
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0, 1, 0.98))
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write(results: dict[str, Any], out_dir: Path, with_plot: bool = True) -> list[Path]:
-    """results.md (and results.png) next to results.json in ``out_dir``."""
+def write(
+    results: dict[str, Any],
+    out_dir: Path,
+    with_plot: bool = True,
+    make_markdown: Callable[[dict[str, Any], str | None], str] | None = None,
+    make_plot: Callable[[dict[str, Any], Path], None] | None = None,
+) -> list[Path]:
+    """results.md (and results.png) next to results.json in ``out_dir``; a
+    part other than failover passes its own ``make_markdown`` and ``make_plot``."""
     written = []
     if with_plot:
         png = out_dir / "results.png"
-        plot(results, png)
+        (make_plot or plot)(results, png)
         written.append(png)
     md = out_dir / "results.md"
-    md.write_text(markdown(results, "results.png" if with_plot else None))
+    md.write_text((make_markdown or markdown)(results, "results.png" if with_plot else None))
     written.append(md)
     return written
 
 
-_BLOCK = re.compile(r"(<!-- generated: bench -->\n).*?(<!-- end: bench -->)", re.DOTALL)
+def replace_block(readme: Path, tag: str, body: str) -> None:
+    """Replace what is between ``<!-- generated: TAG -->`` and ``<!-- end: TAG -->``."""
+    start, end = f"<!-- generated: {tag} -->", f"<!-- end: {tag} -->"
+    block = re.compile(f"({re.escape(start)}\n).*?({re.escape(end)})", re.DOTALL)
+    text = readme.read_text()
+    if not block.search(text):
+        raise ValueError(f"{readme}: no {start} ... {end} block")
+    readme.write_text(block.sub(lambda m: m.group(1) + body + m.group(2), text))
 
 
 def update_readme(readme: Path, results: dict[str, Any], plot_path: str | None) -> None:
     """Replace the README's benchmark block with the tables of ``results``."""
-    text = readme.read_text()
-    if not _BLOCK.search(text):
-        raise ValueError(f"{readme}: no <!-- generated: bench --> ... <!-- end: bench --> block")
-    body = markdown(results, plot_path)
-    readme.write_text(_BLOCK.sub(lambda m: m.group(1) + body + m.group(2), text))
+    replace_block(readme, "bench", markdown(results, plot_path))
+
+
+Results = dict[str, Any]
+
+
+def publish(
+    results: Results,
+    out: Path,
+    readme: Path | None,
+    with_plot: bool,
+    say: Callable[[str], None],
+    write_files: Callable[[Results, Path, bool], list[Path]] = write,
+    update: Callable[[Path, Results, str | None], None] = update_readme,
+) -> None:
+    """results.json, the part's report files (``write_files``) in ``out`` and,
+    given ``readme``, its block there (``update``, the plot linked relatively)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    say(f"wrote {path}")
+    for written in write_files(results, out, with_plot):
+        say(f"wrote {written}")
+    if readme is not None:
+        png = os.path.relpath(out / "results.png", readme.resolve().parent) if with_plot else None
+        update(readme, results, png)
+        say(f"updated {readme}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import datetime
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -173,24 +174,7 @@ class Bench:
         return rig.measure(self.options.client_timeout_s, seed, setup.phase_s)
 
     def rig_up(self, name: str, setup: Setup) -> Rig:
-        spec = LabSpec(
-            name,
-            sidecars=False,
-            sidecar_settings=setup.params if setup.system == "dbvip" else (),
-            etcd_args=("--enable-v2=true",) if setup.system == "vip-manager" else (),
-            pg_template=str(self.template),
-        )
-        began_s = time.monotonic()
-        lab = Lab.create(spec)
-        try:
-            sidecars = sidecars_for(lab, setup)
-            sidecars.start("n1")
-            wait_for("the VIP on n1", lambda: lab.holders() == {"n1"}, 60, interval_s=0.05)
-        except BaseException:
-            lab.close()
-            raise
-        self.say(f"  lab up, n1 holds the VIP ({time.monotonic() - began_s:.1f} s)")
-        return Rig(lab, sidecars)
+        return start_rig(name, setup, self.template, self.say)
 
     def print_logs(self, lab: Lab, what: str) -> None:
         """A failed repetition's logs, printed: the lab and its files go next."""
@@ -221,6 +205,32 @@ class Bench:
                 f"RSS {fp.rss_mib_max:.1f} MiB, CPU {fp.cpu_s_per_hour:.1f} s/h "
                 f"({fp.core_percent:.2f}% of a core), {fp.processes} process(es)"
             )
+
+
+def start_rig(
+    name: str, setup: Setup, template: Path | None, say: Say, patroni: bool = False
+) -> Rig:
+    """A lab named ``name`` with ``setup``'s sidecars started, once n1 holds
+    the VIP (with ``patroni``, Patroni runs the databases: it bootstraps n1)."""
+    spec = LabSpec(
+        name,
+        sidecars=False,
+        sidecar_settings=setup.params if setup.system == "dbvip" else (),
+        etcd_args=("--enable-v2=true",) if setup.system == "vip-manager" else (),
+        pg_template=None if template is None else str(template),
+        patroni=patroni,
+    )
+    began_s = time.monotonic()
+    lab = Lab.create(spec)
+    try:
+        sidecars = sidecars_for(lab, setup)
+        sidecars.start("n1")
+        wait_for("the VIP on n1", lambda: lab.holders() == {"n1"}, 60, interval_s=0.05)
+    except BaseException:
+        lab.close()
+        raise
+    say(f"  lab up, n1 holds the VIP ({time.monotonic() - began_s:.1f} s)")
+    return Rig(lab, sidecars)
 
 
 def describe(sample: Sample) -> str:
@@ -311,6 +321,18 @@ def commit_info() -> dict[str, Any]:
         "subject": git("log", "-1", "--format=%s"),
         "dirty": bool(dirty),
     }
+
+
+def unwind_on_sigterm() -> None:
+    """SIGTERM unwinds through the finally blocks like Ctrl-C (labs are removed),
+    in this process only: pyroute2 forks helpers that inherit the handler."""
+    main_pid = os.getpid()
+
+    def interrupt(*_: object) -> None:
+        if os.getpid() == main_pid:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def leftover_labs() -> list[str]:

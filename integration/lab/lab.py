@@ -699,15 +699,22 @@ class Lab:
         client.start()
         return client
 
-    def monitor(self, stable_after_s: float | None = None) -> InvariantMonitor:
-        """The invariant monitor over every database host (not started)."""
+    def monitor(
+        self,
+        stable_after_s: float | None = None,
+        period_s: float = 0.003,
+        role_period_s: float = 0.01,
+    ) -> InvariantMonitor:
+        """The invariant monitor over every database host (not started):
+        addresses sampled every ``period_s``, roles polled every ``role_period_s``."""
         if stable_after_s is None:
             settings = dict(self.spec.sidecar_settings)
             stable_after_s = float(settings.get("DBVIP_PROBE_INTERVAL_S", "0.2")) + 1.0
         sources = {n: self._role_source(n) for n in self.spec.nodes}
         hosts = [Host(n, self.netns(n)) for n in self.spec.nodes]
         return InvariantMonitor(hosts, self.vip, sources, stable_after_s=stable_after_s,
-                                readers=[v.ip for v in self.reader_vips])  # fmt: skip
+                                readers=[v.ip for v in self.reader_vips], period_s=period_s,
+                                role_period_s=role_period_s)  # fmt: skip
 
     def _role_source(self, node: str) -> RoleSource:
         return RoleSource(self.servers[node].conninfo())
