@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # part -> module whose ``main(argv) -> int`` runs it; ``failover`` is this module.
-PARTS: dict[str, str] = {"failover": __name__}
+PARTS: dict[str, str] = {"failover": __name__, "readers": "integration.bench.readers"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

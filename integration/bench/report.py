@@ -358,16 +358,21 @@ def write(results: dict[str, Any], out_dir: Path, with_plot: bool = True) -> lis
     return written
 
 
-_BLOCK = re.compile(r"(<!-- generated: bench -->\n).*?(<!-- end: bench -->)", re.DOTALL)
+def replace_block(readme: Path, name: str, body: str) -> None:
+    """Replace what sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``."""
+    block = re.compile(
+        rf"(<!-- generated: {re.escape(name)} -->\n).*?(<!-- end: {re.escape(name)} -->)",
+        re.DOTALL,
+    )
+    text = readme.read_text()
+    if not block.search(text):
+        raise ValueError(f"{readme}: no <!-- generated: {name} --> ... <!-- end: {name} --> block")
+    readme.write_text(block.sub(lambda m: m.group(1) + body + m.group(2), text))
 
 
 def update_readme(readme: Path, results: dict[str, Any], plot_path: str | None) -> None:
     """Replace the README's benchmark block with the tables of ``results``."""
-    text = readme.read_text()
-    if not _BLOCK.search(text):
-        raise ValueError(f"{readme}: no <!-- generated: bench --> ... <!-- end: bench --> block")
-    body = markdown(results, plot_path)
-    readme.write_text(_BLOCK.sub(lambda m: m.group(1) + body + m.group(2), text))
+    replace_block(readme, "bench", markdown(results, plot_path))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -252,7 +252,7 @@ def describe(sample: Sample) -> str:
 # -- facts about the run --------------------------------------------------------------
 
 
-def _first_line(argv: Sequence[str]) -> str:
+def first_line(argv: Sequence[str]) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except OSError as exc:
@@ -264,10 +264,10 @@ def _first_line(argv: Sequence[str]) -> str:
 def versions() -> dict[str, str]:
     return {
         "python": sys.version.split()[0],
-        "postgresql": _first_line([str(PG_BIN / "postgres"), "--version"]),
-        "etcd": _first_line([ETCD, "--version"]),
-        "vip-manager": _first_line([VIP_MANAGER, "--version"]),
-        "keepalived": _first_line([KEEPALIVED, "--version"]),
+        "postgresql": first_line([str(PG_BIN / "postgres"), "--version"]),
+        "etcd": first_line([ETCD, "--version"]),
+        "vip-manager": first_line([VIP_MANAGER, "--version"]),
+        "keepalived": first_line([KEEPALIVED, "--version"]),
     }
 
 
@@ -298,7 +298,7 @@ def machine_info() -> dict[str, Any]:
 
 def commit_info() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return _first_line(["git", "-C", str(REPO), *args])
+        return first_line(["git", "-C", str(REPO), *args])
 
     dirty = subprocess.run(
         ["git", "-C", str(REPO), "status", "--porcelain"],
