@@ -74,8 +74,8 @@ def checks_table(results: dict[str, Any]) -> str:
     early = [f for f in results["faults"] if not f["all_out"]]
     notes = [
         f"Faults undone (or ended) before every system had the replica out: {len(early)} "
-        f"of {len(results['faults'])} (crash: Patroni restarts the database by itself; "
-        f"switchover: the candidate is a primary once patronictl returns).",
+        f"of {len(results['faults'])} (switchover: counted when patronictl returned, "
+        "before the load balancers had seen the promotion; else: the most a fault is held).",
         f"Repetitions the harness could not finish: {len(results['errors'])}"
         + "".join(f"; {e['scenario']} {e['rep']}: {e['error']}" for e in results["errors"]),
         f"Lag poller's longest gap between two rounds: {results['poller_longest_gap_s']:.2f} s.",
@@ -110,14 +110,16 @@ up to 3 s; a repetition's window runs from the fault until the cluster is
 healthy and balanced again (Patroni: every member running and every replica
 streaming; every replica within 1 MiB; the reader VIPs 2/2 on the replicas;
 every load balancer with exactly the expected servers up), and only then comes
-the next fault. *Crash*: `pg_ctl stop -m immediate` on the replica; Patroni
-starts it again. *Isolated*: the replica's switch port down until every system
-has it out (plus 1 s, at most 45 s), then up. *Lag*: Patroni paused (`patronictl
-pause`, else it resumes a paused replay in its next loop), `pg_wal_replay_pause()`
-on the replica while the primary writes 1 MiB of WAL every 100 ms
-(`pg_logical_emit_message`), until every system has it out (plus 1 s), then
-replay resumed and Patroni resumed; *lag passed* is the poller's first sample
-past 16 MiB. *Switchover*: `patronictl switchover --candidate` the replica."""
+the next fault. A fault is held until every system has the replica out (plus
+1 s, at most 45 s), then undone. *Crash*: Patroni paused (`patronictl pause`:
+else it starts the database again within its 1 s loop, before any check
+notices), `pg_ctl stop -m immediate` on the replica; undone by resuming Patroni,
+which starts it again. *Isolated*: the replica's switch port down, then up.
+*Lag*: Patroni paused (else it resumes a paused replay in its next loop),
+`pg_wal_replay_pause()` on the replica while the primary writes 1 MiB of WAL
+every 100 ms (`pg_logical_emit_message`); undone by `pg_wal_replay_resume()` and
+resuming Patroni; *lag passed* is the poller's first sample past 16 MiB.
+*Switchover*: `patronictl switchover --candidate` the replica."""
 
 
 def markdown(results: dict[str, Any], plot_name: str | None = "results.png") -> str:

@@ -11,11 +11,12 @@ three at once; before the next one everything is healthy and balanced again.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -196,40 +197,55 @@ class ReadersRig:
             raise RuntimeError(f"patronictl {' '.join(args)}: {done.stderr.strip()[-500:]}")
         return done.stdout
 
+    @contextlib.contextmanager
+    def patroni_paused(self) -> Iterator[None]:
+        """Patroni in maintenance mode for a block: it neither starts a stopped
+        database again nor resumes a paused replay (it does both in every loop
+        otherwise, so the fault would last about a second)."""
+        self.patronictl("pause", "--wait")
+        try:
+            yield
+        finally:
+            self.patronictl("resume", "--wait")
+
+    def held(self, node: str, fault_s: float) -> tuple[float, bool]:
+        all_out = self.hold(node, fault_s)
+        return time.monotonic() - fault_s, all_out
+
     def run(self, scenario: str, rep: int, node: str, primary: str) -> Fault:
         time.sleep(self.random.uniform(0.0, PHASE_S))
         server = self.lab.servers[node]
         passed_s = None
         if scenario == "crash":
-            # Patroni starts it again by itself (loop_wait 1 s), as in production.
-            fault_s = self.lab.crash_db(node)
-            held_s, all_out = 0.0, self.out(node)
+            with self.patroni_paused():
+                fault_s = self.lab.crash_db(node)
+                held_s, all_out = self.held(node, fault_s)
+            # Patroni, resumed, starts it again (as a replica).
         elif scenario == "isolate":
             fault_s = time.monotonic()
             self.lab.isolate(node)
-            all_out = self.hold(node, fault_s)
-            held_s = time.monotonic() - fault_s
-            self.lab.heal(node)
-        elif scenario == "lag":
-            # Patroni resumes a paused replay in every loop unless it is paused itself.
-            self.patronictl("pause", "--wait")
-            server.sql("SELECT pg_wal_replay_pause()")
-            writer = WalWriter(self.lab.servers[primary].conninfo())
-            fault_s = time.monotonic()
-            writer.start()
             try:
-                all_out = self.hold(node, fault_s)
-                held_s = time.monotonic() - fault_s
+                held_s, all_out = self.held(node, fault_s)
             finally:
-                server.sql("SELECT pg_wal_replay_resume()")
-                writer.stop()
-                self.patronictl("resume", "--wait")
+                self.lab.heal(node)
+        elif scenario == "lag":
+            with self.patroni_paused():
+                server.sql("SELECT pg_wal_replay_pause()")
+                writer = WalWriter(self.lab.servers[primary].conninfo())
+                fault_s = time.monotonic()
+                writer.start()
+                try:
+                    held_s, all_out = self.held(node, fault_s)
+                finally:
+                    server.sql("SELECT pg_wal_replay_resume()")
+                    writer.stop()
             if self.poller is not None:
                 history = rm.LagHistory(self.poller.samples)
                 passed_s = history.passed(node, LAG_BYTES, fault_s, time.monotonic())
         elif scenario == "switchover":
             fault_s = time.monotonic()
             self.patronictl("switchover", "--leader", primary, "--candidate", node, "--force")
+            # Returns once the candidate is the leader; the load balancers may not know yet.
             held_s, all_out = time.monotonic() - fault_s, self.out(node)
         else:
             raise ValueError(f"unknown scenario {scenario!r}")
