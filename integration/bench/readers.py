@@ -13,25 +13,24 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
-from integration.bench import readers_report, report
+from integration.bench import cli, readers_report, report
+from integration.bench.cli import START_S, say
 from integration.bench.readers_lb import SYSTEMS
 from integration.bench.readers_run import CLIENT_INTERVAL_S, SCENARIOS, run_all
-from integration.bench.runner import REPO, commit_info, first_line, leftover_labs, machine_info
+from integration.bench.runner import REPO, first_line, machine_info, run_facts
 from integration.lab.etcd import ETCD
 from integration.lab.haproxy import HAPROXY
 from integration.lab.patroni import PATRONI
 from integration.lab.postgres import PG_BIN
 
-START_S = time.monotonic()
 QUICK_REPETITIONS = 2
 # Measured with --quick on this 2-core machine (shared with other test runs):
 # about 83 s per repetition of the four scenarios (the slowest checks take ~9 s
@@ -40,20 +39,6 @@ QUICK_REPETITIONS = 2
 # 30-minute budget on a busy machine; 18 take about 25.
 FULL_REPETITIONS = 18
 BLOCK = "bench-readers"
-
-
-def say(text: str) -> None:
-    elapsed_s = time.monotonic() - START_S
-    print(f"[{int(elapsed_s // 60):02d}:{elapsed_s % 60:04.1f}] {text}", flush=True)
-
-
-def _scenarios(text: str) -> tuple[str, ...]:
-    chosen = tuple(p.strip() for p in text.split(",") if p.strip())
-    if not chosen or any(c not in SCENARIOS for c in chosen):
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: a comma-separated list of {', '.join(SCENARIOS)}"
-        )
-    return chosen
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -71,7 +56,9 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help=f"{QUICK_REPETITIONS} repetitions, to try the harness; never the README",
     )
-    p.add_argument("--scenarios", type=_scenarios, default=SCENARIOS, help=", ".join(SCENARIOS))
+    p.add_argument(
+        "--scenarios", type=cli.choices(SCENARIOS), default=SCENARIOS, help=", ".join(SCENARIOS)
+    )
     p.add_argument(
         "--out",
         type=Path,
@@ -95,26 +82,19 @@ def versions() -> dict[str, str]:
     }
 
 
+def refresh(readme: Path, results: dict[str, Any], png: str | None) -> None:
+    report.replace_block(readme, BLOCK, readers_report.markdown(results, png))
+
+
 def main(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
-    if os.geteuid() != 0:
-        print("integration.bench: run as root (it creates network namespaces)", file=sys.stderr)
-        return 1
-    if args.repetitions < 1:
-        print("integration.bench: --repetitions must be at least 1", file=sys.stderr)
-        return 2
+    refused = cli.preflight(args, say)
+    if refused is not None:
+        return refused
     if args.quick and args.readme is not None:
-        print("integration.bench: --quick never touches the README", file=sys.stderr)
+        say("--quick never touches the README: --readme ignored")
         args.readme = None
-    for name in leftover_labs():
-        say(f"note: lab {name} is left from an earlier run: scripts/dbvip-lab down --name {name}")
-    main_pid = os.getpid()
-
-    def interrupt(*_: object) -> None:  # SIGTERM unwinds like Ctrl-C (the lab is removed)
-        if os.getpid() == main_pid:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
+    cli.unwind_on_sigterm()
     repetitions = QUICK_REPETITIONS if args.quick else args.repetitions
     say(
         f"readers: {len(SYSTEMS)} load balancers side by side, {len(args.scenarios)} scenarios "
@@ -127,11 +107,7 @@ def main(argv: Sequence[str]) -> int:
     )
     results = {
         "part": "readers",
-        "date": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - START_S, 1),
-        "commit": commit_info(),
-        "machine": machine,
-        "load_after": os.getloadavg(),
+        **run_facts(started, time.monotonic() - START_S, machine),
         "versions": versions(),
         "options": {
             "repetitions": repetitions,
@@ -143,19 +119,7 @@ def main(argv: Sequence[str]) -> int:
         "systems": [asdict(s) for s in SYSTEMS],
         **measured,
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / "results.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    say(f"wrote {path}")
-    for written in readers_report.write(results, args.out, with_plot=not args.no_plot):
-        say(f"wrote {written}")
-    if args.readme is not None:
-        png = (
-            None
-            if args.no_plot
-            else os.path.relpath(args.out / "results.png", args.readme.resolve().parent)
-        )
-        report.replace_block(args.readme, BLOCK, readers_report.markdown(results, png))
-        say(f"updated {args.readme}")
+    cli.publish(results, args.out, readers_report.write, args.readme, refresh, not args.no_plot,
+                say)  # fmt: skip
     print(readers_report.main_table(results))
     return 0

@@ -8,7 +8,7 @@ from typing import Any
 
 from integration.bench.measure import percentile
 from integration.bench.readers_lb import SYSTEMS
-from integration.bench.report import provenance
+from integration.bench.report import provenance, write_files
 
 SCENARIO_TITLES = {
     "crash": "replica's database crashes",
@@ -176,12 +176,4 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 
 def write(results: dict[str, Any], out_dir: Path, with_plot: bool = True) -> list[Path]:
-    written = []
-    if with_plot:
-        png = out_dir / "results.png"
-        plot(results, png)
-        written.append(png)
-    md = out_dir / "results.md"
-    md.write_text(markdown(results, "results.png" if with_plot else None))
-    written.append(md)
-    return written
+    return write_files(results, out_dir, with_plot, plot, markdown)

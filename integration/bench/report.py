@@ -13,7 +13,7 @@ import argparse
 import json
 import math
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -347,6 +347,17 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def write(results: dict[str, Any], out_dir: Path, with_plot: bool = True) -> list[Path]:
     """results.md (and results.png) next to results.json in ``out_dir``."""
+    return write_files(results, out_dir, with_plot, plot, markdown)
+
+
+def write_files(
+    results: dict[str, Any],
+    out_dir: Path,
+    with_plot: bool,
+    plot: Callable[[dict[str, Any], Path], None],
+    markdown: Callable[[dict[str, Any], str | None], str],
+) -> list[Path]:
+    """A part's results.md (from ``markdown``) and results.png (from ``plot``)."""
     written = []
     if with_plot:
         png = out_dir / "results.png"

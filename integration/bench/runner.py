@@ -102,11 +102,7 @@ class Bench:
         finally:
             shutil.rmtree(base, ignore_errors=True)
         return {
-            "date": started.isoformat(timespec="seconds"),
-            "duration_s": round(time.monotonic() - started_s, 1),
-            "commit": commit_info(),
-            "machine": machine,
-            "load_after": os.getloadavg(),
+            **run_facts(started, time.monotonic() - started_s, machine),
             "versions": versions(),
             "options": {
                 "repetitions": self.options.repetitions,
@@ -268,6 +264,20 @@ def versions() -> dict[str, str]:
         "etcd": first_line([ETCD, "--version"]),
         "vip-manager": first_line([VIP_MANAGER, "--version"]),
         "keepalived": first_line([KEEPALIVED, "--version"]),
+    }
+
+
+def run_facts(
+    started: datetime.datetime, duration_s: float, machine: dict[str, Any]
+) -> dict[str, Any]:
+    """When, how long, at which commit, on which machine (``machine_info`` taken
+    before the run), and the load it left."""
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 1),
+        "commit": commit_info(),
+        "machine": machine,
+        "load_after": os.getloadavg(),
     }
 
 
