@@ -4,8 +4,9 @@
 # the Debian packages vip-manager and keepalived, matplotlib in .venv), runs
 # every scenario 20 times per system and setting, writes
 # integration/bench/results/{results.json,results.md,results.png} and refreshes
-# the README's table. Arguments go to `python -m integration.bench`; with
-# --quick (2 repetitions, to try the harness) the README is left alone.
+# the README's table. Arguments go to `python -m integration.bench` (`--part
+# readers`: the reader benchmark, results under integration/bench/results/readers);
+# with --quick (2 repetitions, to try the harness) the README is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
