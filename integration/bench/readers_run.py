@@ -269,17 +269,17 @@ class ReadersRig:
         self.lab.close()
 
 
-def interference(rig: ReadersRig, say: Say) -> dict[str, Any]:
+def interference(rig: ReadersRig, say: Say, window_s: float = INTERFERENCE_S) -> dict[str, Any]:
     """The dbvip pool's client alone, then with the two others: reads per second
     and read latency, so the report can say whether the clients slow each other."""
     rig.start_client(DBVIP)
     alone_from = time.monotonic()
-    time.sleep(INTERFERENCE_S)
+    time.sleep(window_s)
     together_from = time.monotonic()
     for system in SYSTEMS:
         if system is not DBVIP:
             rig.start_client(system)
-    time.sleep(INTERFERENCE_S)
+    time.sleep(window_s)
     until = time.monotonic()
     reads = rig.clients[DBVIP.key].reads()
     found = {}
@@ -297,7 +297,8 @@ def interference(rig: ReadersRig, say: Say) -> dict[str, Any]:
 
 
 def run_all(name: str, scenarios: tuple[str, ...], repetitions: int, seed: int,
-            say: Say, logs: Path | None = None) -> dict[str, Any]:  # fmt: skip
+            say: Say, logs: Path | None = None,
+            interference_s: float = INTERFERENCE_S) -> dict[str, Any]:  # fmt: skip
     """Every repetition of every scenario; the records and the numbers."""
     rig = ReadersRig(name, say, seed, logs)
     faults: list[Fault] = []
@@ -305,7 +306,7 @@ def run_all(name: str, scenarios: tuple[str, ...], repetitions: int, seed: int,
     try:
         say("  lab up; waiting until healthy and balanced")
         rig.settle()
-        inter = interference(rig, say)
+        inter = interference(rig, say, interference_s)
         turn = 0
         for rep in range(1, repetitions + 1):
             for scenario in scenarios:
