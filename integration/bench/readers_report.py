@@ -83,7 +83,9 @@ def checks_table(results: dict[str, Any]) -> str:
     inter = results.get("interference", {})
     if inter:
         parts = [f"{label}: {v['reads_per_s']} reads/s, read {v['read_ms_median']} ms median, "
-                 f"{v['read_ms_p95']} ms p95" for label, v in inter.items()]  # fmt: skip
+                 f"{v['read_ms_p95']} ms p95, machine CPU "
+                 f"{v.get('machine_cpu_busy_percent', '?')}% busy"
+                 for label, v in inter.items()]  # fmt: skip
         notes.append("Client interference (dbvip-pool's client) " + "; ".join(parts) + ".")
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes)
 

@@ -269,28 +269,39 @@ class ReadersRig:
         self.lab.close()
 
 
+def cpu_busy() -> tuple[int, int]:
+    """The machine's busy and total CPU time so far (jiffies, /proc/stat)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
 def interference(rig: ReadersRig, say: Say, window_s: float = INTERFERENCE_S) -> dict[str, Any]:
-    """The dbvip pool's client alone, then with the two others: reads per second
-    and read latency, so the report can say whether the clients slow each other."""
+    """The dbvip pool's client alone, then with the two others: reads per second,
+    read latency and the machine's CPU use, so the report can say whether the
+    clients slow each other."""
     rig.start_client(DBVIP)
-    alone_from = time.monotonic()
+    alone = (time.monotonic(), cpu_busy())
     time.sleep(window_s)
-    together_from = time.monotonic()
+    together = (time.monotonic(), cpu_busy())
     for system in SYSTEMS:
         if system is not DBVIP:
             rig.start_client(system)
     time.sleep(window_s)
-    until = time.monotonic()
+    until = (time.monotonic(), cpu_busy())
     reads = rig.clients[DBVIP.key].reads()
     found = {}
-    for label, start, end in (("alone", alone_from, together_from),
-                              ("with the other two", together_from, until)):  # fmt: skip
+    windows = (("alone", alone, together), ("with the other two", together, until))
+    for label, (start, busy0), (end, busy1) in windows:
         mine = [r for r in rm.within(reads, start + 1.0, end) if r.ok]
         latencies = sorted((r.ended_s - r.started_s) * 1000.0 for r in mine)
         found[label] = {
             "reads_per_s": round(len(mine) / (end - start - 1.0), 1),
             "read_ms_median": round(latencies[len(latencies) // 2], 1) if latencies else None,
             "read_ms_p95": round(latencies[int(len(latencies) * 0.95)], 1) if latencies else None,
+            "machine_cpu_busy_percent": round(
+                100.0 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 1
+            ),
         }
         say(f"  dbvip-pool client {label}: {found[label]}")
     return found
