@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The benchmark: --part failover (the default) or --part outage (writes through
-# an etcd outage, README "Benchmark, second round"). Installs what it needs
-# (scripts/setup.sh, the Debian packages vip-manager and keepalived, matplotlib
-# in .venv). The failover part: dbvip, vip-manager and keepalived side by side
-# in the lab (README, "Failover benchmark"), every scenario 20 times per system
-# and setting; it writes
-# integration/bench/results/{results.json,results.md,results.png} and refreshes
-# the README's table. Arguments go to `python -m integration.bench`; with
-# --quick (2 repetitions, to try the harness) the README is left alone.
+# The benchmark, one part at a time (README "Failover benchmark" and
+# "Benchmark, second round"): --part failover (the default: writer hand-offs,
+# dbvip, vip-manager and keepalived side by side, results under
+# integration/bench/results/), --part outage (writes through an etcd outage,
+# results/outage) or --part readers (dbvip's reader pool vs HAProxy with
+# Patroni's checks, results/readers). Installs what it needs (scripts/setup.sh,
+# the Debian packages vip-manager and keepalived, matplotlib in .venv).
+# Arguments go to `python -m integration.bench`; a full run refreshes the
+# part's README block, --quick (to try the harness) leaves the README alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

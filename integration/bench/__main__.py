@@ -17,38 +17,18 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from integration.bench import report
+from integration.bench import cli, report
+from integration.bench.cli import say
 from integration.bench.client import WRITER_TIMEOUT_S
-from integration.bench.runner import REPO, Bench, Options, leftover_labs, unwind_on_sigterm
+from integration.bench.runner import REPO, Bench, Options
 from integration.bench.setups import SCENARIOS, SETTINGS, SYSTEMS, setup
 
-START_S = time.monotonic()
 QUICK_REPETITIONS = 2
 QUICK_FOOTPRINT_S = 10.0
-
-
-def say(text: str) -> None:
-    elapsed_s = time.monotonic() - START_S
-    print(f"[{int(elapsed_s // 60):02d}:{elapsed_s % 60:04.1f}] {text}", flush=True)
-
-
-def _choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        chosen = tuple(part.strip() for part in text.split(",") if part.strip())
-        unknown = [c for c in chosen if c not in allowed]
-        if unknown or not chosen:
-            raise argparse.ArgumentTypeError(
-                f"{text!r}: a comma-separated list of {', '.join(allowed)}"
-            )
-        return chosen
-
-    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -64,12 +44,12 @@ def _parser() -> argparse.ArgumentParser:
         help=f"{QUICK_REPETITIONS} repetitions and a {QUICK_FOOTPRINT_S:g} s "
         "footprint window: to try the harness, not to publish",
     )
-    p.add_argument("--systems", type=_choices(SYSTEMS), default=SYSTEMS, help=", ".join(SYSTEMS))
+    p.add_argument("--systems", type=cli.choices(SYSTEMS), default=SYSTEMS, help=", ".join(SYSTEMS))
     p.add_argument(
-        "--settings", type=_choices(SETTINGS), default=SETTINGS, help=", ".join(SETTINGS)
+        "--settings", type=cli.choices(SETTINGS), default=SETTINGS, help=", ".join(SETTINGS)
     )
     p.add_argument(
-        "--scenarios", type=_choices(SCENARIOS), default=SCENARIOS, help=", ".join(SCENARIOS)
+        "--scenarios", type=cli.choices(SCENARIOS), default=SCENARIOS, help=", ".join(SCENARIOS)
     )
     p.add_argument(
         "--out",
@@ -93,7 +73,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 # part -> module whose ``main(argv) -> int`` runs it; ``failover`` is this module.
-PARTS: dict[str, str] = {"failover": __name__, "outage": "integration.bench.outage_run"}
+PARTS: dict[str, str] = {
+    "failover": __name__,
+    "outage": "integration.bench.outage_run",
+    "readers": "integration.bench.readers",
+}
 
 
 def _picker() -> argparse.ArgumentParser:
@@ -121,14 +105,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _failover(argv: Sequence[str]) -> int:
     args = _parser().parse_args(argv)
-    if os.geteuid() != 0:
-        print("integration.bench: run as root (it creates network namespaces)", file=sys.stderr)
-        return 1
-    if args.repetitions < 1:
-        print("integration.bench: --repetitions must be at least 1", file=sys.stderr)
-        return 2
-    for name in leftover_labs():
-        say(f"note: lab {name} is left from an earlier run: scripts/dbvip-lab down --name {name}")
+    refused = cli.preflight(args, say)
+    if refused is not None:
+        return refused
     options = Options(
         setups=tuple(setup(system, s) for system in args.systems for s in args.settings),
         scenarios=args.scenarios,
@@ -138,14 +117,15 @@ def _failover(argv: Sequence[str]) -> int:
         seed=args.seed,
         quick=args.quick,
     )
-    unwind_on_sigterm()
+    cli.unwind_on_sigterm()
     runs = len(options.setups) * len(options.scenarios) * options.repetitions
     say(
         f"{len(options.setups)} setups x {len(options.scenarios)} scenarios x "
         f"{options.repetitions} repetitions = {runs} runs; results in {args.out}"
     )
     results = Bench(options, say).run()
-    report.publish(results, args.out, args.readme, not args.no_plot, say)
+    cli.publish(results, args.out, report.write, args.readme, report.update_readme,
+                not args.no_plot, say)  # fmt: skip
     print(report.latency_table(results))
     print(report.safety_table(results))
     return 0

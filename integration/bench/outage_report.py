@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from integration.bench import report
-from integration.bench.report import provenance, replace_block
+from integration.bench.report import provenance, replace_block, write_files
 
 CLIENT = (
     "ordinary client: one connection attempt at a time, a new connection per write "
@@ -195,7 +195,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
 
 def write(results: dict[str, Any], out_dir: Path, with_plot: bool = True) -> list[Path]:
     """results.md (and results.png) next to results.json in ``out_dir``."""
-    return report.write(results, out_dir, with_plot, make_markdown=markdown, make_plot=plot)
+    return write_files(results, out_dir, with_plot, plot, markdown)
 
 
 def update_readme(readme: Path, results: dict[str, Any], plot_path: str | None) -> None:

@@ -29,33 +29,27 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from integration.bench import outage_report, report
+from integration.bench import cli, outage_report
+from integration.bench.cli import say
 from integration.bench.client import WRITER_INTERVAL_S
 from integration.bench.outage_lab import Plan, run_system
 from integration.bench.outage_systems import KEYS, system
 from integration.bench.runner import (
     REPO,
-    _first_line,
     commit_info,
+    first_line,
     machine_info,
-    unwind_on_sigterm,
     versions,
 )
 from integration.lab import cleanup
 from integration.lab.patroni import PATRONI
 from integration.lab.postgres import make_template
 
-START_S = time.monotonic()
 OUTAGES_S = (300.0, 30.0)
 QUICK_OUTAGES_S = (20.0, 5.0)
 BEFORE_S, QUICK_BEFORE_S = 10.0, 5.0
 AFTER_S, QUICK_AFTER_S = 30.0, 10.0
 LAB_PREFIX = "o"
-
-
-def say(text: str) -> None:
-    elapsed_s = time.monotonic() - START_S
-    print(f"[{int(elapsed_s // 60):02d}:{elapsed_s % 60:04.1f}] {text}", flush=True)
 
 
 def _keys(text: str) -> tuple[str, ...]:
@@ -114,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         after_s=QUICK_AFTER_S if args.quick else AFTER_S,
         seed=args.seed,
     )
-    unwind_on_sigterm()
+    cli.unwind_on_sigterm()
     if args.worker is not None:
         return _work(args, plan)
     return _lead(args, plan)
@@ -153,11 +147,11 @@ def _lead(args: argparse.Namespace, plan: Plan) -> int:
     results = {
         "part": "outage",
         "date": started.isoformat(timespec="seconds"),
-        "duration_s": round(time.monotonic() - START_S, 1),
+        "duration_s": round(time.monotonic() - cli.START_S, 1),
         "commit": commit_info(),
         "machine": machine,
         "load_after": os.getloadavg(),
-        "versions": versions() | {"patroni": _first_line([str(PATRONI), "--version"])},
+        "versions": versions() | {"patroni": first_line([str(PATRONI), "--version"])},
         "options": {
             "quick": args.quick,
             "outages_s": list(plan.outages_s),
@@ -173,8 +167,8 @@ def _lead(args: argparse.Namespace, plan: Plan) -> int:
         },
         "systems": entries,
     }
-    report.publish(results, args.out, args.readme, not args.no_plot, say,
-                   outage_report.write, outage_report.update_readme)  # fmt: skip
+    cli.publish(results, args.out, outage_report.write, args.readme,
+                outage_report.update_readme, not args.no_plot, say)  # fmt: skip
     print(outage_report.availability_table(results))
     return 1 if any(e["error"] for e in entries) else 0
 

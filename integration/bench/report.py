@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -355,65 +354,45 @@ def finish_figure(fig: Any, path: Path, title: str, results: dict[str, Any], top
     plt.close(fig)
 
 
-def write(
+def write(results: dict[str, Any], out_dir: Path, with_plot: bool = True) -> list[Path]:
+    """results.md (and results.png) next to results.json in ``out_dir``."""
+    return write_files(results, out_dir, with_plot, plot, markdown)
+
+
+def write_files(
     results: dict[str, Any],
     out_dir: Path,
-    with_plot: bool = True,
-    make_markdown: Callable[[dict[str, Any], str | None], str] | None = None,
-    make_plot: Callable[[dict[str, Any], Path], None] | None = None,
+    with_plot: bool,
+    plot: Callable[[dict[str, Any], Path], None],
+    markdown: Callable[[dict[str, Any], str | None], str],
 ) -> list[Path]:
-    """results.md (and results.png) next to results.json in ``out_dir``; a
-    part other than failover passes its own ``make_markdown`` and ``make_plot``."""
+    """A part's results.md (from ``markdown``) and results.png (from ``plot``)."""
     written = []
     if with_plot:
         png = out_dir / "results.png"
-        (make_plot or plot)(results, png)
+        plot(results, png)
         written.append(png)
     md = out_dir / "results.md"
-    md.write_text((make_markdown or markdown)(results, "results.png" if with_plot else None))
+    md.write_text(markdown(results, "results.png" if with_plot else None))
     written.append(md)
     return written
 
 
-def replace_block(readme: Path, tag: str, body: str) -> None:
-    """Replace what is between ``<!-- generated: TAG -->`` and ``<!-- end: TAG -->``."""
-    start, end = f"<!-- generated: {tag} -->", f"<!-- end: {tag} -->"
-    block = re.compile(f"({re.escape(start)}\n).*?({re.escape(end)})", re.DOTALL)
+def replace_block(readme: Path, name: str, body: str) -> None:
+    """Replace what sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``."""
+    block = re.compile(
+        rf"(<!-- generated: {re.escape(name)} -->\n).*?(<!-- end: {re.escape(name)} -->)",
+        re.DOTALL,
+    )
     text = readme.read_text()
     if not block.search(text):
-        raise ValueError(f"{readme}: no {start} ... {end} block")
+        raise ValueError(f"{readme}: no <!-- generated: {name} --> ... <!-- end: {name} --> block")
     readme.write_text(block.sub(lambda m: m.group(1) + body + m.group(2), text))
 
 
 def update_readme(readme: Path, results: dict[str, Any], plot_path: str | None) -> None:
     """Replace the README's benchmark block with the tables of ``results``."""
     replace_block(readme, "bench", markdown(results, plot_path))
-
-
-Results = dict[str, Any]
-
-
-def publish(
-    results: Results,
-    out: Path,
-    readme: Path | None,
-    with_plot: bool,
-    say: Callable[[str], None],
-    write_files: Callable[[Results, Path, bool], list[Path]] = write,
-    update: Callable[[Path, Results, str | None], None] = update_readme,
-) -> None:
-    """results.json, the part's report files (``write_files``) in ``out`` and,
-    given ``readme``, its block there (``update``, the plot linked relatively)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "results.json"
-    path.write_text(json.dumps(results, indent=1) + "\n")
-    say(f"wrote {path}")
-    for written in write_files(results, out, with_plot):
-        say(f"wrote {written}")
-    if readme is not None:
-        png = os.path.relpath(out / "results.png", readme.resolve().parent) if with_plot else None
-        update(readme, results, png)
-        say(f"updated {readme}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,6 @@ import datetime
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -103,11 +102,7 @@ class Bench:
         finally:
             shutil.rmtree(base, ignore_errors=True)
         return {
-            "date": started.isoformat(timespec="seconds"),
-            "duration_s": round(time.monotonic() - started_s, 1),
-            "commit": commit_info(),
-            "machine": machine,
-            "load_after": os.getloadavg(),
+            **run_facts(started, time.monotonic() - started_s, machine),
             "versions": versions(),
             "options": {
                 "repetitions": self.options.repetitions,
@@ -262,7 +257,7 @@ def describe(sample: Sample) -> str:
 # -- facts about the run --------------------------------------------------------------
 
 
-def _first_line(argv: Sequence[str]) -> str:
+def first_line(argv: Sequence[str]) -> str:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
     except OSError as exc:
@@ -274,10 +269,24 @@ def _first_line(argv: Sequence[str]) -> str:
 def versions() -> dict[str, str]:
     return {
         "python": sys.version.split()[0],
-        "postgresql": _first_line([str(PG_BIN / "postgres"), "--version"]),
-        "etcd": _first_line([ETCD, "--version"]),
-        "vip-manager": _first_line([VIP_MANAGER, "--version"]),
-        "keepalived": _first_line([KEEPALIVED, "--version"]),
+        "postgresql": first_line([str(PG_BIN / "postgres"), "--version"]),
+        "etcd": first_line([ETCD, "--version"]),
+        "vip-manager": first_line([VIP_MANAGER, "--version"]),
+        "keepalived": first_line([KEEPALIVED, "--version"]),
+    }
+
+
+def run_facts(
+    started: datetime.datetime, duration_s: float, machine: dict[str, Any]
+) -> dict[str, Any]:
+    """When, how long, at which commit, on which machine (``machine_info`` taken
+    before the run), and the load it left."""
+    return {
+        "date": started.isoformat(timespec="seconds"),
+        "duration_s": round(duration_s, 1),
+        "commit": commit_info(),
+        "machine": machine,
+        "load_after": os.getloadavg(),
     }
 
 
@@ -308,7 +317,7 @@ def machine_info() -> dict[str, Any]:
 
 def commit_info() -> dict[str, Any]:
     def git(*args: str) -> str:
-        return _first_line(["git", "-C", str(REPO), *args])
+        return first_line(["git", "-C", str(REPO), *args])
 
     dirty = subprocess.run(
         ["git", "-C", str(REPO), "status", "--porcelain"],
@@ -321,18 +330,6 @@ def commit_info() -> dict[str, Any]:
         "subject": git("log", "-1", "--format=%s"),
         "dirty": bool(dirty),
     }
-
-
-def unwind_on_sigterm() -> None:
-    """SIGTERM unwinds through the finally blocks like Ctrl-C (labs are removed),
-    in this process only: pyroute2 forks helpers that inherit the handler."""
-    main_pid = os.getpid()
-
-    def interrupt(*_: object) -> None:
-        if os.getpid() == main_pid:
-            raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
 
 
 def leftover_labs() -> list[str]:

@@ -21,7 +21,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from integration.lab.eventually import eventually
@@ -39,7 +39,7 @@ _STOP_WAIT_S = 10.0
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def _address(ip: IPAddress, port: int) -> str:
+def address(ip: IPAddress, port: int) -> str:
     # HAProxy reads the last colon as the port's: an explicit family prefix
     # keeps an IPv6 address unambiguous.
     return f"{ip}:{port}" if ip.version == 4 else f"ipv6@{ip}:{port}"
@@ -50,15 +50,10 @@ def server_name(ip: IPAddress) -> str:
     return "r-" + ip.compressed.replace(".", "-").replace(":", "-")
 
 
-def render_config(
-    readers: Sequence[IPAddress],
-    writer: IPAddress | None,
-    listen: Sequence[IPAddress],
-    stats_socket: Path,
-) -> str:
-    """The lab's haproxy.cfg (examples/haproxy/haproxy.cfg is the commented one);
-    with no reader VIPs, the readers backend has no server (reads are refused)."""
-    lines = [
+def preamble(stats_socket: Path) -> list[str]:
+    """The global and defaults sections every lab HAProxy shares (the benchmark's
+    too, so that load balancers compared side by side differ only in their backends)."""
+    return [
         "# Written by the dbvip lab (integration/lab/haproxy.py).",
         "global",
         # Server state changes (notice) go to the log; one line per connection would not.
@@ -75,21 +70,34 @@ def render_config(
         # A connection refused by a server not yet marked down goes to another one.
         "    retries 2",
         "    option redispatch",
+    ]
+
+
+def render_config(
+    readers: Sequence[IPAddress],
+    writer: IPAddress | None,
+    listen: Sequence[IPAddress],
+    stats_socket: Path,
+) -> str:
+    """The lab's haproxy.cfg (examples/haproxy/haproxy.cfg is the commented one);
+    with no reader VIPs, the readers backend has no server (reads are refused)."""
+    lines = [
+        *preamble(stats_socket),
         "frontend readers",
-        *(f"    bind {_address(ip, READ_PORT)}" for ip in listen),
+        *(f"    bind {address(ip, READ_PORT)}" for ip in listen),
         "    default_backend readers",
         "backend readers",
         "    balance roundrobin",
         f"    default-server {CHECK}",
-        *(f"    server {server_name(ip)} {_address(ip, BACKEND_PORT)}" for ip in readers),
+        *(f"    server {server_name(ip)} {address(ip, BACKEND_PORT)}" for ip in readers),
     ]
     if writer is not None:
         lines += [
             "frontend writer",
-            *(f"    bind {_address(ip, WRITE_PORT)}" for ip in listen),
+            *(f"    bind {address(ip, WRITE_PORT)}" for ip in listen),
             "    default_backend writer",
             "backend writer",
-            f"    server writer {_address(writer, BACKEND_PORT)} {CHECK}",
+            f"    server writer {address(writer, BACKEND_PORT)} {CHECK}",
         ]
     return "\n".join(lines) + "\n"
 
@@ -104,14 +112,24 @@ class HAProxy:
         readers: Sequence[IPAddress],
         writer: IPAddress | None,
         listen: Sequence[IPAddress],
+        *,
+        name: str = "haproxy",
+        render: Callable[[Path], str] | None = None,
     ) -> None:
+        """``name`` names its files (more than one HAProxy may share a host);
+        ``render``: its configuration from its stats socket's path, instead of
+        ``render_config``'s (the benchmark's Patroni-checked backends)."""
         self.netns = netns
         self.readers = tuple(readers)
         self.listen = tuple(listen)
-        self.config_path = workdir / "haproxy.cfg"
-        self.socket_path = workdir / "haproxy.sock"
-        self.log_path = workdir / "logs" / "haproxy.log"
-        self.config = render_config(self.readers, writer, self.listen, self.socket_path)
+        self.config_path = workdir / f"{name}.cfg"
+        self.socket_path = workdir / f"{name}.sock"
+        self.log_path = workdir / "logs" / f"{name}.log"
+        self.config = (
+            render_config(self.readers, writer, self.listen, self.socket_path)
+            if render is None
+            else render(self.socket_path)
+        )
         self._proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -643,10 +643,13 @@ class Lab:
         return ["--host", str(LB_V4.ip), "--port", str(port), "--user", SUPERUSER,
                 "--dbname", "postgres", "--password-file", str(self.password_file)]  # fmt: skip
 
-    def start_reader(self, mode: str = "per-read", interval_s: float = 0.02) -> ClientReader:
+    def start_reader(
+        self, mode: str = "per-read", interval_s: float = 0.02, port: int = READ_PORT
+    ) -> ClientReader:
         """A client on the client host reading through HAProxy: ``per-read`` (a new
-        connection per read) or ``long-lived`` (one connection, reconnecting on error)."""
-        reader = ClientReader(self.netns("client"), self._read_target(READ_PORT),
+        connection per read) or ``long-lived`` (one connection, reconnecting on error);
+        ``port``: another frontend on host ``lb`` (the benchmark's)."""
+        reader = ClientReader(self.netns("client"), self._read_target(port),
                               self.dir / "logs" / f"reader-{mode}-{time.monotonic_ns()}.jsonl",
                               mode, interval_s=interval_s)  # fmt: skip
         self.readers.append(reader)
