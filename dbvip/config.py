@@ -185,8 +185,8 @@ SETTINGS: tuple[Setting, ...] = (
         "reader_rejoin_s",
         _seconds(False, 86400),
         "10",
-        "a replica that left the pool for lag (or for not streaming) comes back only after "
-        "staying fine this long",
+        "a replica that left the pool for lag (or whose stream broke again this soon after "
+        "coming back) comes back only after staying fine this long",
     ),
     Setting(
         "reader_fallback_to_primary",

@@ -94,6 +94,9 @@ class Judgement:
     lag_bytes: int | None
     lag_high_s: float | None
     lag_low_since_s: float | None
+    # When the replica's stream last broke (the start of its latest
+    # not_streaming spell): a second break soon after is damped like lag.
+    stream_broke_s: float | None = None
 
 
 def judge(
@@ -105,12 +108,24 @@ def judge(
 
     Lag is measured against the primary's current WAL position as published
     in its member report (at most a renew interval old). A replica that left
-    for lag (or for not streaming while a primary is known) comes back only
-    after staying fine for ``rejoin_s``: a replica oscillating around the
-    limit does not make VIPs flap.
+    for lag comes back only after staying fine for ``rejoin_s``: a replica
+    oscillating around the limit does not make VIPs flap.
+
+    A replica whose stream breaks leaves at once (its data may have stopped
+    or, after a failover, diverged) but comes back as soon as it streams
+    again within the limit: every replica's stream breaks once when the
+    primary changes, and a switchover must not cost each of them
+    ``rejoin_s``. A break less than ``rejoin_s`` after coming back from an
+    earlier one is damped like lag, so a replica whose stream keeps
+    breaking does not make VIPs flap.
     """
     now = obs.now_s
-    keep = (previous.lag_bytes, previous.lag_high_s, previous.lag_low_since_s)
+    keep = (
+        previous.lag_bytes,
+        previous.lag_high_s,
+        previous.lag_low_since_s,
+        previous.stream_broke_s,
+    )
 
     def out(why: str) -> Judgement:
         return Judgement(False, why, *keep)
@@ -141,13 +156,18 @@ def judge(
     primary = next((m for m in members if m.role is Role.PRIMARY and m.node == holder), None)
     head, mine = lsn_bytes(primary.lsn if primary else None), lsn_bytes(obs.lsn)
     lag = None if head is None or mine is None else max(0, head - mine)
-    fine = (lag is None or lag <= settings.max_lag_bytes) and not (
-        primary is not None and obs.streaming is False
-    )
-    if not fine:
-        why = "not_streaming" if obs.streaming is False else "lagging"
-        return Judgement(False, why, lag, now, None)
+    broke = previous.stream_broke_s
+    if lag is not None and lag > settings.max_lag_bytes:
+        return Judgement(False, "lagging", lag, now, None, broke)
+    if primary is not None and obs.streaming is False:
+        if previous.why == "not_streaming":
+            return Judgement(False, "not_streaming", lag, previous.lag_high_s, None, broke)
+        # Damped if it broke before and came back less than rejoin_s ago.
+        back_s = previous.lag_low_since_s
+        again = broke is not None and back_s is not None and now - back_s < settings.rejoin_s
+        high_s = now if again else previous.lag_high_s
+        return Judgement(False, "not_streaming", lag, high_s, None, now)
     low_since = previous.lag_low_since_s if previous.lag_low_since_s is not None else now
     if previous.lag_high_s is not None and now - low_since < settings.rejoin_s:
-        return Judgement(False, "rejoining", lag, previous.lag_high_s, low_since)
-    return Judgement(True, "in_pool", lag, None, low_since)
+        return Judgement(False, "rejoining", lag, previous.lag_high_s, low_since, broke)
+    return Judgement(True, "in_pool", lag, None, low_since, broke)

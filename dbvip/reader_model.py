@@ -179,6 +179,7 @@ class ReaderState:
     lag_bytes: int | None = None
     lag_high_s: float | None = None  # when the lag last went over the limit
     lag_low_since_s: float | None = None  # below the limit continuously since
+    stream_broke_s: float | None = None  # its stream's latest break began
     # Leases this node revoked or found gone: keys read under them are stale
     # (the reading is older than the revoke), not left-overs to give back.
     ended_leases: frozenset[int] = frozenset()

@@ -66,6 +66,7 @@ def decide_readers(
         lag_bytes=j.lag_bytes,
         lag_high_s=j.lag_high_s,
         lag_low_since_s=j.lag_low_since_s,
+        stream_broke_s=j.stream_broke_s,
     )
     maybe = [
         v
@@ -244,7 +245,12 @@ def decide_readers(
 
 def _judgement(state: ReaderState) -> Judgement:
     return Judgement(
-        state.in_pool, state.why, state.lag_bytes, state.lag_high_s, state.lag_low_since_s
+        state.in_pool,
+        state.why,
+        state.lag_bytes,
+        state.lag_high_s,
+        state.lag_low_since_s,
+        state.stream_broke_s,
     )
 
 

@@ -140,6 +140,42 @@ def test_after_a_lag_exit_the_replica_waits_rejoin_s_below_the_limit() -> None:
     assert judge(_obs(now_s=106.0 + S.rejoin_s), S, fine).in_pool
 
 
+def test_a_stream_break_is_out_at_once_and_back_as_soon_as_it_streams() -> None:
+    # A primary change breaks every replica's stream once: it must not cost
+    # each of them rejoin_s (the switchover would leave no replica to read from).
+    fine = judge(_obs(now_s=100.0), S, START)
+    broke = judge(_obs(streaming=False, now_s=200.0), S, fine)
+    assert (broke.in_pool, broke.why) == (False, "not_streaming")
+    still = judge(_obs(streaming=False, now_s=203.0), S, broke)
+    assert (still.in_pool, still.why, still.stream_broke_s) == (False, "not_streaming", 200.0)
+    back = judge(_obs(now_s=204.0), S, still)
+    assert (back.in_pool, back.why) == (True, "in_pool")
+
+
+def test_a_stream_that_breaks_again_soon_after_coming_back_is_damped_like_lag() -> None:
+    fine = judge(_obs(now_s=100.0), S, START)
+    first = judge(_obs(streaming=False, now_s=200.0), S, fine)
+    back = judge(_obs(now_s=201.0), S, first)
+    assert back.in_pool
+    second = judge(_obs(streaming=False, now_s=201.0 + S.rejoin_s - 0.5), S, back)
+    assert second.why == "not_streaming"
+    returned_s = 202.0 + S.rejoin_s
+    waiting = judge(_obs(now_s=returned_s), S, second)
+    assert (waiting.in_pool, waiting.why) == (False, "rejoining")
+    assert not judge(_obs(now_s=returned_s + S.rejoin_s - 0.01), S, waiting).in_pool
+    assert judge(_obs(now_s=returned_s + S.rejoin_s), S, waiting).in_pool
+    # A break long after coming back is a first break again.
+    later = judge(_obs(streaming=False, now_s=1000.0), S, back)
+    assert judge(_obs(now_s=1001.0), S, later).in_pool
+
+
+def test_a_stream_break_after_a_lag_exit_keeps_the_lag_wait() -> None:
+    lagging = judge(_obs(head="0/5000000", now_s=100.0), S, START)
+    broke = judge(_obs(streaming=False, now_s=101.0), S, lagging)
+    assert broke.why == "not_streaming"
+    assert judge(_obs(now_s=102.0), S, broke).why == "rejoining"
+
+
 def test_an_unreadable_pool_keeps_the_last_judgement() -> None:
     lagging = judge(_obs(head="0/5000000"), S, START)
     assert judge(_obs(pool=None), S, lagging) == lagging
