@@ -24,7 +24,10 @@ def _all_stopped(pid: int) -> bool:
             state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except (FileNotFoundError, ProcessLookupError, IndexError):
             continue
-        if state not in ("T", "t"):
+        # Z: a child that exited after its frozen parent stopped reaping (a
+        # PostgreSQL backend ending while the postmaster is stopped) stays a
+        # zombie until the thaw; X: gone. Neither can answer anything.
+        if state not in ("T", "t", "Z", "X"):
             return False
     return True
 
