@@ -16,7 +16,7 @@ from typing import Any
 from dbvip.identity import FORMAT, OLDEST_FORMAT, Identity
 from dbvip.model import FailsafeRecord, PeerView, Role, Seat
 from dbvip.ports import MemberReport
-from dbvip.reader_model import PoolMember
+from dbvip.reader_model import IN_POOL, IN_POOL_NOT_STREAMING, PoolMember
 
 DEFAULT_PREFIX = "/dbvip"
 _LSN_RE = re.compile(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}")
@@ -328,19 +328,20 @@ def decode_failsafe_record(raw: bytes) -> FailsafeRecord | Garbage:
     return FailsafeRecord(holder, tuple(listed))
 
 
-IN_POOL = "in_pool"  # a member report's "pool" when it serves reads
-
-
 def pool_member(node: str, value: dict[str, Any] | Garbage) -> PoolMember | None:
     """What the reader pool may use of a member report, or None (garbage,
-    or no role: it proves nothing). Only ``"in_pool"`` puts a member in the
-    pool; an LSN that does not look like one is left out."""
+    or no role: it proves nothing). Only ``"in_pool"`` and
+    ``"in_pool_not_streaming"`` put a member in the pool; an LSN that does
+    not look like one is left out."""
     peer = peer_view(node, value)
     if peer is None or isinstance(value, Garbage):
         return None
     lsn = value.get("lsn")
     lsn_ok = isinstance(lsn, str) and _LSN_RE.fullmatch(lsn) is not None
-    return PoolMember(node, peer.role, value.get("pool") == IN_POOL, lsn if lsn_ok else None)
+    pool = value.get("pool")
+    in_pool = pool in (IN_POOL, IN_POOL_NOT_STREAMING)
+    streaming = pool != IN_POOL_NOT_STREAMING
+    return PoolMember(node, peer.role, in_pool, lsn if lsn_ok else None, streaming)
 
 
 def _pool_fields(raw: bytes) -> tuple[object, object] | None:

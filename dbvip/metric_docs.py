@@ -175,7 +175,8 @@ METRICS: tuple[MetricDoc, ...] = (
         "dbvip_in_pool",
         "gauge",
         ("why",),
-        "1 while this node is in the reader pool (why in_pool), else 0 with why saying "
+        "1 while this node is in the reader pool (why in_pool, or in_pool_not_streaming), "
+        "else 0 with why saying "
         "why not (lagging, rejoining, not_streaming, maintenance, primary, ...); "
         "absent without reader_vips",
     ),

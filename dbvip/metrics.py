@@ -21,9 +21,9 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from dbvip.board import Board
 from dbvip.events import EventKind
 from dbvip.hooks import HookResult
-from dbvip.keys import IN_POOL
 from dbvip.metric_docs import ACTION_KINDS, HOOK_RESULTS, LABEL_VALUES, doc
 from dbvip.model import Reason, Role
+from dbvip.reader_model import IN_POOL, IN_POOL_NOT_STREAMING
 from dbvip.reporting import Snapshot
 from dbvip.shell import ActionResult, EtcdOperation, PeerAnswerKind, ReaderChange
 
@@ -232,7 +232,9 @@ class _SnapshotCollector:
         yield lag
         in_pool = gauge("dbvip_in_pool")
         if snap and snap.pool:
-            in_pool.add_metric([snap.pool], 1.0 if snap.pool == IN_POOL else 0.0)
+            in_pool.add_metric(
+                [snap.pool], 1.0 if snap.pool in (IN_POOL, IN_POOL_NOT_STREAMING) else 0.0
+            )
         yield in_pool
 
 

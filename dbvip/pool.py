@@ -21,7 +21,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from dbvip.model import Role
-from dbvip.reader_model import PoolReading, ReaderKey, ReaderObservation, ReaderSettings
+from dbvip.reader_model import (
+    IN_POOL,
+    IN_POOL_NOT_STREAMING,
+    PoolReading,
+    ReaderKey,
+    ReaderObservation,
+    ReaderSettings,
+)
 
 
 def assign(
@@ -111,11 +118,12 @@ def judge(
     for lag comes back only after staying fine for ``rejoin_s``: a replica
     oscillating around the limit does not make VIPs flap.
 
-    A replica whose stream breaks leaves at once (its data may have stopped
-    or, after a failover, diverged) but comes back as soon as it streams
-    again within the limit: every replica's stream breaks once when the
-    primary changes, and a switchover must not cost each of them
-    ``rejoin_s``. A break less than ``rejoin_s`` after coming back from an
+    A replica whose stream breaks leaves at once while another replica in
+    the pool streams, and comes back as soon as it streams again within the
+    limit. Every replica's stream breaks when the primary changes: a
+    replica within the limit then stays (``in_pool_not_streaming``) until
+    another one streams, so a switchover does not leave reads nowhere, and
+    no replica pays ``rejoin_s`` for it. A break less than ``rejoin_s`` after coming back from an
     earlier one is damped like lag, so a replica whose stream keeps
     breaking does not make VIPs flap.
     """
@@ -159,7 +167,12 @@ def judge(
     broke = previous.stream_broke_s
     if lag is not None and lag > settings.max_lag_bytes:
         return Judgement(False, "lagging", lag, now, None, broke)
-    if primary is not None and obs.streaming is False:
+    broken = primary is not None and obs.streaming is False
+    # Out for a broken stream only while another replica streams and serves:
+    # when the primary changes every replica's stream breaks for a moment,
+    # and a replica within the limit serves reads better than none.
+    elsewhere = any(m.in_pool and m.streaming and m.role is Role.REPLICA for m in members)
+    if broken and elsewhere:
         if previous.why == "not_streaming":
             return Judgement(False, "not_streaming", lag, previous.lag_high_s, None, broke)
         # Damped if it broke before and came back less than rejoin_s ago.
@@ -170,4 +183,5 @@ def judge(
     low_since = previous.lag_low_since_s if previous.lag_low_since_s is not None else now
     if previous.lag_high_s is not None and now - low_since < settings.rejoin_s:
         return Judgement(False, "rejoining", lag, previous.lag_high_s, low_since, broke)
-    return Judgement(True, "in_pool", lag, None, low_since, broke)
+    why = IN_POOL_NOT_STREAMING if broken else IN_POOL
+    return Judgement(True, why, lag, None, low_since, broke)

@@ -42,6 +42,15 @@ class PoolMember:
     role: Role
     in_pool: bool  # it says it is a healthy replica willing to serve reads
     lsn: str | None  # a primary's current WAL position; a replica's replay position
+    # False: in the pool though its stream is broken (no streaming replica
+    # was left to serve); it leaves as soon as another one streams.
+    streaming: bool = True
+
+
+# A member report's "pool" while it serves reads: streaming, or with its
+# stream broken while no other replica streams (see ``dbvip.pool.judge``).
+IN_POOL = "in_pool"
+IN_POOL_NOT_STREAMING = "in_pool_not_streaming"
 
 
 @dataclass(frozen=True)

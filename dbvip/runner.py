@@ -31,7 +31,7 @@ from dbvip.model import (
 )
 from dbvip.promises import Failsafe
 from dbvip.reader_loop import ReaderRounds
-from dbvip.reader_model import ReaderSettings
+from dbvip.reader_model import IN_POOL, IN_POOL_NOT_STREAMING, ReaderSettings
 from dbvip.reporting import (
     ReaderFacts,
     Reporter,
@@ -233,7 +233,12 @@ class Runner:
         assert r is not None
         st = r.state
         here = tuple(v for v, p in r.presence.items() if p is VipPresence.PRESENT)
-        pool = "in_pool" if st.in_pool else st.why
+        # In the pool: "in_pool" or "in_pool_not_streaming" (the judgement's why).
+        pool = (
+            st.why
+            if st.in_pool and st.why == IN_POOL_NOT_STREAMING
+            else (IN_POOL if st.in_pool else st.why)
+        )
         lease_id = st.lease.lease_id if st.lease is not None else None
         return ReaderFacts(here, pool, st.lag_bytes, st.reason, st.detail, lease_id)
 

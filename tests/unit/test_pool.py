@@ -5,6 +5,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from dbvip.keys import pool_member
 from dbvip.model import Role, VipPresence
 from dbvip.pool import Judgement, assign, judge, lsn_bytes
 from dbvip.reader_model import PoolMember, PoolReading, ReaderObservation, ReaderSettings
@@ -84,7 +85,9 @@ def test_lsn_bytes_reads_postgres_positions_and_refuses_anything_else() -> None:
 
 def _obs(role: Role = Role.REPLICA, **kw: object) -> ReaderObservation:
     primary = PoolMember("n1", Role.PRIMARY, False, kw.pop("head", "0/3000000"))  # type: ignore[arg-type]
-    reading = PoolReading(10, (), (primary,), "n1")
+    # Another replica in the pool, streaming unless told (``other_streams``).
+    other = PoolMember("n3", Role.REPLICA, True, "0/3000000", kw.pop("other_streams", True))  # type: ignore[arg-type]
+    reading = PoolReading(10, (), (primary, other), "n1")
     base = {
         "now_s": 100.0,
         "role": role,
@@ -150,6 +153,28 @@ def test_a_stream_break_is_out_at_once_and_back_as_soon_as_it_streams() -> None:
     assert (still.in_pool, still.why, still.stream_broke_s) == (False, "not_streaming", 200.0)
     back = judge(_obs(now_s=204.0), S, still)
     assert (back.in_pool, back.why) == (True, "in_pool")
+
+
+def test_a_broken_stream_stays_in_the_pool_while_no_other_replica_streams() -> None:
+    # A switchover breaks every replica's stream at once: the one within the
+    # limit serves on (and says so) until another replica streams again.
+    alone = judge(_obs(streaming=False, other_streams=False), S, START)
+    assert (alone.in_pool, alone.why) == (True, "in_pool_not_streaming")
+    moved = judge(_obs(streaming=False, now_s=101.0), S, alone)
+    assert (moved.in_pool, moved.why) == (False, "not_streaming")
+    # Past the limit it leaves whoever streams.
+    far = judge(_obs(streaming=False, other_streams=False, head="0/5000000"), S, START)
+    assert (far.in_pool, far.why) == (False, "lagging")
+
+
+def test_keys_read_a_member_in_the_pool_with_its_stream_broken() -> None:
+    replica = {"role": "replica", "timeline": 1, "lsn": "0/3000000", "vip": [], "reason": "x"}
+    broken = pool_member("n2", {**replica, "pool": "in_pool_not_streaming"})
+    streaming = pool_member("n2", {**replica, "pool": "in_pool"})
+    out = pool_member("n2", {**replica, "pool": "not_streaming"})
+    assert broken is not None and (broken.in_pool, broken.streaming) == (True, False)
+    assert streaming is not None and (streaming.in_pool, streaming.streaming) == (True, True)
+    assert out is not None and not out.in_pool
 
 
 def test_a_stream_that_breaks_again_soon_after_coming_back_is_damped_like_lag() -> None:
