@@ -263,3 +263,16 @@ def member_keys(listing: Mapping[str, Any]) -> int:
 def addresses(links: Sequence[Mapping[str, Any]]) -> set[str]:
     """Every address of an ``ip -j addr show`` answer."""
     return {a["local"] for link in links for a in link.get("addr_info", ()) if "local" in a}
+
+
+def client_connections(ss_lines: str, own: Iterable[str]) -> int:
+    """Connections in ``ss -Htn state established`` output whose peer (the last
+    column, ``address:port``) is not one of the ``own`` addresses."""
+    skip = set(own)
+    count = 0
+    for line in ss_lines.splitlines():
+        fields = line.split()
+        if fields:
+            address = fields[-1].rpartition(":")[0].strip("[]")
+            count += address not in skip
+    return count

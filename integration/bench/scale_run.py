@@ -36,7 +36,7 @@ from integration.bench.client import WRITER_TIMEOUT_S
 from integration.bench.etcd_cost import cost, metrics_pages, parse_metrics
 from integration.bench.peers import DbvipSidecars
 from integration.bench.scenarios import Orchestrator, wait_for
-from integration.lab.lab import DEFAULT_VIP, Lab, LabSpec
+from integration.lab.lab import DEFAULT_VIP, ETCD_ADDRESSES, Lab, LabSpec
 from integration.lab.sidecar import SidecarProcess
 
 Say = Callable[[str], None]
@@ -199,13 +199,14 @@ def window(lab: Lab, clusters: Clusters, window_s: float) -> dict[str, Any]:
 
 
 def etcd_connections(lab: Lab) -> int:
-    """Established client connections to the etcd members (port 2379)."""
+    """Established client connections to the etcd members (port 2379) from
+    other hosts (each member's JSON gateway has its own to the members)."""
     done = subprocess.run(
         ["ip", "netns", "exec", lab.netns("etcd"), "ss", "-Htn", "state", "established",
          "( sport = :2379 )"],
         capture_output=True, text=True, check=True, timeout=30,
     )  # fmt: skip
-    return sum(1 for line in done.stdout.splitlines() if line.strip())
+    return sm.client_connections(done.stdout, ETCD_ADDRESSES)
 
 
 def timed_reads(lab: Lab, cluster: str, count: int) -> list[float]:

@@ -152,6 +152,16 @@ def test_addresses_of_an_ip_json_answer() -> None:
     assert sm.addresses(links) == {"198.51.100.11", "198.51.100.100"}
 
 
+def test_client_connections_leave_out_the_members_own() -> None:
+    ss = (
+        "0      0      198.51.100.2:2379     198.51.100.11:40000\n"
+        "0      0      198.51.100.3:2379     198.51.100.2:41000\n"
+        "0      0      198.51.100.2:2379     [2001:db8::12]:42000\n\n"
+    )
+    assert sm.client_connections(ss, ["198.51.100.2", "198.51.100.3"]) == 2
+    assert sm.client_connections("", ["198.51.100.2"]) == 0
+
+
 def test_cluster_names_vips_and_steps() -> None:
     assert cluster_name("b1xs", 0) == "b1xs" and cluster_name("b1xs", 7) == "b1xs-c07"
     assert cluster_vip(0) == "198.51.100.100/32" and cluster_vip(1) == "198.51.100.141/32"
