@@ -41,6 +41,8 @@ def test_two_clusters_share_the_lab_and_are_measured() -> None:
         assert all(m["rss_mib"] > 0 for m in step["etcd"]["members"].values())
         assert step["etcd"]["core_percent"] > 0
         assert "Range" in step["histogram"], "etcd runs without --metrics=extensive?"
+        # A switchover writes: the new holder's lease and writer key, at least.
+        assert {"LeaseGrant", "Txn"} <= set(step["handoff_histogram"]), step["handoff_histogram"]
         assert step["reads"]["count"] == RANGE_READS
         assert step["etcd_connections"] >= step["sidecars"]
         # Every sidecar of every cluster holds a session on the primary's database.

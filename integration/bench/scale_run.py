@@ -191,7 +191,7 @@ def window(lab: Lab, clusters: Clusters, window_s: float) -> dict[str, Any]:
         "sidecars": count,
         "cost": measured,
         "etcd": sm.etcd_usage(usage),
-        "histogram": {m: {str(b): c for b, c in bs.items()} for m, bs in histogram.items()},
+        "histogram": _json_buckets(histogram),
         "sidecar_core_percent": round(sum(sidecar_cpu.values()) / window_done_s * 100, 2),
         "sidecar_rss_mib": round(sidecar_rss, 1),
         "etcd_connections": etcd_connections(lab),
@@ -254,12 +254,14 @@ def _connect(netns: str, host: str, port: int) -> http.client.HTTPConnection:
 
 def handoffs(
     lab: Lab, clusters: int, primary: str, repetitions: int, seed: int, say: Say
-) -> tuple[list[dict[str, Any]], str, list[str]]:
+) -> tuple[list[dict[str, Any]], str, list[str], dict[str, dict[str, float]]]:
     """``repetitions`` switchovers of the lab's primary, measured through cluster
     0's VIP by the failover benchmark's orchestrator (its clients and its
-    monitor); returns the samples, the primary after them and any error."""
+    monitor); returns the samples, the primary after them, any error, and
+    etcd's handling-time histogram over them (was etcd slow to answer?)."""
     samples: list[dict[str, Any]] = []
     errors: list[str] = []
+    before = [sm.handling_buckets(text) for _, text in metrics_pages(lab)]
     monitor = lab.monitor()
     monitor.start()
     orchestrator = Orchestrator(lab, DbvipSidecars(lab), monitor, WRITER_TIMEOUT_S, seed,
@@ -286,7 +288,12 @@ def handoffs(
             orchestrator.close()
         with contextlib.suppress(Exception):
             monitor.stop()
-    return samples, orchestrator.primary, errors
+    after = [sm.handling_buckets(text) for _, text in metrics_pages(lab)]
+    return samples, orchestrator.primary, errors, _json_buckets(sm.bucket_delta(before, after))
+
+
+def _json_buckets(histogram: sm.Buckets) -> dict[str, dict[str, float]]:
+    return {m: {str(b): c for b, c in bs.items()} for m, bs in histogram.items()}
 
 
 def _ms(value: float | None) -> str:
@@ -335,7 +342,7 @@ def run_all(
                 f"{step['etcd']['rss_mib']:.0f} MiB; {step['cost']['requests_per_s']:.2f} "
                 f"requests/s per sidecar; Range p50 {step['reads']['p50_ms']:.2f} ms, "
                 f"p99 {step['reads']['p99_ms']:.2f} ms")  # fmt: skip
-            step["handoffs"], primary, failed = handoffs(
+            step["handoffs"], primary, failed, step["handoff_histogram"] = handoffs(
                 lab, k, primary, repetitions, seed + k, say
             )
             measured.append(step)

@@ -185,6 +185,7 @@ def _handoff(ordinary_ms: float) -> dict[str, Any]:
 
 def _results(loaded_ms: float) -> dict[str, Any]:
     def step(k: int, core: float, handoffs: list[dict[str, Any]]) -> dict[str, Any]:
+        txn = {"0.005": 3.0 * k, "0.01": 4.0 * k, "inf": 4.0 * k}  # 3 of 4 within 5 ms
         cost = {"requests": {"Range": 0.3, "LeaseKeepAlive": 0.6}, "requests_per_s": 0.9,
                 "writes_per_s": 0.0, "bytes_in_per_s": 100.0, "bytes_out_per_s": 200.0,
                 "watch_streams": 1.0}  # fmt: skip
@@ -194,7 +195,7 @@ def _results(loaded_ms: float) -> dict[str, Any]:
                 "reads": {"count": 300, "p50_ms": 0.8, "p99_ms": 2.5, "max_ms": 4.0},
                 "etcd_connections": 2 * 3 * k, "sidecar_core_percent": 1.5 * k,
                 "sidecar_rss_mib": 30.0 * 3 * k, "database_sessions": k,
-                "handoffs": handoffs}  # fmt: skip
+                "handoffs": handoffs, "handoff_histogram": {"Txn": txn}}  # fmt: skip
 
     return {
         "part": "scale", "date": "2026-12-05T09:00:00+00:00", "duration_s": 600.0,
@@ -218,7 +219,7 @@ def test_tables_verdict_and_capacity() -> None:
     assert steps_rows[1].startswith("| 20 | 60 | 6.8 | 110 | 54.0 | 0.90 | 0.00 | 0.80 / 2.50 |")
     assert "| 99.0% of 100 |" in steps_rows[1]
     handoff = scale_report.handoff_table(results).splitlines()[2:]
-    assert handoff[0].startswith("| 1 | 2 | 110 / 119 / 120 | x1.00 | 50 | 0 | 0 |")
+    assert handoff[0].startswith("| 1 | 2 | 110 / 119 / 120 | x1.00 | 50 | 75.0% of 4 | 0 | 0 |")
     assert "| 130 / 130 / 130 | x1.18 |" in handoff[1]
     assert "x1.18, met" in scale_report.verdict(results)
     assert "**not met**" in scale_report.verdict(_results(loaded_ms=140.0))
@@ -226,7 +227,10 @@ def test_tables_verdict_and_capacity() -> None:
     assert "| **33** (clients) |" in capacity and "0.20% of a core" in capacity
     assert "500 clusters per core" in capacity
     kinds = scale_report.kinds_table(results)
-    assert "K = 1" in kinds and "K = 20" in kinds and "| LeaseKeepAlive | 0.60 | 0.60 |" in kinds
+    assert "| per second | K = 1: per sidecar | K = 1: all | K = 20: per sidecar |" in kinds
+    assert "| LeaseKeepAlive | 0.60 | 1.80 | 0.60 | 36.00 |" in kinds
+    assert "| **requests, all kinds** | **0.90** | **2.70** | **0.90** | **54.00** |" in kinds
+    assert "| watch streams open (end) | 1.0 | 3.0 | 1.0 | 60.0 |" in kinds
 
 
 def test_markdown_plot_and_a_run_that_failed(tmp_path: Path) -> None:
