@@ -49,7 +49,8 @@ EXTRA_VIP_BASE = 140
 MAX_CLUSTERS = 40
 QUIET_S = 35.0  # eager_window_s (30 s) and a margin
 # etcd's own defaults for raft timing (the lab's are 20/200 ms, for fast
-# fault tests) and the request-latency histogram.
+# fault tests; these come after the lab's flags, and etcd takes the last) and
+# the request-latency histogram.
 ETCD_ARGS = ("--heartbeat-interval=100", "--election-timeout=1000", "--metrics=extensive")
 RANGE_READS = 300  # timed reads per step, spread over the members
 SETTLE_TIMEOUT_S = 240.0
