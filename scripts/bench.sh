@@ -3,9 +3,11 @@
 # "Benchmark, second round"): --part failover (the default: writer hand-offs,
 # dbvip, vip-manager and keepalived side by side, results under
 # integration/bench/results/), --part outage (writes through an etcd outage,
-# results/outage) or --part readers (dbvip's reader pool vs HAProxy with
-# Patroni's checks, results/readers). Installs what it needs (scripts/setup.sh,
-# the Debian packages vip-manager and keepalived, matplotlib in .venv).
+# results/outage), --part readers (dbvip's reader pool vs HAProxy with
+# Patroni's checks, results/readers) or --part scale (many dbvip clusters on
+# one etcd: etcd's cost and a hand-off, results/scale). Installs what it
+# needs (scripts/setup.sh, the Debian packages vip-manager and keepalived,
+# matplotlib in .venv).
 # Arguments go to `python -m integration.bench`; a full run refreshes the
 # part's README block, --quick (to try the harness) leaves the README alone.
 set -euo pipefail

@@ -77,6 +77,7 @@ PARTS: dict[str, str] = {
     "failover": __name__,
     "outage": "integration.bench.outage_run",
     "readers": "integration.bench.readers",
+    "scale": "integration.bench.scale",
 }
 
 

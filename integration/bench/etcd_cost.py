@@ -26,7 +26,8 @@ the rest of the first window split over the replicas. Stopping the replicas
 changes what the holder sees (fewer member reports; with reader VIPs the
 primary takes them as the fallback): the table says so.
 
-``cost(before, after, window_s, sidecars)`` is what ``--part scale`` reuses.
+``cost(before, after, sidecars)``, ``table`` and ``metrics_pages`` are what
+``--part scale`` reuses.
 """
 
 from __future__ import annotations
@@ -178,8 +179,13 @@ def table(columns: Mapping[str, dict[str, Any]]) -> str:
 
 
 def scrape_all(lab: Any) -> list[Scrape]:
-    """Every etcd member's ``/metrics``, fetched from inside the etcd namespace."""
-    scrapes = []
+    """Every etcd member's counters, fetched from inside the etcd namespace."""
+    return [parse_metrics(text, at_s) for at_s, text in metrics_pages(lab)]
+
+
+def metrics_pages(lab: Any) -> list[tuple[float, str]]:
+    """Every etcd member's ``/metrics`` page and the instant it arrived."""
+    pages = []
     for member in lab.etcd.members:
         done = subprocess.run(
             ["ip", "netns", "exec", lab.netns("etcd"), "curl", "-sS", "--max-time", "5",
@@ -188,8 +194,8 @@ def scrape_all(lab: Any) -> list[Scrape]:
         )  # fmt: skip
         if done.returncode != 0:
             raise RuntimeError(f"/metrics of {member.name}: {done.stderr.strip()}")
-        scrapes.append(parse_metrics(done.stdout, time.monotonic()))
-    return scrapes
+        pages.append((time.monotonic(), done.stdout))
+    return pages
 
 
 def say(text: str) -> None:
