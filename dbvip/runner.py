@@ -233,12 +233,9 @@ class Runner:
         assert r is not None
         st = r.state
         here = tuple(v for v, p in r.presence.items() if p is VipPresence.PRESENT)
-        # In the pool: "in_pool" or "in_pool_not_streaming" (the judgement's why).
-        pool = (
-            st.why
-            if st.in_pool and st.why == IN_POOL_NOT_STREAMING
-            else (IN_POOL if st.in_pool else st.why)
-        )
+        # In the pool, the judgement's why is "in_pool" or "in_pool_not_streaming".
+        in_pool = st.why if st.why in (IN_POOL, IN_POOL_NOT_STREAMING) else IN_POOL
+        pool = in_pool if st.in_pool else st.why
         lease_id = st.lease.lease_id if st.lease is not None else None
         return ReaderFacts(here, pool, st.lag_bytes, st.reason, st.detail, lease_id)
 

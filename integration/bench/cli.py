@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from integration.bench.runner import leftover_labs
+from integration.bench.runner import REPO, leftover_labs
 
 Say = Callable[[str], None]
 START_S = time.monotonic()  # a part's progress lines count from here
@@ -39,6 +39,14 @@ def choices(allowed: Sequence[str]) -> Callable[[str], tuple[str, ...]]:
         return chosen
 
     return parse
+
+
+def output_options(p: argparse.ArgumentParser, results: str, block: str) -> None:
+    """Every part's --out (under integration/bench/results), --readme and --no-plot."""
+    where = REPO / "integration" / "bench" / "results" / results
+    p.add_argument("--out", type=Path, default=where, help="where results.json, .md, .png go")
+    p.add_argument("--readme", type=Path, help=f"refresh this README's {block} block")
+    p.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
 
 
 def preflight(args: argparse.Namespace, say: Say) -> int | None:

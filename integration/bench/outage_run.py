@@ -80,10 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--outages-s", type=_lengths, help="etcd outage lengths (300,30)")
     p.add_argument("--repetitions", type=int, default=1, help="of every outage per system (1)")
     p.add_argument("--parallel", type=int, default=2, help="labs side by side (2)")
-    p.add_argument("--out", type=Path, default=REPO / "integration/bench/results/outage",
-                   help="where results.json, .md, .png go")  # fmt: skip
-    p.add_argument("--readme", type=Path, help="refresh this README's bench-outage block")
-    p.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
+    cli.output_options(p, "outage", outage_report.TAG)
     p.add_argument("--seed", type=int, default=1, help="of the random pause before each stop")
     p.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # a worker's output file
     p.add_argument("--template", type=Path, help=argparse.SUPPRESS)  # the PostgreSQL template

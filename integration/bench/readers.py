@@ -25,7 +25,7 @@ from integration.bench import cli, readers_report, report
 from integration.bench.cli import START_S, say
 from integration.bench.readers_lb import SYSTEMS
 from integration.bench.readers_run import CLIENT_INTERVAL_S, SCENARIOS, run_all
-from integration.bench.runner import REPO, first_line, machine_info, run_facts
+from integration.bench.runner import first_line, machine_info, run_facts
 from integration.lab.etcd import ETCD
 from integration.lab.haproxy import HAPROXY
 from integration.lab.patroni import PATRONI
@@ -59,16 +59,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scenarios", type=cli.choices(SCENARIOS), default=SCENARIOS, help=", ".join(SCENARIOS)
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "integration" / "bench" / "results" / "readers",
-        help="where results.json, .md, .png go",
-    )
+    cli.output_options(p, "readers", BLOCK)
     p.add_argument("--seed", type=int, default=1, help="of the random pause before each fault")
-    p.add_argument("--readme", type=Path, help=f"refresh this README's {BLOCK} block")
     p.add_argument("--logs", type=Path, help="copy the lab's logs here before removing it")
-    p.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
     return p
 
 

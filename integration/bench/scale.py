@@ -20,12 +20,11 @@ import shutil
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from integration.bench import cli, scale_report
 from integration.bench.cli import START_S, say
 from integration.bench.client import WRITER_INTERVAL_S
-from integration.bench.runner import REPO, first_line, machine_info, run_facts
+from integration.bench.runner import first_line, machine_info, run_facts
 from integration.bench.scale_run import ETCD_ARGS, MAX_CLUSTERS, QUIET_S, RANGE_READS, run_all
 from integration.lab.etcd import ETCD
 from integration.lab.postgres import PG_BIN, make_template
@@ -55,15 +54,8 @@ def _parser() -> argparse.ArgumentParser:
         help="fewer clusters, shorter windows, fewer switchovers: to try the harness; "
         "never the README",
     )
-    p.add_argument(
-        "--out",
-        type=Path,
-        default=REPO / "integration" / "bench" / "results" / "scale",
-        help="where results.json, .md, .png go",
-    )
+    cli.output_options(p, "scale", scale_report.BLOCK)
     p.add_argument("--seed", type=int, default=1, help="of the random pause before each switchover")
-    p.add_argument("--readme", type=Path, help=f"refresh this README's {scale_report.BLOCK} block")
-    p.add_argument("--no-plot", action="store_true", help="tables only (no matplotlib)")
     return p
 
 
