@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 
 from integration.lab import procs
 
@@ -30,6 +31,12 @@ def test_freezing_a_frozen_parent_and_its_zombie_child_returns() -> None:
     try:
         assert parent.stdout is not None
         child = int(parent.stdout.readline())
+        # The child may not have run yet (CI saw it stopped, "T", not a
+        # zombie): wait until it has exited unreaped, as the story needs.
+        deadline = time.monotonic() + 10.0
+        while _state(child) != "Z":
+            assert time.monotonic() < deadline, f"child {child} never became a zombie"
+            time.sleep(0.01)
         procs.freeze(parent.pid)
         assert _state(parent.pid) in ("T", "t")
         procs.freeze(child, timeout_s=2.0)  # a zombie answers nothing: counts as stopped

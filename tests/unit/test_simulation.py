@@ -743,6 +743,12 @@ class Sim:
     def heal(self, winner: str) -> None:
         """Lift every fault; ``winner`` is the only primary; all sidecars run."""
         self.timers.clear()
+        newest = max(n.probe.timeline for n in self.nodes.values())
+        if self.nodes[winner].probe.timeline < newest:
+            # A primary on an older timeline than another node's is a stale
+            # one (the others rightly call it superseded): the only primary
+            # of a healed cluster is the one promoted last.
+            self.apply(SetRole(winner, "replica"))
         for node in self.nodes.values():
             for step in (
                 EtcdFault(node.name, "ok"),
@@ -922,6 +928,21 @@ def settle(sim: Sim, winner: str) -> float:
 
     sim.advance(3.0 * sim.timing.ttl_s, after_tick=keeps)  # no flapping once healed
     return got[0] - start_s
+
+
+def test_healing_makes_a_stale_primary_the_newest_one() -> None:
+    """CI found this: n1 primary on timeline 1, n2 promoted to timeline 2;
+    healed with n1 the only primary, n1 must be on a timeline above n2's or
+    the cluster rightly keeps calling it superseded."""
+    steps: list[Step] = [
+        SetRole("n1", "primary"),
+        Advance(0.07),
+        SetRole("n2", "primary"),
+        Advance(1.74),
+    ]
+    sim = simulate(steps, Setup(watch=False))
+    settle(sim, "n1")
+    assert sim.nodes["n1"].probe.timeline > sim.nodes["n2"].probe.timeline
 
 
 @SIM_SETTINGS
