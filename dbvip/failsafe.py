@@ -124,6 +124,18 @@ def record_for(me: Identity, peers: tuple[Seat, ...]) -> FailsafeRecord:
     return FailsafeRecord(Seat.of(me), tuple(sorted(set(peers), key=_order)))
 
 
+def record_may_change(state: NodeState, now_s: float) -> bool:
+    """May the holder rewrite its record now? Not while a window its peers
+    acknowledged runs: the record is what keeps a node it did not ask from
+    taking, so listing a late joiner then would free a node that promised
+    nothing for that window (the simulation found it: n3 joined while n1
+    ran on n2's promise, was listed, and could take before n1's window
+    ended). Dropping a node is held back too, for the same window: a node
+    that stays listed was asked."""
+    until = state.failsafe_until_s
+    return until is None or now_s >= until
+
+
 def ask_set(
     confirmed: FailsafeRecord | None,
     read: FailsafeRecord | None,

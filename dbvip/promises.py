@@ -17,7 +17,16 @@ import threading
 from dataclasses import replace
 from typing import Protocol
 
-from dbvip.failsafe import Acked, Declined, PeerLocal, answer, ask_set, promised, record_for
+from dbvip.failsafe import (
+    Acked,
+    Declined,
+    PeerLocal,
+    answer,
+    ask_set,
+    promised,
+    record_for,
+    record_may_change,
+)
 from dbvip.identity import Identity
 from dbvip.model import (
     AcquireLease,
@@ -140,6 +149,8 @@ class Failsafe:
         """While holding the writer lease and reading etcd, keep the record
         listing exactly the peers seen; the asks go to what it lists."""
         if state.lease is None or isinstance(obs.writer, KeyUnknown) or timeout_s <= 0:
+            return
+        if not record_may_change(state, obs.now_s):
             return
         want = record_for(self.me, self._seen)
         if want == self._read and want == self._confirmed:
