@@ -16,7 +16,14 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from dbvip.identity import Identity, Whose, whose
-from dbvip.keys import Garbage, decode_writer, encode_writer
+from dbvip.keys import (
+    Garbage,
+    decode_member,
+    decode_writer,
+    encode_member,
+    encode_writer,
+    pool_member,
+)
 from dbvip.model import (
     FailsafeRecord,
     KeyAbsent,
@@ -42,7 +49,7 @@ from dbvip.ports import (
     VipChanged,
     VipReading,
 )
-from dbvip.reader_model import PoolMember, PoolReading, ReaderKey
+from dbvip.reader_model import PoolReading, ReaderKey
 
 Fault = Literal["ok", "refuse", "hang", "lose_reply"]
 WRITER = "/dbvip/c1/writer"
@@ -514,10 +521,12 @@ def pool_of(etcd: FakeEtcd, me: str) -> PoolReading:
         for v in sorted(vips)
         if (k := parse_reader(v, etcd.kv.get(READERS + v), etcd.kv.get(READER_CLAIMS + v)))
     )
+    # Through the real codec, so the fake reads what the adapter reads.
     members = tuple(
-        PoolMember(node, Role(r.role), r.pool == "in_pool", r.lsn)
+        m
         for node, r in sorted(etcd.members.items())
         if node != me and now - etcd.member_at.get(node, now) < MEMBER_TTL_S
+        if (m := pool_member(node, decode_member(encode_member(r, "", etcd.member_ids[node]))))
     )
     holder = etcd.writer_holder()
     return PoolReading(etcd.revision, keys, members, holder[0] if holder else None)

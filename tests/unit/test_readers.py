@@ -185,6 +185,27 @@ def test_a_replica_that_stops_streaming_leaves_the_pool() -> None:
     assert world.spread() == {"n1": 0, "n2": 4, "n3": 0}
 
 
+def test_when_every_stream_breaks_the_replicas_keep_their_vips_and_say_so() -> None:
+    """A switchover breaks every replica's stream at once. With no streaming
+    replica left to go to, each stays in the pool with its share (the first
+    to notice may leave for a moment, while the other's report still says it
+    streams, and comes back), and its member report says
+    in_pool_not_streaming; once one streams again the other leaves for it."""
+    world = primary_and_replicas()
+    world.run(5.0)
+    for name in ("n2", "n3"):
+        world.nodes[name].probe.streaming = False
+    world.run(T.renew_interval_s * 2 + 1)
+    assert world.spread() == {"n1": 0, "n2": 2, "n3": 2}
+    pools = {n: world.etcd.members[n].pool for n in ("n2", "n3")}
+    assert pools == {"n2": "in_pool_not_streaming", "n3": "in_pool_not_streaming"}
+    world.nodes["n2"].probe.streaming = True
+    world.run(T.renew_interval_s * 2 + 1)
+    assert world.spread() == {"n1": 0, "n2": 4, "n3": 0}
+    assert world.etcd.members["n2"].pool == "in_pool"
+    assert world.etcd.members["n3"].pool == "not_streaming"
+
+
 def test_with_no_healthy_replica_the_primary_holds_them_and_gives_them_back() -> None:
     world = primary_and_replicas()
     world.run(5.0)
