@@ -212,10 +212,30 @@ def _maintenance(config: Config, on: bool, wait_s: float) -> int:
         time.sleep(0.2)
 
 
+# glibc's mallopt parameter for the number of malloc arenas (<malloc.h>).
+M_ARENA_MAX = -8
+
+
+def _one_malloc_arena() -> None:
+    """glibc gives every thread that allocates an arena of its own (up to 8 per
+    core); the sidecar's threads hold little each and the GIL serialises them
+    anyway. One arena keeps 0.5-0.8 MiB fewer pages resident (measured with
+    eight threads); the same as MALLOC_ARENA_MAX=1, without relying on the
+    container's environment. Elsewhere than glibc (musl): nothing to do."""
+    import ctypes  # noqa: PLC0415  (psycopg has loaded it already)
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(M_ARENA_MAX, 1)
+
+
 def _run(config: Config) -> int:
     from dbvip import logs, privileges  # noqa: PLC0415
     from dbvip.wiring import Sidecar, StartError, SystemClock  # noqa: PLC0415
 
+    _one_malloc_arena()  # before the first thread starts
     listener = logs.setup(config["log_level"], config["log_format"])
     try:
         privileges.check()

@@ -8,12 +8,10 @@ convention) and are masked wherever settings are printed.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
 import stat
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -400,6 +398,8 @@ def _read_file(path: str, source: str) -> dict[str, tuple[str, str]]:
         raise ConfigError(f"config file from {source}: {e.strerror}: {path}") from None
     if len(raw) > MAX_FILE_BYTES:
         raise ConfigError(f"config file {path} (from {source}) is over {MAX_FILE_BYTES} bytes")
+    import tomllib  # noqa: PLC0415  (a sidecar without a file never pays 0.15 MiB for it)
+
     try:
         data = tomllib.loads(raw.decode("utf-8"))
     except UnicodeDecodeError as e:
@@ -449,6 +449,8 @@ def _toml_text(setting: Setting, value: object, path: str) -> str:
 
 
 def _hint(name: str, env: bool) -> str:
+    import difflib  # noqa: PLC0415  (only on the way to an error: 0.2 MiB otherwise resident)
+
     close = difflib.get_close_matches(name, BY_NAME, n=1)
     if not close:
         return ""

@@ -1,5 +1,6 @@
 """What a sidecar loads: the HTTP endpoints' libraries only when served, never
-pyroute2 or httpx, and not hashlib (0.6 MiB of OpenSSL digests for a table name)."""
+pyroute2 or httpx, not hashlib (0.6 MiB of OpenSSL digests for a table name), and
+not difflib or tomllib unless a typo or a file needs them (0.35 MiB)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,10 @@ import sys
 CHECK = """
 import sys
 import dbvip.cli, dbvip.wiring
-names = ("prometheus_client", "dbvip.metrics", "dbvip.health", "pyroute2", "httpx", "hashlib")
+names = (
+    "prometheus_client", "dbvip.metrics", "dbvip.health", "pyroute2", "httpx", "hashlib",
+    "difflib", "tomllib",
+)
 print(sorted(m for m in names if m in sys.modules))
 """
 
