@@ -19,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from dbvip import failsafe
-from dbvip.failsafe import promised, record_blocks, window_end_s
-from dbvip.guard import keep_vip, lease_deadline_s, release_at_s
+from dbvip.absorb import backing_off
+from dbvip.failsafe import promised, record_blocks
+from dbvip.guard import keep_vip, release_at_s
 from dbvip.identity import Identity
 from dbvip.model import (
     WRITER_VIP,
@@ -29,38 +30,26 @@ from dbvip.model import (
     AddVip,
     AdoptLease,
     Announce,
-    Announced,
-    AskPeers,
     Decision,
-    Failed,
     KeyAbsent,
     KeyHeld,
     KeyInvalid,
     KeyUnknown,
     Lease,
-    LeaseGone,
-    LeaseGranted,
-    LeaseRefused,
-    LeaseReleased,
-    LeaseRenewed,
     NodeState,
     Observation,
-    Outcome,
-    PeersAcked,
     Reason,
     ReleaseLease,
     RemoveVip,
     RenewLease,
     Role,
     Timing,
-    VipAdded,
     VipPresence,
-    VipRemoved,
     WriterView,
 )
 from dbvip.ownership import key_lost, left_over, name_conflict, release_chain
-from dbvip.reader_model import ReaderOnlyAction
 from dbvip.schedule import request_deadline_s, wake_s
+from dbvip.tracking import effective_role, remember_newer_primary, track_key, track_role
 
 _Done = Callable[[tuple[Action, ...], Reason, str, NodeState], Decision]
 
@@ -68,7 +57,7 @@ _Done = Callable[[tuple[Action, ...], Reason, str, NodeState], Decision]
 def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> Decision:
     """Return the next chain of actions for the sidecar ``me`` and why."""
     now = obs.now_s
-    state = _track_key(_track_role(state, obs), obs)
+    state = track_key(track_role(state, obs), obs)
     vip_maybe = obs.vip is not VipPresence.ABSENT
 
     def take_down(then: tuple[Action, ...] = ()) -> tuple[Action, ...]:
@@ -77,7 +66,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
         follow a removal (ReleaseLease) may run either."""
         if not vip_maybe:
             return then
-        return () if _backing_off(state, "vip", now) else (RemoveVip(), *then)
+        return () if backing_off(state, "vip", now) else (RemoveVip(), *then)
 
     def done(actions: tuple[Action, ...], reason: Reason, detail: str, st: NodeState) -> Decision:
         st = replace(st, reason=reason, detail=detail)
@@ -157,7 +146,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             _dropped(state),
         )
 
-    role = _effective_role(state, obs, timing)
+    role = effective_role(state, obs, timing)
     if role is Role.REPLICA:
         release = release_chain(state, obs, me)
         busy = vip_maybe or bool(release)
@@ -178,7 +167,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
     # Two primaries: a replica was promoted while this database still thinks
     # it is primary. The one on the newer timeline is the one that was chosen
     # last; this one steps down (and stays away) while that report lives.
-    state = _remember_newer_primary(state, obs, me)
+    state = remember_newer_primary(state, obs, me)
     newer = state.newer_primary
     if newer is not None and obs.role.role is Role.PRIMARY:
         return done(
@@ -226,7 +215,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
         role is Role.PRIMARY
         and mine is not None
         and mine.lease_id != state.adopt_failed_lease
-        and not _backing_off(state, "adopt", now)
+        and not backing_off(state, "adopt", now)
     ):
         return done(
             (AdoptLease(mine.lease_id, mine.mod_revision, timing.ttl_s),),
@@ -254,7 +243,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
     if isinstance(view, KeyHeld | KeyInvalid) and view.lease_id == 0:
         # dbvip writes the key only under a lease: one without is a hand edit
         # that backs no VIP. The acquire replaces it, if the claim is free.
-        if _backing_off(state, "acquire", now):
+        if backing_off(state, "acquire", now):
             return done((), Reason.WRITER_KEY_INVALID, "writer key has no lease", state)
         return done(
             (AcquireLease(timing.ttl_s),),
@@ -263,7 +252,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             state,
         )
     if isinstance(view, KeyAbsent):
-        if _backing_off(state, "acquire", now):
+        if backing_off(state, "acquire", now):
             return done((), Reason.STANDBY, "acquire failed, retrying next tick", state)
         return done((AcquireLease(timing.ttl_s),), Reason.ACQUIRING, "writer key is free", state)
     if isinstance(view, KeyHeld):
@@ -279,71 +268,6 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
     return done((), Reason.ETCD_UNREACHABLE, view.cause, state)
 
 
-def absorb(
-    state: NodeState, obs: Observation, outcome: Outcome, timing: Timing, me: Identity
-) -> tuple[NodeState, Observation]:
-    """Fold one action's outcome into the state and the (now stale) view."""
-    now = obs.now_s
-    match outcome:
-        case LeaseGranted(lease_id, ttl_s, sent_s, revision):
-            lease = Lease(lease_id, lease_deadline_s(sent_s, ttl_s, timing), sent_s, revision)
-            view = KeyHeld(me.node, lease_id, revision, revision, me)
-            return (replace(state, lease=lease, adopt_failed_lease=None), replace(obs, writer=view))
-        case LeaseRenewed(lease_id, ttl_s, sent_s) if (
-            state.lease is not None and state.lease.lease_id == lease_id
-        ):
-            deadline = max(state.lease.deadline_s, lease_deadline_s(sent_s, ttl_s, timing))
-            return replace(
-                state, lease=replace(state.lease, deadline_s=deadline, renewed_s=sent_s)
-            ), obs
-        case LeaseRenewed():
-            return state, obs
-        case LeaseGone(lease_id):
-            kept = state.lease if state.lease and state.lease.lease_id != lease_id else None
-            gone = replace(state, lease=kept, adopt_failed_lease=lease_id)
-            return gone, replace(obs, writer=KeyUnknown("lease gone; re-read next tick"))
-        case LeaseRefused(holder, revision):
-            refused: WriterView = (
-                KeyHeld(holder, -1, revision, revision)
-                if holder is not None
-                else KeyInvalid("writer key holds an invalid value", 0, revision)
-            )
-            return _back_off(state, "acquire", now, timing), replace(obs, writer=refused)
-        case LeaseReleased():
-            return state, replace(obs, writer=KeyUnknown("released; re-read next tick"))
-        case VipAdded(lifetime_s, done_s, was_present):
-            added = replace(state, vip_valid_until_s=done_s + lifetime_s)
-            if not was_present:
-                added = replace(added, announces_left=timing.announce_count, next_announce_s=done_s)
-            return added, replace(obs, vip=VipPresence.PRESENT)
-        case VipRemoved():
-            # Never announce a VIP this node no longer has.
-            return (
-                replace(state, vip_valid_until_s=None, announces_left=0),
-                replace(obs, vip=VipPresence.ABSENT),
-            )
-        case Announced(done_s):
-            return replace(
-                state,
-                announces_left=max(0, state.announces_left - 1),
-                next_announce_s=done_s + timing.announce_interval_s,
-                last_announce_s=done_s,
-            ), obs
-        case PeersAcked(sent_s, window_s, _):
-            until = max(state.failsafe_until_s or sent_s, window_end_s(sent_s, window_s))
-            return replace(state, failsafe_until_s=until), obs
-        case Failed(action, cause):
-            failed = replace(state, last_failure=f"{type(action).__name__}: {cause}")
-            if isinstance(action, Announce):
-                return replace(
-                    failed,
-                    announces_left=max(0, state.announces_left - 1),
-                    next_announce_s=now + timing.announce_interval_s,
-                ), obs
-            return _back_off(failed, _kind(action), now, timing), obs
-    raise AssertionError(f"unhandled outcome {outcome!r}")  # pragma: no cover
-
-
 # --------------------------------------------------------------------------
 
 
@@ -356,13 +280,13 @@ def _while_holding(
     held = replace(lease, deadline_s=max(lease.deadline_s, state.failsafe_until_s or 0.0))
     release_at = release_at_s(held, timing)
     renew: tuple[Action, ...] = ()
-    if now >= lease.renewed_s + timing.renew_interval_s and not _backing_off(state, "renew", now):
+    if now >= lease.renewed_s + timing.renew_interval_s and not backing_off(state, "renew", now):
         renew = (RenewLease(lease.lease_id),)
     if now >= release_at:
         # Renewals kept failing: take the VIP down before the deadline, and
         # keep trying to renew (the VIP may come back if one lands in time).
         remove: tuple[Action, ...] = ()
-        if obs.vip is not VipPresence.ABSENT and not _backing_off(state, "vip", now):
+        if obs.vip is not VipPresence.ABSENT and not backing_off(state, "vip", now):
             remove = (RemoveVip(),)
         return done(
             remove or renew,
@@ -382,7 +306,7 @@ def _while_holding(
         now,
         timing,
         WRITER_VIP,
-        _backing_off(state, "vip", now),
+        backing_off(state, "vip", now),
     )
     # Within an acknowledged window beyond the deadline, the VIP's lifetime is
     # refreshed before renewals that may hang to their timeout: it must not
@@ -413,68 +337,6 @@ def _dropped(state: NodeState) -> NodeState:
     return replace(state, lease=None, failsafe_until_s=None)
 
 
-def _track_role(state: NodeState, obs: Observation) -> NodeState:
-    role = obs.role.role
-    if role is Role.PRIMARY:
-        return replace(state, last_primary_s=obs.now_s, role_unknown_since_s=None)
-    if role is Role.REPLICA or role is Role.DOWN:
-        return replace(state, last_primary_s=None, role_unknown_since_s=None)
-    if state.role_unknown_since_s is None:
-        return replace(state, role_unknown_since_s=obs.now_s)
-    return state
-
-
-def _track_key(state: NodeState, obs: Observation) -> NodeState:
-    match obs.writer:
-        case KeyAbsent():
-            if state.key_free_since_s is None:
-                return replace(state, key_free_since_s=obs.now_s)
-            return state
-        case KeyHeld() | KeyInvalid():
-            return replace(state, key_free_since_s=None)
-    return state  # unknown: no news
-
-
-def _effective_role(state: NodeState, obs: Observation, timing: Timing) -> Role:
-    """PRIMARY; UNKNOWN while a primary's probe fails within the grace; else
-    REPLICA (demoted, down, or unknown too long: treated as not primary)."""
-    role = obs.role.role
-    if role is Role.DOWN:
-        return Role.REPLICA
-    if role is not Role.UNKNOWN:
-        return role
-    since = state.role_unknown_since_s
-    within = since is not None and obs.now_s - since < timing.role_grace_s
-    return Role.UNKNOWN if within and state.last_primary_s is not None else Role.REPLICA
-
-
-def _remember_newer_primary(state: NodeState, obs: Observation, me: Identity) -> NodeState:
-    """The newest primary on a newer timeline than this database's, from this
-    look or remembered from an earlier one. A report that went away or turned
-    unknown is no evidence that the newer primary is gone (it may restart, or
-    live on unseen), so it is forgotten only when that node reports itself a
-    replica, or this database reaches that timeline (promoted again)."""
-    own = obs.role.timeline
-    if obs.role.role is not Role.PRIMARY or own is None:
-        return state  # no comparison possible: keep what we know
-    remembered = state.newer_primary
-    if remembered is not None and any(
-        p.node == remembered.node and p.role is Role.REPLICA for p in obs.peers
-    ):
-        remembered = None  # that node says it was demoted (rewound, rebuilt)
-    candidates = [
-        p
-        for p in (*obs.peers, remembered)
-        if p is not None
-        and p.node != me.node
-        and p.role is Role.PRIMARY
-        and p.timeline is not None
-        and p.timeline > own
-    ]
-    newest = max(candidates, key=lambda p: (p.timeline or 0, p.node), default=None)
-    return state if newest == state.newer_primary else replace(state, newer_primary=newest)
-
-
 def _facts(state: NodeState, obs: Observation) -> dict[str, str]:
     facts = {"role": obs.role.role.value, "vip": obs.vip.value, "writer": _describe(obs.writer)}
     if state.lease is not None:
@@ -502,29 +364,3 @@ def _describe(view: WriterView) -> str:
         case KeyUnknown(cause):
             return f"unknown ({cause})"
     raise AssertionError(view)  # pragma: no cover
-
-
-def _kind(action: Action | ReaderOnlyAction) -> str:
-    match action:
-        case AcquireLease():
-            return "acquire"
-        case AdoptLease():
-            return "adopt"
-        case RenewLease():
-            return "renew"
-        case ReleaseLease():
-            return "release"
-        case AddVip() | RemoveVip():
-            return "vip"
-        case AskPeers():
-            return "failsafe"
-    return "announce"
-
-
-def _back_off(state: NodeState, kind: str, now_s: float, timing: Timing) -> NodeState:
-    """A failed action is not retried before the next tick."""
-    return replace(state, backoff={**state.backoff, kind: now_s + timing.probe_interval_s})
-
-
-def _backing_off(state: NodeState, kind: str, now_s: float) -> bool:
-    return now_s < state.backoff.get(kind, float("-inf"))

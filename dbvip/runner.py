@@ -12,8 +12,9 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
+from dbvip.absorb import absorb
 from dbvip.acting import Actor
-from dbvip.core import absorb, decide
+from dbvip.core import decide
 from dbvip.events import Event, EventTracker
 from dbvip.failsafe import held_lease
 from dbvip.looking import Looker

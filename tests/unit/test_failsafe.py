@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from dbvip.core import absorb, decide
+from dbvip.absorb import absorb
+from dbvip.core import decide
 from dbvip.failsafe import (
     CLOCK_RATE_SLACK,
     Acked,
