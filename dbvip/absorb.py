@@ -10,10 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dbvip.failsafe import window_end_s
-from dbvip.guard import lease_deadline_s
-from dbvip.identity import Identity
-from dbvip.model import (
+from dbvip.actions import (
     AcquireLease,
     Action,
     AddVip,
@@ -22,26 +19,31 @@ from dbvip.model import (
     Announced,
     AskPeers,
     Failed,
-    KeyHeld,
-    KeyInvalid,
-    KeyUnknown,
-    Lease,
     LeaseGone,
     LeaseGranted,
     LeaseRefused,
     LeaseReleased,
     LeaseRenewed,
-    NodeState,
-    Observation,
     Outcome,
     PeersAcked,
     ReleaseLease,
     RemoveVip,
     RenewLease,
-    Timing,
     VipAdded,
-    VipPresence,
     VipRemoved,
+)
+from dbvip.failsafe import window_end_s
+from dbvip.guard import lease_deadline_s
+from dbvip.identity import Identity
+from dbvip.model import (
+    KeyHeld,
+    KeyInvalid,
+    KeyUnknown,
+    Lease,
+    NodeState,
+    Observation,
+    Timing,
+    VipPresence,
     WriterView,
 )
 from dbvip.reader_model import ReaderOnlyAction

@@ -12,8 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import TypeVar
 
-from dbvip.guard import vip_lifetime_s
-from dbvip.model import (
+from dbvip.actions import (
     AcquireLease,
     Action,
     AddVip,
@@ -21,7 +20,6 @@ from dbvip.model import (
     Announce,
     Announced,
     Failed,
-    Lease,
     LeaseGone,
     LeaseGranted,
     LeaseRefused,
@@ -31,9 +29,13 @@ from dbvip.model import (
     ReleaseLease,
     RemoveVip,
     RenewLease,
-    Timing,
     VipAdded,
     VipRemoved,
+)
+from dbvip.guard import vip_lifetime_s
+from dbvip.model import (
+    Lease,
+    Timing,
 )
 from dbvip.ports import Alive, Gone, Granted, Refused, Taken, Unknown
 from dbvip.reader_model import (

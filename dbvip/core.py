@@ -20,16 +20,21 @@ from dataclasses import replace
 
 from dbvip import failsafe
 from dbvip.absorb import backing_off
-from dbvip.failsafe import promised, record_blocks
-from dbvip.guard import keep_vip, release_at_s
-from dbvip.identity import Identity
-from dbvip.model import (
+from dbvip.actions import (
     WRITER_VIP,
     AcquireLease,
     Action,
     AddVip,
     AdoptLease,
     Announce,
+    ReleaseLease,
+    RemoveVip,
+    RenewLease,
+)
+from dbvip.failsafe import promised, record_blocks
+from dbvip.guard import keep_vip, release_at_s
+from dbvip.identity import Identity
+from dbvip.model import (
     Decision,
     KeyAbsent,
     KeyHeld,
@@ -39,9 +44,6 @@ from dbvip.model import (
     NodeState,
     Observation,
     Reason,
-    ReleaseLease,
-    RemoveVip,
-    RenewLease,
     Role,
     Timing,
     VipPresence,

@@ -12,17 +12,19 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from dbvip.actions import (
+    Outcome,
+    VipAdded,
+    VipRemoved,
+)
 from dbvip.model import (
     Decision,
     KeyHeld,
     Lease,
     Observation,
-    Outcome,
     Reason,
     Role,
-    VipAdded,
     VipPresence,
-    VipRemoved,
 )
 
 

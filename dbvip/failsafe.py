@@ -30,14 +30,16 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from dbvip.identity import Identity
-from dbvip.model import (
-    KERNEL_EXPIRY_SLACK_S,
+from dbvip.actions import (
     AcquireLease,
     Action,
     AddVip,
     AdoptLease,
     AskPeers,
+)
+from dbvip.identity import Identity
+from dbvip.model import (
+    KERNEL_EXPIRY_SLACK_S,
     Decision,
     FailsafeRecord,
     KeyAbsent,

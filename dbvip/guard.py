@@ -12,11 +12,13 @@ from __future__ import annotations
 
 import math
 
-from dbvip.model import (
-    KERNEL_EXPIRY_SLACK_S,
+from dbvip.actions import (
     Action,
     AddVip,
     Announce,
+)
+from dbvip.model import (
+    KERNEL_EXPIRY_SLACK_S,
     Lease,
     Timing,
     VipPresence,

@@ -9,9 +9,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import get_args
 
+from dbvip.actions import (
+    Action,
+)
 from dbvip.events import EventKind
 from dbvip.hooks import HookResult
-from dbvip.model import Action, Reason, Role
+from dbvip.model import (
+    Reason,
+    Role,
+)
 from dbvip.reporting import snake_case
 from dbvip.shell import ActionResult, EtcdOperation, PeerAnswerKind, ReaderChange
 

@@ -9,9 +9,12 @@ over only when it was written by this host's sidecar for this interface
 
 from __future__ import annotations
 
+from dbvip.actions import (
+    Action,
+    ReleaseLease,
+)
 from dbvip.identity import Identity, Whose, ours, whose
 from dbvip.model import (
-    Action,
     KeyHeld,
     KeyInvalid,
     KeyUnknown,
@@ -19,7 +22,6 @@ from dbvip.model import (
     NodeState,
     Observation,
     Reason,
-    ReleaseLease,
     WriterView,
 )
 

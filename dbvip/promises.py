@@ -17,6 +17,16 @@ import threading
 from dataclasses import replace
 from typing import Protocol
 
+from dbvip.actions import (
+    AcquireLease,
+    Action,
+    AddVip,
+    AdoptLease,
+    AskPeers,
+    Failed,
+    Outcome,
+    PeersAcked,
+)
 from dbvip.failsafe import (
     Acked,
     Declined,
@@ -29,18 +39,10 @@ from dbvip.failsafe import (
 )
 from dbvip.identity import Identity
 from dbvip.model import (
-    AcquireLease,
-    Action,
-    AddVip,
-    AdoptLease,
-    AskPeers,
-    Failed,
     FailsafeRecord,
     KeyUnknown,
     NodeState,
     Observation,
-    Outcome,
-    PeersAcked,
     PeerView,
     Role,
     Seat,

@@ -11,17 +11,19 @@ from __future__ import annotations
 from dataclasses import replace
 
 from dbvip.acting import Actor
+from dbvip.actions import (
+    Failed,
+    VipAdded,
+    VipRemoved,
+)
 from dbvip.identity import Identity
 from dbvip.looking import ReaderLooker
 from dbvip.model import (
-    Failed,
     Lease,
     NodeState,
     Observation,
     Timing,
-    VipAdded,
     VipPresence,
-    VipRemoved,
 )
 from dbvip.ownership import name_conflict
 from dbvip.reader_model import ReaderObservation, ReaderSettings, ReaderState

@@ -10,19 +10,21 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from dbvip.guard import lease_deadline_s
-from dbvip.model import (
+from dbvip.actions import (
     Action,
     Announced,
     Failed,
-    Lease,
     LeaseGone,
     LeaseRenewed,
     RemoveVip,
     RenewLease,
-    Timing,
     VipAdded,
     VipRemoved,
+)
+from dbvip.guard import lease_deadline_s
+from dbvip.model import (
+    Lease,
+    Timing,
 )
 from dbvip.reader_model import (
     GiveBackReader,

@@ -17,11 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
+from dbvip.actions import (
+    RemoveVip,
+    RenewLease,
+)
 from dbvip.guard import keep_vip, release_at_s
 from dbvip.identity import Identity, Whose, ours, whose
 from dbvip.model import (
-    RemoveVip,
-    RenewLease,
     Timing,
     VipPresence,
 )

@@ -12,22 +12,24 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from dbvip.events import Event, EventTracker
-from dbvip.model import (
+from dbvip.actions import (
     Action,
     Announced,
-    Decision,
     Failed,
     LeaseGone,
     LeaseRefused,
     LeaseRenewed,
-    Observation,
     Outcome,
+    VipAdded,
+    VipRemoved,
+)
+from dbvip.events import Event, EventTracker
+from dbvip.model import (
+    Decision,
+    Observation,
     Reason,
     Role,
-    VipAdded,
     VipPresence,
-    VipRemoved,
 )
 from dbvip.reader_model import ReaderRefused
 from dbvip.shell import ActionResult, ReaderChange, Telemetry

@@ -14,18 +14,20 @@ from typing import Protocol
 
 from dbvip.absorb import absorb
 from dbvip.acting import Actor
+from dbvip.actions import (
+    Action,
+    AskPeers,
+    Failed,
+    Outcome,
+)
 from dbvip.core import decide
 from dbvip.events import Event, EventTracker
 from dbvip.failsafe import held_lease
 from dbvip.looking import Looker
 from dbvip.model import (
-    Action,
-    AskPeers,
     Decision,
-    Failed,
     NodeState,
     Observation,
-    Outcome,
     Reason,
     Timing,
     VipPresence,

@@ -7,10 +7,7 @@ from dataclasses import replace
 import pytest
 
 from dbvip.absorb import absorb
-from dbvip.core import decide
-from dbvip.guard import vip_lifetime_s
-from dbvip.identity import Identity
-from dbvip.model import (
+from dbvip.actions import (
     AcquireLease,
     Action,
     AddVip,
@@ -18,28 +15,33 @@ from dbvip.model import (
     Announce,
     Announced,
     Failed,
+    LeaseGone,
+    LeaseGranted,
+    LeaseRefused,
+    LeaseRenewed,
+    ReleaseLease,
+    RemoveVip,
+    RenewLease,
+    VipAdded,
+    VipRemoved,
+)
+from dbvip.core import decide
+from dbvip.guard import vip_lifetime_s
+from dbvip.identity import Identity
+from dbvip.model import (
     KeyAbsent,
     KeyHeld,
     KeyInvalid,
     KeyUnknown,
     Lease,
-    LeaseGone,
-    LeaseGranted,
-    LeaseRefused,
-    LeaseRenewed,
     NodeState,
     Observation,
     PeerView,
     Reason,
-    ReleaseLease,
-    RemoveVip,
-    RenewLease,
     Role,
     RoleReading,
     Timing,
-    VipAdded,
     VipPresence,
-    VipRemoved,
     WriterView,
 )
 

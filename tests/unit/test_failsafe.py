@@ -7,6 +7,15 @@ from dataclasses import replace
 import pytest
 
 from dbvip.absorb import absorb
+from dbvip.actions import (
+    AcquireLease,
+    Action,
+    AddVip,
+    AskPeers,
+    Failed,
+    PeersAcked,
+    RemoveVip,
+)
 from dbvip.core import decide
 from dbvip.failsafe import (
     CLOCK_RATE_SLACK,
@@ -23,19 +32,12 @@ from dbvip.failsafe import (
 from dbvip.identity import Identity
 from dbvip.model import (
     KERNEL_EXPIRY_SLACK_S,
-    AcquireLease,
-    Action,
-    AddVip,
-    AskPeers,
-    Failed,
     FailsafeRecord,
     KeyAbsent,
     KeyUnknown,
     NodeState,
     Observation,
-    PeersAcked,
     Reason,
-    RemoveVip,
     Role,
     Seat,
     Timing,

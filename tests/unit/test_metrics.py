@@ -7,6 +7,12 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from dbvip.actions import (
+    AskPeers,
+    LeaseGone,
+    LeaseRefused,
+    LeaseRenewed,
+)
 from dbvip.board import etcd_window_s, liveness_window_s
 from dbvip.failsafe import Acked, Declined
 from dbvip.identity import Identity
@@ -19,10 +25,6 @@ from dbvip.metric_docs import (
 )
 from dbvip.metrics import Metrics
 from dbvip.model import (
-    AskPeers,
-    LeaseGone,
-    LeaseRefused,
-    LeaseRenewed,
     PeerView,
     Reason,
     Role,

@@ -6,17 +6,19 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 
-from dbvip.failsafe import Acked, Declined, record_for
-from dbvip.identity import Identity
-from dbvip.model import (
+from dbvip.actions import (
     AcquireLease,
     AddVip,
     AskPeers,
     Failed,
+    PeersAcked,
+)
+from dbvip.failsafe import Acked, Declined, record_for
+from dbvip.identity import Identity
+from dbvip.model import (
     FailsafeRecord,
     KeyUnknown,
     NodeState,
-    PeersAcked,
     PeerView,
     Role,
     RoleReading,

@@ -40,18 +40,20 @@ import pytest
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
+from dbvip.actions import (
+    Action,
+    Failed,
+    Outcome,
+)
 from dbvip.config import TIMING_FIELDS, load
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import Garbage, decode_writer
 from dbvip.members import report_of
 from dbvip.model import (
     KERNEL_EXPIRY_SLACK_S,
-    Action,
     Decision,
-    Failed,
     KeyHeld,
     KeyUnknown,
-    Outcome,
     Reason,
     Role,
     Timing,

@@ -9,9 +9,17 @@ from dataclasses import replace
 
 import pytest
 
+from dbvip.actions import (
+    AddVip,
+    Failed,
+)
 from dbvip.guard import vip_lifetime_s
 from dbvip.members import report_of
-from dbvip.model import AddVip, Failed, Reason, Role, Timing
+from dbvip.model import (
+    Reason,
+    Role,
+    Timing,
+)
 from dbvip.runner import Ports, Runner, Snapshot
 from tests.fakes import (
     WRITER,
