@@ -8,7 +8,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dbvip.adapters.arp import PacketAnnouncer
-from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.etcd_status import ClusterStatus
+from dbvip.adapters.etcd_store import EtcdLeaseStore
 from dbvip.adapters.host import SeatLock, SeatTakenError, host_identity
 from dbvip.adapters.netlink import NetlinkVipDriver
 from dbvip.adapters.postgres import PostgresRoleProbe

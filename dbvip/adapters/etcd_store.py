@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from dbvip.adapters.etcd_client import (
     EtcdClient,
     EtcdUnavailableError,
-    KeyValue,
     compare_lease,
     compare_mod_revision,
     delete_op,
@@ -26,13 +24,13 @@ from dbvip.adapters.etcd_pages import (
     read_all,
     revoke_quietly,
 )
-from dbvip.adapters.etcd_readers import pool_reading, reader_entries, reader_value
+from dbvip.adapters.etcd_readers import pool_reading
+from dbvip.adapters.etcd_status import ClusterStatus, read_cluster, writer_view
 from dbvip.adapters.etcd_watch import Watch, WatchEvent
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (
     DEFAULT_PREFIX,
-    Garbage,
     KeyLayout,
     WriterValue,
     decode_failsafe_record,
@@ -48,9 +46,6 @@ from dbvip.keys import (
 )
 from dbvip.model import (
     FailsafeRecord,
-    KeyAbsent,
-    KeyHeld,
-    KeyInvalid,
     KeyUnknown,
     Seat,
     WriterView,
@@ -70,50 +65,6 @@ from dbvip.ports import (
 # What a failsafe record that is not one stands for: no seat is its holder,
 # none is listed, so nobody takes the writer key past it.
 GARBLED_RECORD = FailsafeRecord(Seat("", "", ""), ())
-
-
-@dataclass(frozen=True)
-class MemberStatus:
-    node: str
-    value: dict[str, Any] | Garbage
-    lease_id: int
-    ttl_s: int | None  # remaining TTL of its lease; -1 gone, None unknown or no lease
-
-
-@dataclass(frozen=True)
-class ReaderStatus:
-    """One reader key (or its claim alone) as ``dbvip status`` shows it."""
-
-    vip: str  # the address, from the key
-    value: WriterValue | Garbage
-    lease_id: int
-    ttl_s: int | None  # as MemberStatus.ttl_s
-    claim_only: bool = False
-
-
-@dataclass(frozen=True)
-class ClusterStatus:
-    """What ``dbvip status`` shows: one consistent read plus lease TTLs."""
-
-    writer: WriterView
-    writer_ttl_s: int | None  # as MemberStatus.ttl_s, for the writer key's lease
-    members: tuple[MemberStatus, ...]
-    maintenance: tuple[str, ...] = ()  # nodes asked to stay away from the VIP
-    writer_value: WriterValue | Garbage | None = None  # the writer key's value, decoded
-    readers: tuple[ReaderStatus, ...] = ()  # every reader key, by address
-
-
-def _writer_view(kv: KeyValue | None, revision: int, claim: KeyValue | None = None) -> WriterView:
-    if kv is None:
-        if claim is None or claim.lease_id == 0:
-            return KeyAbsent(revision)  # a claim without a lease backs no VIP
-        value = decode_writer(claim.value)
-        holder = value.node if isinstance(value, WriterValue) else f"lease {claim.lease_id:x}"
-        return KeyAbsent(revision, claimed_by=holder)
-    value = decode_writer(kv.value)
-    if isinstance(value, Garbage):
-        return KeyInvalid(value.detail, kv.lease_id, revision)
-    return KeyHeld(value.node, kv.lease_id, revision, kv.mod_revision, value.identity)
 
 
 class EtcdLeaseStore:
@@ -175,7 +126,7 @@ class EtcdLeaseStore:
         except EtcdUnavailableError as exc:
             return KeyUnknown(exc.cause)
         found = {kv.key.decode(errors="replace"): kv for kv in result.kvs}
-        return _writer_view(found.get(keys.writer), result.revision, found.get(keys.claim))
+        return writer_view(found.get(keys.writer), result.revision, found.get(keys.claim))
 
     def history_reset(self) -> str | None:
         return self._client.history.take()
@@ -345,7 +296,7 @@ class EtcdLeaseStore:
             return Unknown(f"members read: {exc.cause}")
         by_key = {kv.key: kv for kv in kvs}
         keys = self._keys
-        writer = _writer_view(
+        writer = writer_view(
             by_key.get(keys.writer.encode()), revision, by_key.get(keys.claim.encode())
         )
         members_prefix = self._keys.members_prefix
@@ -401,51 +352,7 @@ class EtcdLeaseStore:
         return Done()
 
     def read_cluster(self, timeout_s: float) -> ClusterStatus | Unknown:
-        deadline = boot_s() + timeout_s
-        try:
-            revision, kvs = read_all(self._client, self._keys, timeout_s)
-        except EtcdUnavailableError as exc:
-            return Unknown(exc.cause)
-        by_key = {kv.key.decode(errors="replace"): kv for kv in kvs}
-        writer_kv = by_key.get(self._keys.writer)
-
-        ttls: dict[int, int | None] = {}  # a node's reader keys share one lease
-
-        def ttl_s(lease_id: int) -> int | None:
-            if lease_id == 0 or deadline <= boot_s():
-                return None
-            if lease_id not in ttls:
-                try:
-                    ttls[lease_id] = self._client.time_to_live(lease_id, deadline - boot_s()).ttl_s
-                except EtcdUnavailableError:
-                    return None
-            return ttls[lease_id]
-
-        members_prefix = self._keys.members_prefix
-        members = tuple(
-            MemberStatus(name, member_value(kv), kv.lease_id, ttl_s(kv.lease_id))
-            for key, kv in sorted(by_key.items())
-            if key.startswith(members_prefix) and (name := key[len(members_prefix) :])
-        )
-        writer = _writer_view(writer_kv, revision, by_key.get(self._keys.claim))
-        maintenance_prefix = self._keys.maintenance_prefix
-        maintenance = tuple(
-            key[len(maintenance_prefix) :]
-            for key in sorted(by_key)
-            if key.startswith(maintenance_prefix) and key != maintenance_prefix
-        )
-        readers = tuple(
-            ReaderStatus(vip, reader_value(kv, vip), kv.lease_id, ttl_s(kv.lease_id), claim_only)
-            for vip, kv, claim_only in reader_entries(self._keys, kvs)
-        )
-        return ClusterStatus(
-            writer,
-            ttl_s(writer_kv.lease_id) if writer_kv else None,
-            members,
-            maintenance,
-            decode_writer(writer_kv.value) if writer_kv else None,
-            readers,
-        )
+        return read_cluster(self._client, self._keys, timeout_s)
 
     def writer_watcher(self) -> EtcdKeyWatcher:
         keys, node = self._keys, self._node

@@ -13,7 +13,8 @@ import pytest
 
 from dbvip.adapters.etcd_client import EtcdClient
 from dbvip.adapters.etcd_readers import EtcdPoolWatcher, EtcdReaderStore
-from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.etcd_status import ClusterStatus
+from dbvip.adapters.etcd_store import EtcdLeaseStore
 from dbvip.adapters.etcd_watch import WatchEvent
 from dbvip.identity import Identity
 from dbvip.keys import Garbage, KeyLayout, WriterValue

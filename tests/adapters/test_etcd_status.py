@@ -12,7 +12,8 @@ import pytest
 
 from dbvip.adapters.etcd_client import EtcdClient
 from dbvip.adapters.etcd_pages import PAGE_KEYS
-from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.etcd_status import ClusterStatus
+from dbvip.adapters.etcd_store import EtcdLeaseStore
 from dbvip.keys import KeyLayout
 from dbvip.model import KeyHeld
 from dbvip.ports import MembersReading

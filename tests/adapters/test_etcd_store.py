@@ -14,7 +14,8 @@ from typing import Any, TypeVar
 import pytest
 
 from dbvip.adapters.etcd_client import EtcdClient
-from dbvip.adapters.etcd_store import ClusterStatus, EtcdLeaseStore
+from dbvip.adapters.etcd_status import ClusterStatus
+from dbvip.adapters.etcd_store import EtcdLeaseStore
 from dbvip.identity import Identity
 from dbvip.keys import Garbage, KeyLayout
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, KeyUnknown, PeerView, Role

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from dbvip.adapters.etcd_store import ClusterStatus, MemberStatus
+from dbvip.adapters.etcd_status import ClusterStatus, MemberStatus
 from dbvip.config import Listen, load
 from dbvip.health import HealthServer
 from dbvip.keys import decode_member, encode_member

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from dbvip.adapters.etcd_store import ClusterStatus, MemberStatus, ReaderStatus
+from dbvip.adapters.etcd_status import ClusterStatus, MemberStatus, ReaderStatus
 from dbvip.keys import Garbage, WriterValue, decode_member, decode_reader, decode_writer
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid
 from dbvip.status_view import reader_row, render
