@@ -12,7 +12,13 @@ import contextlib
 from dataclasses import replace
 from typing import Any
 
-from dbvip.adapters.etcd_client import EtcdClient, EtcdUnavailableError, KeyValue
+from dbvip.adapters.etcd_client import (
+    EtcdClient,
+    EtcdUnavailableError,
+)
+from dbvip.adapters.etcd_wire import (
+    KeyValue,
+)
 from dbvip.boottime import boot_s
 from dbvip.keys import Garbage, KeyLayout, decode_member
 

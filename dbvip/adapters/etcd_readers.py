@@ -19,6 +19,10 @@ from collections.abc import Callable
 from dbvip.adapters.etcd_client import (
     EtcdClient,
     EtcdUnavailableError,
+)
+from dbvip.adapters.etcd_pages import MAX_VALUE_BYTES, member_value, read_all
+from dbvip.adapters.etcd_watch import Watch, WatchEvent
+from dbvip.adapters.etcd_wire import (
     KeyValue,
     compare_lease,
     compare_mod_revision,
@@ -26,8 +30,6 @@ from dbvip.adapters.etcd_client import (
     put_op,
     range_op,
 )
-from dbvip.adapters.etcd_pages import MAX_VALUE_BYTES, member_value, read_all
-from dbvip.adapters.etcd_watch import Watch, WatchEvent
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity
 from dbvip.keys import (

@@ -8,9 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from dbvip.adapters.etcd_client import EtcdClient, EtcdUnavailableError, KeyValue
+from dbvip.adapters.etcd_client import (
+    EtcdClient,
+    EtcdUnavailableError,
+)
 from dbvip.adapters.etcd_pages import member_value, read_all
 from dbvip.adapters.etcd_readers import reader_entries, reader_value
+from dbvip.adapters.etcd_wire import (
+    KeyValue,
+)
 from dbvip.boottime import boot_s
 from dbvip.keys import Garbage, KeyLayout, WriterValue, decode_writer
 from dbvip.model import KeyAbsent, KeyHeld, KeyInvalid, WriterView

@@ -13,11 +13,6 @@ from typing import Any
 from dbvip.adapters.etcd_client import (
     EtcdClient,
     EtcdUnavailableError,
-    compare_lease,
-    compare_mod_revision,
-    delete_op,
-    put_op,
-    range_op,
 )
 from dbvip.adapters.etcd_pages import (
     member_value,
@@ -27,6 +22,13 @@ from dbvip.adapters.etcd_pages import (
 from dbvip.adapters.etcd_readers import pool_reading
 from dbvip.adapters.etcd_status import ClusterStatus, read_cluster, writer_view
 from dbvip.adapters.etcd_watch import Watch, WatchEvent
+from dbvip.adapters.etcd_wire import (
+    compare_lease,
+    compare_mod_revision,
+    delete_op,
+    put_op,
+    range_op,
+)
 from dbvip.boottime import boot_s
 from dbvip.identity import Identity, Whose, whose
 from dbvip.keys import (

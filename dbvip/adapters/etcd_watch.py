@@ -20,14 +20,13 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from dbvip.adapters.etcd_client import (
-    _INVALID_TOKEN,
-    EtcdClient,
-    Json,
-    _key_range,
-    _TransientError,
-)
+from dbvip.adapters.etcd_client import _INVALID_TOKEN, EtcdClient
 from dbvip.adapters.etcd_http import Connection
+from dbvip.adapters.etcd_wire import (
+    Json,
+    TransientError,
+    key_range,
+)
 from dbvip.boottime import boot_s
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class Watch:
         says yes to (the watch then asks etcd for each key's previous value);
         a (re)connect always wakes."""
         self._client = client
-        self._body = {"create_request": _key_range(key, prefix)}
+        self._body = {"create_request": key_range(key, prefix)}
         if wants is not None:
             self._body["create_request"]["prev_kv"] = True
         self._wants = wants
@@ -154,7 +153,7 @@ class Watch:
         conn.deadline = boot_s() + self._idle_s
         head = conn.read_head()
         if head.status != 200:
-            raise _TransientError(f"HTTP {head.status}")
+            raise TransientError(f"HTTP {head.status}")
         for line in conn.lines(head, self._idle_s):
             if self._stopping.is_set():
                 return
@@ -168,13 +167,13 @@ class Watch:
                     self._client.forget_token()
                 if int(result.get("compact_revision", 0)):
                     self._revision = 0  # compacted past the resume point: start afresh
-                raise _TransientError(f"watch canceled: {self._client.hide(reason, token)}")
+                raise TransientError(f"watch canceled: {self._client.hide(reason, token)}")
             created, events = bool(result.get("created")), result.get("events", ())
             if created and resume and _header_revision(result) < resume:
                 # etcd's history went back (restored, or another cluster): a
                 # resume point ahead of it would skip what comes until then.
                 self._revision = 0
-                raise _TransientError("etcd revision went back; watching afresh")
+                raise TransientError("etcd revision went back; watching afresh")
             if created or events:
                 self._confirmed = True
                 fresh = created and not resume

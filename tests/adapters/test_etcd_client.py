@@ -14,12 +14,14 @@ import pytest
 from dbvip.adapters.etcd_client import (
     EtcdClient,
     EtcdUnavailableError,
+)
+from dbvip.adapters.etcd_watch import Watch
+from dbvip.adapters.etcd_wire import (
     compare_create_revision,
     compare_lease,
     put_op,
     range_op,
 )
-from dbvip.adapters.etcd_watch import Watch
 from integration.lab.etcd import EtcdCluster, refusing_url
 from integration.lab.eventually import eventually
 from tests.adapters.conftest import ETCD_USER
