@@ -368,7 +368,7 @@ def test_the_sampler_runs_in_a_process_of_its_own_that_stop_reaps(
     assert pid is not None
     assert pid != os.getpid()
     assert parent_of(pid) == os.getpid()
-    assert "_serve" in Path(f"/proc/{pid}/cmdline").read_text()
+    assert "serve()" in Path(f"/proc/{pid}/cmdline").read_text()
     report = monitor.stop()
 
     assert not alive(pid)  # reaped, not a zombie
