@@ -175,7 +175,8 @@ METRICS: tuple[MetricDoc, ...] = (
         "gauge",
         (),
         "this replica's replay position behind the primary's WAL position as published "
-        "in etcd, in bytes; absent when unknown or without reader_vips",
+        "in etcd, or behind its own received position if more, in bytes; absent when "
+        "unknown or without reader_vips",
     ),
     MetricDoc(
         "dbvip_in_pool",

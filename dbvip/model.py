@@ -56,6 +56,9 @@ class RoleReading:
     cause: str | None = None  # why the role is unknown or down; None when known
     # A replica's WAL receiver is streaming; None: not a replica, or unknown.
     streaming: bool | None = None
+    # A replica's WAL received so far (written to disk); None: not a replica,
+    # or nothing received since it started.
+    received_lsn: str | None = None
 
 
 @dataclass(frozen=True)

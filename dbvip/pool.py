@@ -114,7 +114,9 @@ def judge(
     """Is this node a healthy replica that should serve reads, and why not.
 
     Lag is measured against the primary's current WAL position as published
-    in its member report (at most a renew interval old). A replica that left
+    in its member report (at most a renew interval old), or against what
+    this replica has received, whichever shows more (a replay that stalls is
+    seen at the next probe, not at the primary's next report). A replica that left
     for lag comes back only after staying fine for ``rejoin_s``: a replica
     oscillating around the limit does not make VIPs flap.
 
@@ -163,7 +165,11 @@ def judge(
     members, holder = obs.pool.members, obs.pool.writer_holder
     primary = next((m for m in members if m.role is Role.PRIMARY and m.node == holder), None)
     head, mine = lsn_bytes(primary.lsn if primary else None), lsn_bytes(obs.lsn)
-    lag = None if head is None or mine is None else max(0, head - mine)
+    # Two lower bounds of the true lag, the larger kept: behind the primary's
+    # published position (at most a renew interval old), and behind what this
+    # replica has received itself (seen at once when replay stalls).
+    ahead = [h for h in (head, lsn_bytes(obs.received_lsn)) if h is not None]
+    lag = None if not ahead or mine is None else max(0, *(h - mine for h in ahead))
     broke = previous.stream_broke_s
     if lag is not None and lag > settings.max_lag_bytes:
         return Judgement(False, "lagging", lag, now, None, broke)

@@ -78,6 +78,7 @@ class ReaderRounds:
             role=obs.role.role,
             lsn=obs.role.lsn,
             streaming=obs.role.streaming,
+            received_lsn=obs.role.received_lsn,
             presence=self.presence,
             pool=pool,
             pool_cause=cause,

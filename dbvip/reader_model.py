@@ -95,6 +95,8 @@ class ReaderObservation:
     # The latest instant an etcd request issued now may still run, as the
     # writer's lease allows (the reader rounds must not delay the writer's).
     writer_limit_s: float = float("inf")
+    # A replica's WAL received so far: replay behind it is lag seen locally.
+    received_lsn: str | None = None
 
 
 # --------------------------------------------------------------------------

@@ -157,7 +157,8 @@ SETTINGS: tuple[Setting, ...] = (
         "reader_max_lag_bytes",
         p.integer(0, 2**62),
         str(16 * 1024 * 1024),
-        "a replica further behind the primary's published WAL position leaves the reader pool",
+        "a replica further behind the primary's published WAL position (or its own received "
+        "one) leaves the reader pool",
     ),
     Setting(
         "reader_rejoin_s",

@@ -28,7 +28,9 @@ from dbvip.model import Role, RoleReading
 # ends. A replica reports the timeline it is receiving, or failing that the
 # one of its last restartpoint. Its WAL receiver's status says whether it
 # streams ("none": no receiver; "hidden": a role without pg_read_all_stats
-# sees the receiver's pid only, so whether it streams is unknown).
+# sees the receiver's pid only, so whether it streams is unknown). A
+# replica's received position, less its replay position, is a lag it can see
+# alone (replay paused or slow), without the primary's published position.
 QUERY = b"""\
 SELECT in_recovery,
   CASE WHEN in_recovery
@@ -39,7 +41,8 @@ SELECT in_recovery,
   CASE WHEN in_recovery THEN pg_last_wal_replay_lsn() ELSE pg_current_wal_lsn() END,
   CASE WHEN in_recovery
     THEN coalesce((SELECT coalesce(status, 'hidden') FROM pg_stat_wal_receiver), 'none')
-  END
+  END,
+  CASE WHEN in_recovery THEN pg_last_wal_receive_lsn() END
 FROM (SELECT pg_is_in_recovery() AS in_recovery) AS s"""
 
 # PostgreSQL's messages for SQLSTATE 57P03 (postmaster.c, canAcceptConnections).
@@ -196,7 +199,7 @@ def _query(pgconn: pq.abc.PGconn, deadline_s: float) -> list[bytes | None]:
 
 
 def _reading(row: list[bytes | None]) -> RoleReading:
-    in_recovery, timeline, lsn, receiver = row
+    in_recovery, timeline, lsn, receiver, received = row
     if in_recovery not in (b"t", b"f"):
         raise ValueError(f"unexpected pg_is_in_recovery() value {in_recovery!r}")
     return RoleReading(
@@ -204,6 +207,7 @@ def _reading(row: list[bytes | None]) -> RoleReading:
         timeline=None if timeline is None else int(timeline),
         lsn=None if lsn is None else lsn.decode(),
         streaming=None if receiver in (None, b"hidden") else receiver == b"streaming",
+        received_lsn=None if received is None else received.decode(),
     )
 
 

@@ -94,6 +94,26 @@ def test_standby_reads_replica_with_its_replay_lsn(
     assert pg_standby.sql(f"SELECT '{reading.lsn}'::pg_lsn <= pg_last_wal_replay_lsn()") == "t"
 
 
+def test_standby_with_replay_paused_reads_what_it_received_ahead_of_its_replay(
+    pg_primary: PgServer, pg_standby: PgServer, make_probe: ProbeFactory
+) -> None:
+    probe = make_probe(pg_standby.conninfo())
+    eventually(lambda: probe.probe(TIMEOUT_S).received_lsn is not None)
+    pg_standby.sql("SELECT pg_wal_replay_pause()")
+    pg_primary.sql("SELECT pg_logical_emit_message(false, 'dbvip', repeat('x', 200000))")
+    written = pg_primary.sql("SELECT pg_current_wal_lsn()")
+
+    def received_ahead() -> RoleReading | None:
+        r = probe.probe(TIMEOUT_S)
+        done = pg_standby.sql(f"SELECT '{r.received_lsn}'::pg_lsn >= '{written}'") == "t"
+        return r if done else None
+
+    reading = eventually(received_ahead)
+    assert reading.role is Role.REPLICA and reading.lsn and reading.received_lsn
+    behind = f"SELECT '{reading.received_lsn}'::pg_lsn - '{reading.lsn}'::pg_lsn"
+    assert int(float(pg_standby.sql(behind))) >= 100000  # most of the 200 kB: replay stood still
+
+
 def test_promoted_standby_reads_primary_on_the_new_timeline_at_once(
     pg_primary: PgServer, pg_standby: PgServer, make_probe: ProbeFactory
 ) -> None:

@@ -100,6 +100,20 @@ def _obs(role: Role = Role.REPLICA, **kw: object) -> ReaderObservation:
 
 
 START = Judgement(False, "not looked yet", None, None, None)
+
+
+def test_a_replay_that_stalls_behind_what_the_replica_received_is_lag_at_once() -> None:
+    """The primary's published position is old (it equals the replay), but
+    the replica has received 32 MiB it has not replayed: lagging, at once."""
+    stalled = judge(_obs(received_lsn="0/5000000"), S, START)
+    assert (stalled.in_pool, stalled.why, stalled.lag_bytes) == (False, "lagging", 0x2000000)
+    caught_up = judge(_obs(received_lsn="0/3000000"), S, START)
+    assert (caught_up.in_pool, caught_up.lag_bytes) == (True, 0)
+    # The larger of the two is kept: the primary's position shows more here.
+    both = judge(_obs(head="0/4000000", received_lsn="0/3100000"), S, START)
+    assert both.lag_bytes == 0x1000000
+
+
 S = ReaderSettings(vips=("198.51.100.101",))
 
 
