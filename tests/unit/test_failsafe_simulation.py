@@ -34,26 +34,32 @@ from dbvip.ports import Unknown
 from dbvip.promises import Failsafe, PeerAnswer
 from dbvip.runner import Ports, Runner
 from tests.fakes import FakeWaiter
-from tests.unit.test_simulation import (
+from tests.sim.guards import (
+    RunnerFactory,
+)
+from tests.sim.steps import (
     NODES,
-    SIM_SETTINGS,
     TIMINGS,
     Advance,
     Crash,
     EtcdFault,
     InvariantViolationError,
     Restart,
-    RunnerFactory,
     SetRole,
     Setup,
-    Sim,
     Step,
+)
+from tests.sim.strategies import (
+    SIM_SETTINGS,
     _fault_events,
     _seconds,
     durations,
     node_names,
     scenarios,
     setups,
+)
+from tests.sim.world import (
+    Sim,
 )
 
 EXAMPLES = int(os.environ.get("DBVIP_SIM_EXAMPLES", "0"))

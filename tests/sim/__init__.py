@@ -1,0 +1,1 @@
+"""The property-based simulation's harness (its properties are in tests/unit)."""
