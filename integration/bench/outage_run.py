@@ -36,7 +36,6 @@ from integration.bench.outage_lab import Plan, run_system
 from integration.bench.outage_systems import KEYS, system
 from integration.bench.runner import (
     REPO,
-    commit_info,
     first_line,
     machine_info,
     versions,
@@ -145,7 +144,7 @@ def _lead(args: argparse.Namespace, plan: Plan) -> int:
         "part": "outage",
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round(time.monotonic() - cli.START_S, 1),
-        "commit": commit_info(),
+        "commit": machine["commit"],
         "machine": machine,
         "load_after": os.getloadavg(),
         "versions": versions() | {"patroni": first_line([str(PATRONI), "--version"])},

@@ -280,11 +280,11 @@ def run_facts(
     started: datetime.datetime, duration_s: float, machine: dict[str, Any]
 ) -> dict[str, Any]:
     """When, how long, at which commit, on which machine (``machine_info`` taken
-    before the run), and the load it left."""
+    before the run, with the commit checked out then), and the load it left."""
     return {
         "date": started.isoformat(timespec="seconds"),
         "duration_s": round(duration_s, 1),
-        "commit": commit_info(),
+        "commit": machine["commit"],
         "machine": machine,
         "load_after": os.getloadavg(),
     }
@@ -312,6 +312,9 @@ def machine_info() -> dict[str, Any]:
         "os": os_name,
         "kernel": platform.release(),
         "load_before": os.getloadavg(),
+        # The code under test is what was checked out when the run began (a
+        # sidecar started later imports the tree as it is then: keep it still).
+        "commit": commit_info(),
     }
 
 
