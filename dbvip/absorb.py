@@ -2,8 +2,8 @@
 decision core (``dbvip.core.decide`` chooses actions; ``absorb`` folds each
 outcome back, before ``decide`` is asked again). Pure, like the core.
 
-Also here: the back-off that keeps a failed action from being retried
-within the same tick, which both halves consult.
+Also here: ``back_off``, which sets the back-off that keeps a failed action
+from being retried within the same tick (``guard.backing_off`` reads it).
 """
 
 from __future__ import annotations
@@ -134,7 +134,3 @@ def backoff_kind(action: Action | ReaderOnlyAction) -> str:
 def back_off(state: NodeState, kind: str, now_s: float, timing: Timing) -> NodeState:
     """A failed action is not retried before the next tick."""
     return replace(state, backoff={**state.backoff, kind: now_s + timing.probe_interval_s})
-
-
-def backing_off(state: NodeState, kind: str, now_s: float) -> bool:
-    return now_s < state.backoff.get(kind, float("-inf"))

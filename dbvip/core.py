@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from dbvip import failsafe
-from dbvip.absorb import backing_off
 from dbvip.actions import (
     WRITER_VIP,
     AcquireLease,
@@ -32,7 +31,7 @@ from dbvip.actions import (
     RenewLease,
 )
 from dbvip.failsafe import promised, record_blocks
-from dbvip.guard import keep_vip, release_at_s
+from dbvip.guard import backing_off, keep_vip, release_at_s
 from dbvip.identity import Identity
 from dbvip.model import (
     Decision,
@@ -68,7 +67,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
         follow a removal (ReleaseLease) may run either."""
         if not vip_maybe:
             return then
-        return () if backing_off(state, "vip", now) else (RemoveVip(), *then)
+        return () if backing_off(state.backoff, "vip", now) else (RemoveVip(), *then)
 
     def done(actions: tuple[Action, ...], reason: Reason, detail: str, st: NodeState) -> Decision:
         st = replace(st, reason=reason, detail=detail)
@@ -217,7 +216,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
         role is Role.PRIMARY
         and mine is not None
         and mine.lease_id != state.adopt_failed_lease
-        and not backing_off(state, "adopt", now)
+        and not backing_off(state.backoff, "adopt", now)
     ):
         return done(
             (AdoptLease(mine.lease_id, mine.mod_revision, timing.ttl_s),),
@@ -245,7 +244,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
     if isinstance(view, KeyHeld | KeyInvalid) and view.lease_id == 0:
         # dbvip writes the key only under a lease: one without is a hand edit
         # that backs no VIP. The acquire replaces it, if the claim is free.
-        if backing_off(state, "acquire", now):
+        if backing_off(state.backoff, "acquire", now):
             return done((), Reason.WRITER_KEY_INVALID, "writer key has no lease", state)
         return done(
             (AcquireLease(timing.ttl_s),),
@@ -254,7 +253,7 @@ def decide(state: NodeState, obs: Observation, timing: Timing, me: Identity) -> 
             state,
         )
     if isinstance(view, KeyAbsent):
-        if backing_off(state, "acquire", now):
+        if backing_off(state.backoff, "acquire", now):
             return done((), Reason.STANDBY, "acquire failed, retrying next tick", state)
         return done((AcquireLease(timing.ttl_s),), Reason.ACQUIRING, "writer key is free", state)
     if isinstance(view, KeyHeld):
@@ -282,13 +281,15 @@ def _while_holding(
     held = replace(lease, deadline_s=max(lease.deadline_s, state.failsafe_until_s or 0.0))
     release_at = release_at_s(held, timing)
     renew: tuple[Action, ...] = ()
-    if now >= lease.renewed_s + timing.renew_interval_s and not backing_off(state, "renew", now):
+    if now >= lease.renewed_s + timing.renew_interval_s and not backing_off(
+        state.backoff, "renew", now
+    ):
         renew = (RenewLease(lease.lease_id),)
     if now >= release_at:
         # Renewals kept failing: take the VIP down before the deadline, and
         # keep trying to renew (the VIP may come back if one lands in time).
         remove: tuple[Action, ...] = ()
-        if obs.vip is not VipPresence.ABSENT and not backing_off(state, "vip", now):
+        if obs.vip is not VipPresence.ABSENT and not backing_off(state.backoff, "vip", now):
             remove = (RemoveVip(),)
         return done(
             remove or renew,
@@ -308,7 +309,7 @@ def _while_holding(
         now,
         timing,
         WRITER_VIP,
-        backing_off(state, "vip", now),
+        backing_off(state.backoff, "vip", now),
     )
     # Within an acknowledged window beyond the deadline, the VIP's lifetime is
     # refreshed before renewals that may hang to their timeout: it must not

@@ -37,6 +37,7 @@ from dbvip.actions import (
     AdoptLease,
     AskPeers,
 )
+from dbvip.guard import backing_off
 from dbvip.identity import Identity
 from dbvip.model import (
     KERNEL_EXPIRY_SLACK_S,
@@ -219,7 +220,7 @@ def ask(
         or obs.role.role is not Role.PRIMARY
         or not isinstance(obs.writer, KeyUnknown)
         or hold_until - now > ask_lead_s(timing)
-        or _backing_off(state, "failsafe", now)
+        or backing_off(state.backoff, "failsafe", now)
     ):
         return ()
     return (AskPeers(timing.failsafe_window_s),)
@@ -250,7 +251,7 @@ def hold(
     view = obs.writer
     mine = left_over(view, me)
     if mine is not None:
-        if mine.lease_id == state.adopt_failed_lease or _backing_off(state, "adopt", now):
+        if mine.lease_id == state.adopt_failed_lease or backing_off(state.backoff, "adopt", now):
             return done((), Reason.FAILSAFE, "adopt failed, retrying next tick", state)
         return done(
             (AdoptLease(mine.lease_id, mine.mod_revision, timing.ttl_s),),
@@ -259,7 +260,7 @@ def hold(
             state,
         )
     if isinstance(view, KeyAbsent) and view.claimed_by is None:
-        if _backing_off(state, "acquire", now):
+        if backing_off(state.backoff, "acquire", now):
             return done((), Reason.FAILSAFE, "acquire failed, retrying next tick", state)
         return done(
             (AcquireLease(timing.ttl_s),),
@@ -283,7 +284,7 @@ def hold(
     if (
         obs.vip is VipPresence.PRESENT
         and lifetime >= 1
-        and not _backing_off(state, "vip", now)
+        and not backing_off(state.backoff, "vip", now)
         and (state.vip_valid_until_s is None or now + lifetime - state.vip_valid_until_s >= 1)
     ):
         return done((AddVip(lifetime),), Reason.FAILSAFE, "refreshing the VIP to the window", state)
@@ -300,7 +301,3 @@ def vip_lifetime_until_s(until_s: float, now_s: float, timing: Timing) -> int:
     ``until_s`` even if this process freezes: cut short by the kernel's
     expiry lateness and the netlink budget."""
     return math.floor(until_s - now_s - KERNEL_EXPIRY_SLACK_S - timing.vip_op_timeout_s)
-
-
-def _backing_off(state: NodeState, kind: str, now_s: float) -> bool:
-    return now_s < state.backoff.get(kind, float("-inf"))

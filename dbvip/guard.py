@@ -11,6 +11,7 @@ deadline when renewals keep failing; a fresh VIP is announced. Pure.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 
 from dbvip.actions import (
     Action,
@@ -67,3 +68,9 @@ def keep_vip(
     if announces_left > 0 and now_s >= next_announce_s:
         return Announce(vip), "announcing the VIP"
     return None
+
+
+def backing_off(backoff: Mapping[str, float], kind: str, now_s: float) -> bool:
+    """Is an action of ``kind`` that failed still waiting out its back-off
+    (until the next tick)? One rule for the writer's and the readers' keys."""
+    return now_s < backoff.get(kind, float("-inf"))

@@ -21,7 +21,7 @@ from dbvip.actions import (
     RemoveVip,
     RenewLease,
 )
-from dbvip.guard import keep_vip, release_at_s
+from dbvip.guard import backing_off, keep_vip, release_at_s
 from dbvip.identity import Identity, Whose, ours, whose
 from dbvip.model import (
     Timing,
@@ -95,7 +95,7 @@ def decide_readers(
         """Remove the first VIP that may be here and is not backing off,
         followed by what may only follow its removal."""
         for v in vips:
-            if not _backing_off(state, "vip:" + v, now):
+            if not backing_off(state.backoff, "vip:" + v, now):
                 return (RemoveVip(v), *then(v))
         return ()
 
@@ -107,7 +107,7 @@ def decide_readers(
         return done(remove(maybe), "lease_expired", "reader lease deadline passed unrenewed", state)
     renew: tuple[ReaderAction, ...] = ()
     due = lease is not None and now >= lease.renewed_s + timing.renew_interval_s
-    if lease is not None and due and not _backing_off(state, "renew", now):
+    if lease is not None and due and not backing_off(state.backoff, "renew", now):
         renew = (RenewLease(lease.lease_id),)
     if lease is not None and now >= release_at_s(lease, timing):
         return done(
@@ -168,7 +168,11 @@ def decide_readers(
         )
     if reading is not None:
         for v in sorted(state.keys):
-            if v not in wanted and lease is not None and not _backing_off(state, "give:" + v, now):
+            if (
+                v not in wanted
+                and lease is not None
+                and not backing_off(state.backoff, "give:" + v, now)
+            ):
                 return done(
                     (GiveBackReader(v, lease.lease_id),), why, f"{why}: giving back {v}", state
                 )
@@ -181,7 +185,11 @@ def decide_readers(
                 and ours(whose(k.holder, k.identity, me))
             ):
                 old = k.lease_id  # the key was deleted by hand: free the claim, then retake
-            if old is not None and v not in maybe and not _backing_off(state, "give:" + v, now):
+            if (
+                old is not None
+                and v not in maybe
+                and not backing_off(state.backoff, "give:" + v, now)
+            ):
                 return done(
                     (GiveBackReader(v, old),),
                     "left_over",
@@ -204,7 +212,7 @@ def decide_readers(
                 now,
                 timing,
                 v,
-                _backing_off(state, "vip:" + v, now),
+                backing_off(state.backoff, "vip:" + v, now),
             )
             if step is not None:
                 return done((step[0],), "holding", f"{v}: {step[1]}", state)
@@ -213,11 +221,11 @@ def decide_readers(
     free = sorted(v for v in wanted - mine if reading is not None and _free(keys.get(v)))
     if free and not resetting:
         if lease is None:
-            if _backing_off(state, "grant", now):
+            if backing_off(state.backoff, "grant", now):
                 return done((), "waiting", "reader lease grant failed, retrying", state)
             return done((GrantReaderLease(timing.ttl_s),), "taking", f"{free[0]} is free", state)
         for v in free:
-            if not _backing_off(state, "take:" + v, now):
+            if not backing_off(state.backoff, "take:" + v, now):
                 there = keys.get(v)
                 return done(
                     (TakeReader(v, lease.lease_id, there.mod_revision if there else 0),),
@@ -226,7 +234,7 @@ def decide_readers(
                     state,
                 )
     idle = lease is not None and not state.keys and not wanted
-    if lease is not None and idle and not _backing_off(state, "revoke", now):
+    if lease is not None and idle and not backing_off(state.backoff, "revoke", now):
         return done((RevokeReaderLease(lease.lease_id),), why, "no reader VIP to hold", state)
     held = sorted(mine & wanted)
     waiting = sorted(wanted - mine)
@@ -325,7 +333,3 @@ def _wake_s(st: ReaderState, obs: ReaderObservation, timing: Timing) -> float:
         due.append(release_at_s(st.lease, timing))
         due.append(st.lease.renewed_s + timing.renew_interval_s)
     return min(t for t in due if t > now)
-
-
-def _backing_off(state: ReaderState, kind: str, now_s: float) -> bool:
-    return now_s < state.backoff.get(kind, float("-inf"))

@@ -91,8 +91,11 @@ def reader_vips_at(report: MonitorReport, node: str, at_s: float) -> set[str]:
 
 
 def first_writer_vip_s(report: MonitorReport, node: str) -> float:
-    return min(e.at_s for e in report.vip_events
-               if e.host == node and e.change is VipChange.ADDED)  # fmt: skip
+    added = [e.at_s for e in report.vip_events if e.host == node and e.change is VipChange.ADDED]
+    # A monitor that missed the hand-off says so with what it saw (CI once got
+    # a bare "min() arg is an empty sequence" from a 0.64 s report).
+    assert added, f"the monitor saw no VIP added on {node}:\n{report.timeline()}"
+    return min(added)
 
 
 def ready(lab: Lab) -> None:
