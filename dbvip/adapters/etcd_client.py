@@ -20,11 +20,10 @@ import base64
 import json
 import logging
 import ssl
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
-
-from tenacity import Retrying, retry_if_exception_type, stop_before_delay, wait_fixed
 
 from dbvip.adapters.etcd_history import History
 from dbvip.adapters.etcd_http import Connection, Endpoint, ProtocolError, Transport
@@ -215,21 +214,30 @@ class EtcdClient:
     def _ask(self, path: str, body: Json, timeout_s: float, parse: Callable[[Json], T]) -> T:
         """One logical request, over every endpoint, retried within ``timeout_s``."""
         deadline = boot_s() + timeout_s
-        retrying = Retrying(
-            stop=stop_before_delay(max(timeout_s - _MIN_ATTEMPT_S, 0.0)),
-            wait=wait_fixed(self._retry_wait_s),
-            retry=retry_if_exception_type(TransientError),
-            reraise=True,
-        )
         try:
-            result: T = retrying(self._round, path, body, deadline, parse)
-            return result
+            return self._retried(path, body, deadline, parse)
         except ReplyError as exc:
             if _LEASE_NOT_FOUND in exc.message:
                 raise _LeaseNotFoundError(f"{path}: {exc}") from None
             raise EtcdUnavailableError(f"{path}: {exc}") from None
         except TransientError as exc:
             raise EtcdUnavailableError(f"{path}: {exc}") from None
+
+    def _retried(self, path: str, body: Json, deadline: float, parse: Callable[[Json], T]) -> T:
+        """Rounds over the endpoints, ``retry_wait_s`` apart, while another one
+        can still start before ``deadline`` (less ``_MIN_ATTEMPT_S``).
+
+        By hand, not tenacity: its ``Retrying`` did exactly this, and importing
+        it cost 0.45 MiB of resident memory in a sidecar that had imported
+        psycopg already (11 modules; the sidecar with a reader pool was
+        0.2-0.7 MB over its 40 MB goal)."""
+        while True:
+            try:
+                return self._round(path, body, deadline, parse)
+            except TransientError:
+                if boot_s() + self._retry_wait_s >= deadline - _MIN_ATTEMPT_S:
+                    raise
+            time.sleep(self._retry_wait_s)
 
     def _round(self, path: str, body: Json, deadline: float, parse: Callable[[Json], T]) -> T:
         """Ask each endpoint once, the one that answered last first."""

@@ -8,6 +8,7 @@ test_etcd_client.py.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import logging
 import socket
@@ -254,6 +255,44 @@ def test_an_abandoned_attempt_ends_by_itself_soon_after_its_deadline(
     with pytest.raises(EtcdUnavailableError, match=r"no answer within|timed out"):
         within(BUDGET_S, lambda: client.range("/k", BUDGET_S))
     eventually(lambda: server.peers and server.peers[0].gone.is_set(), timeout_s=5)
+
+
+def unavailable_then_answers(answers_after: int) -> Callable[[Peer], None]:
+    """The first ``answers_after`` requests (over every connection) get a 503
+    (etcd's gateway while the member has no leader), the next ones an answer."""
+    seen = itertools.count()
+
+    def serve(peer: Peer) -> None:
+        while peer.request() is not None:
+            if next(seen) < answers_after:
+                peer.reply(b'{"error": "etcdserver: no leader", "code": 14}', status=503)
+            else:
+                peer.reply(RANGE_REPLY)
+
+    return serve
+
+
+def test_a_transient_error_is_retried_after_the_retry_wait_within_the_budget(
+    servers: Callable[[Callable[[Peer], None]], TinyServer], clients: Callable[..., EtcdClient]
+) -> None:
+    server = servers(unavailable_then_answers(2))
+    client = clients([server.url()], retry_wait_s=0.05)
+    started_s = time.monotonic()
+    reading = client.range("/k", 2.0)
+    assert reading.revision == 7
+    # Two refusals, each followed by the retry wait, then the answer.
+    assert time.monotonic() - started_s >= 2 * 0.05
+
+
+def test_no_retry_starts_when_the_wait_would_reach_past_the_budget(
+    servers: Callable[[Callable[[Peer], None]], TinyServer], clients: Callable[..., EtcdClient]
+) -> None:
+    server = servers(unavailable_then_answers(1))
+    client = clients([server.url()], retry_wait_s=10.0)  # the wait alone is past the budget
+    with pytest.raises(EtcdUnavailableError, match="no leader"):
+        within(BUDGET_S, lambda: client.range("/k", BUDGET_S))
+    answered = clients([server.url()], retry_wait_s=10.0).range("/k", BUDGET_S)
+    assert answered.revision == 7, "the server would have answered a second request"
 
 
 # -- connections --------------------------------------------------------------
