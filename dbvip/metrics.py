@@ -3,7 +3,9 @@
 Gauges describe the latest published snapshot and are computed at scrape
 time, all from the same snapshot. Counters and histograms are fed by the
 runner's observer hook; each update is an in-memory increment under the
-client library's own short lock, so the loop never waits on a scrape.
+metric's own short lock, so the loop never waits on a scrape. Written in
+the Prometheus text format by ``dbvip.exposition`` (why not
+prometheus_client: there).
 
 ``dbvip.metric_docs.METRICS`` documents every metric; the README's table is
 generated from it.
@@ -13,19 +15,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import get_args
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from typing import TypeVar, get_args
 
 from dbvip.board import Board
 from dbvip.events import EventKind
+from dbvip.exposition import Counter, Family, Gauge, GaugeFamily, Histogram, Registry
 from dbvip.hooks import HookResult
 from dbvip.metric_docs import ACTION_KINDS, HOOK_RESULTS, LABEL_VALUES, doc
 from dbvip.model import Reason, Role
 from dbvip.reader_model import IN_POOL, IN_POOL_NOT_STREAMING
 from dbvip.reporting import Snapshot
 from dbvip.shell import ActionResult, EtcdOperation, PeerAnswerKind, ReaderChange
+
+_M = TypeVar("_M", Counter, Gauge, Histogram)
 
 # From a fast loopback answer up to the longest timeouts one would configure.
 BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -48,17 +50,17 @@ class Metrics:
         """``refusal``: refuse_s is on (the refusal's metrics are exported);
         ``reader_vips``: the configured reader VIPs, addresses as in the keys;
         ``failsafe``: failsafe is on (the peer answers are exported)."""
-        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry = Registry()
         self._board = board
         self._last_reason = ""
 
         def counter(name: str) -> Counter:
             d = doc(name)
-            return Counter(d.name.removesuffix("_total"), d.help, d.labels, registry=self.registry)
+            return self._add(Counter(d.name, d.help, d.labels))
 
         def histogram(name: str) -> Histogram:
             d = doc(name)
-            return Histogram(d.name, d.help, d.labels, registry=self.registry, buckets=BUCKETS_S)
+            return self._add(Histogram(d.name, d.help, d.labels, BUCKETS_S))
 
         self._actions = counter("dbvip_actions_total")
         self._conflicts = counter("dbvip_conflicts_total")
@@ -75,16 +77,15 @@ class Metrics:
         for event in LABEL_VALUES["event"]:
             for result in HOOK_RESULTS:
                 self._hooks.labels(event, result)
-        self.registry.register(
-            _SnapshotCollector(
-                board, {"cluster": cluster, "node": node, "vip": vip}, tuple(reader_vips)
-            )
+        snapshots = _SnapshotCollector(
+            board, {"cluster": cluster, "node": node, "vip": vip}, tuple(reader_vips)
         )
+        self.registry.collector(snapshots.names(), snapshots.collect)
         self._refusal_ready: Gauge | None = None
         self._ended: Counter | None = None
         if refusal:
             d = doc("dbvip_refusal_ready")
-            self._refusal_ready = Gauge(d.name, d.help, registry=self.registry)
+            self._refusal_ready = self._add(Gauge(d.name, d.help))
             self._refusal_ready.set(1)  # until a setting fails
             self._ended = counter("dbvip_connections_ended_total")
         self._peer_answers: Counter | None = None
@@ -92,10 +93,14 @@ class Metrics:
         if failsafe:
             self._peer_answers = counter("dbvip_failsafe_peer_answers_total")
             d = doc("dbvip_failsafe_peers")
-            self._peers = Gauge(d.name, d.help, d.labels, registry=self.registry)
+            self._peers = self._add(Gauge(d.name, d.help, d.labels))
             for kind in get_args(PeerAnswerKind):  # every series from the start, at 0
                 self._peer_answers.labels(kind)
                 self._peers.labels(kind)
+
+    def _add(self, metric: _M) -> _M:
+        self.registry.add(metric)
+        return metric
 
     # -- the runner's Observer ----------------------------------------------
 
@@ -143,7 +148,7 @@ class Metrics:
         self._last_reason = snapshot.reason
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return self.registry.render()
 
 
 class _SnapshotCollector:
@@ -156,23 +161,24 @@ class _SnapshotCollector:
         self._identity = identity
         self._reader_vips = reader_vips
 
-    def describe(self) -> Iterator[Metric]:
-        # Declares the names up front, so a clash is found at registration.
-        return self._families(None, 0.0, _Verdicts(alive=False, ready=False, etcd=False))
+    def names(self) -> list[str]:
+        """Declared up front, so a clash is found at registration."""
+        families = self._families(None, 0.0, _Verdicts(alive=False, ready=False, etcd=False))
+        return [family.name for family in families]
 
-    def collect(self) -> Iterator[Metric]:
+    def collect(self) -> Iterator[Family]:
         board = self._board
         verdicts = _Verdicts(
             alive=board.liveness().ok, ready=board.readiness().ok, etcd=board.etcd_answering()
         )
         return self._families(board.latest(), board.now_s(), verdicts)
 
-    def _families(self, snap: Snapshot | None, now_s: float, v: _Verdicts) -> Iterator[Metric]:
-        def gauge(name: str) -> GaugeMetricFamily:
+    def _families(self, snap: Snapshot | None, now_s: float, v: _Verdicts) -> Iterator[Family]:
+        def gauge(name: str) -> GaugeFamily:
             d = doc(name)
-            return GaugeMetricFamily(d.name, d.help, labels=d.labels or None)
+            return GaugeFamily(d.name, d.help, d.labels)
 
-        def flag(name: str, on: bool) -> GaugeMetricFamily:
+        def flag(name: str, on: bool) -> GaugeFamily:
             family = gauge(name)
             family.add_metric([], 1.0 if on else 0.0)
             return family
@@ -219,8 +225,8 @@ class _SnapshotCollector:
         yield from self._reader_families(snap, gauge)
 
     def _reader_families(
-        self, snap: Snapshot | None, gauge: Callable[[str], GaugeMetricFamily]
-    ) -> Iterator[Metric]:
+        self, snap: Snapshot | None, gauge: Callable[[str], GaugeFamily]
+    ) -> Iterator[Family]:
         held = gauge("dbvip_reader_vip_held")
         here = set(snap.reader_vips) if snap else set()
         for reader_vip in self._reader_vips:

@@ -9,6 +9,8 @@ import logging
 import logging.handlers
 from http.client import HTTPConnection
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from dbvip import logs
 from dbvip.board import Board
 from dbvip.metrics import Metrics
@@ -67,7 +69,13 @@ class ObservedNode:
         )
 
     def value(self, name: str, **labels: str) -> float | None:
-        return self.metrics.registry.get_sample_value(name, labels)
+        """A sample's value in the exposition, read back by prometheus_client's
+        parser (an independent reader of the text format dbvip writes)."""
+        for family in text_string_to_metric_families(self.metrics.render().decode()):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
+        return None
 
 
 def run(nodes: list[ObservedNode], seconds: float) -> None:

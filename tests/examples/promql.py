@@ -154,13 +154,10 @@ def exported_series() -> dict[str, tuple[str, str, tuple[str, ...]]]:
     series: dict[str, tuple[str, str, tuple[str, ...]]] = {}
     for m in METRICS:
         labels = (*m.labels, *TARGET_LABELS)
-        if m.kind == "gauge":
+        if m.kind in ("gauge", "counter"):
             series[m.name] = (m.name, m.kind, labels)
-        elif m.kind == "counter":
-            series[m.name] = (m.name, m.kind, labels)
-            series[m.name.removesuffix("_total") + "_created"] = (m.name, m.kind, labels)
         else:
-            for suffix in ("_sum", "_count", "_created"):
+            for suffix in ("_sum", "_count"):
                 series[m.name + suffix] = (m.name, m.kind, labels)
             series[m.name + "_bucket"] = (m.name, m.kind, (*labels, "le"))
     return series
