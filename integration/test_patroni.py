@@ -62,6 +62,7 @@ def test_patroni_promotes_a_replica_and_the_vip_follows(make_lab: MakeLab, fault
             lab.crash_db(old)
         new = eventually(lambda: (leader := cluster.leader()) not in (None, old) and leader,
                          timeout_s=FAILOVER_TIMEOUT_S, interval_s=0.05)  # fmt: skip
+        assert isinstance(new, str)  # truthy, so not the False of "and"
         lab.wait_primary(new, timeout_s=FAILOVER_TIMEOUT_S)
         lab.wait_holder(new, timeout_s=FAILOVER_TIMEOUT_S)
         first = eventually(lambda: first_write_by(writer.attempts(), new, killed_s), timeout_s=30)

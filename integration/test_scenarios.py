@@ -176,6 +176,7 @@ def test_restarted_sidecar_adopts_its_key_without_a_blink(make_lab: MakeLab) -> 
         lab.start_sidecar("n1")
         after = eventually(lambda: (v := lab.writer_value()) and v["lease"] != before["lease"]
                            and v)  # fmt: skip
+        assert isinstance(after, dict)  # truthy, so not the False of "and"
         time.sleep(TTL_S)  # past the old lease's expiry: the VIP stays
         assert lab.holders() == {"n1"}
     assert after["node"] == "n1"

@@ -94,6 +94,10 @@ class _Entry:
     mod_revision: int
 
 
+# FakeEtcd.snapshot(): its revision, its keys, and each lease's TTL.
+EtcdSnapshot = tuple[int, dict[str, _Entry], dict[int, int]]
+
+
 class FakeEtcd:
     def __init__(self, clock: FakeClock, min_ttl_s: int = 1) -> None:
         self.clock = clock
@@ -161,10 +165,10 @@ class FakeEtcd:
         self.revision = 1
         self._next_lease = 0x1000  # the same ids will be granted again
 
-    def snapshot(self) -> tuple[int, dict[str, _Entry], dict[int, int]]:
+    def snapshot(self) -> EtcdSnapshot:
         return self.revision, dict(self.kv), {i: ttl for i, (ttl, _) in self.leases.items()}
 
-    def restore(self, snap: tuple[int, dict[str, _Entry], dict[int, int]]) -> None:
+    def restore(self, snap: EtcdSnapshot) -> None:
         """Restored from a snapshot: its keys and leases again, each lease with
         its whole TTL (as etcd's new leader extends every lease)."""
         self.revision, kv, leases = snap

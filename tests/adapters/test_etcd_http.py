@@ -8,6 +8,7 @@ test_etcd_client.py.
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import json
 import logging
@@ -439,7 +440,7 @@ def test_the_password_and_the_token_never_show_in_causes_or_logs(
     causes = []
     for status in (200, 400, 503):
         for answer_auth in (False, True):
-            server = servers(lambda peer, s=status, a=answer_auth: echo(peer, s, a))
+            server = servers(functools.partial(echo, status=status, answer_auth=answer_auth))
             client = clients([server.url()], username="u", password=password)
             with pytest.raises(EtcdUnavailableError) as caught:
                 client.range("/k", BUDGET_S)
@@ -506,7 +507,7 @@ def test_watch_resumes_after_the_last_revision_seen_and_wakes_only_for_news(
     replays it) and wakes nobody by itself; compaction past that point, or
     etcd's history going back, starts afresh with a wake-up."""
     bodies: list[dict[str, object]] = []
-    streams = [
+    streams: list[list[dict[str, object]]] = [
         # Fresh: created at 5, then an event at 7 (a later header: still 7).
         [{"header": {"revision": "5"}, "created": True},
          {"header": {"revision": "9"}, "events": [{"kv": {"key": "L2s=", "mod_revision": "7"}}]}],

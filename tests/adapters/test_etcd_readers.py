@@ -258,6 +258,7 @@ def test_the_members_read_finds_the_writer_key_and_the_pool_as_their_own_reads_d
         assert isinstance(both, MembersReading), both
         assert both.writer == reader.leases.read_writer(TIMEOUT_S)
         assert both.pool == reader.pool()
+    assert isinstance(both, MembersReading)  # as checked in the loop (for mypy)
     assert isinstance(both.writer, KeyHeld) and both.writer.holder == "n1"
     assert both.pool is not None and len(both.pool.keys) == 4
 

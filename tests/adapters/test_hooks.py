@@ -72,7 +72,9 @@ def alive(pid: int) -> bool:
 
 
 def read_pid(path: Path) -> int:
-    return int(eventually(lambda: path.exists() and path.read_text().strip()))
+    text = eventually(lambda: path.exists() and path.read_text().strip())
+    assert isinstance(text, str)  # truthy, so not the False of "and"
+    return int(text)
 
 
 class Logged(logging.Handler):

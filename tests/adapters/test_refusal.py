@@ -14,6 +14,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -107,7 +108,7 @@ def make_driver(lab_node: Node) -> Iterator[Factory]:
         driver.close()
 
 
-class Factory:
+class Factory(Protocol):
     def __call__(
         self, vip: IPInterface, refuse_s: float, netns: str | None = None
     ) -> RefusingVipDriver: ...

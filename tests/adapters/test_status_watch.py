@@ -154,6 +154,7 @@ def test_on_a_terminal_the_table_is_redrawn_in_place_until_ctrl_c(
             lambda: "writer: n2" in (f := last_frame(out.text())) and CLEAR_BELOW in f and f,
             timeout_s=20,
         )
+        assert isinstance(frame, str)  # truthy, so not the False of "and"
         os.write(master, b"\x03")  # Ctrl-C, typed
         assert proc.wait(20) == 0
         text = out.finish()

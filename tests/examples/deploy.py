@@ -231,7 +231,8 @@ def pod_spec() -> dict[str, Any]:
 
 
 def container(name: str) -> dict[str, Any]:
-    (found,) = [c for c in pod_spec()["containers"] if c["name"] == name]
+    containers: list[dict[str, Any]] = pod_spec()["containers"]
+    (found,) = [c for c in containers if c["name"] == name]
     return found
 
 

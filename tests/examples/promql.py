@@ -51,7 +51,7 @@ KEYWORDS = {"and", "or", "unless", "bool", "offset", "atan2", "inf", "nan", "sta
 # Labels Prometheus adds to every scraped series.
 TARGET_LABELS = ("job", "instance")
 # Series that are not dbvip's but that a rule may read: the scrape's health.
-FOREIGN = {"up": TARGET_LABELS}
+FOREIGN: dict[str, tuple[str, ...]] = {"up": TARGET_LABELS}
 
 
 @dataclass(frozen=True)

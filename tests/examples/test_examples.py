@@ -415,6 +415,7 @@ def test_the_initdb_script_gives_dbvip_a_login_its_probe_can_use(
     # On a replica the probe reads the WAL receiver's timeline, which only
     # pg_monitor (through pg_read_all_stats) may see.
     replica = eventually(lambda: (r := probe(pg_standby)).cause is None and r, timeout_s=30)
+    assert isinstance(replica, RoleReading)  # truthy, so not the False of "and"
     assert replica.role is Role.REPLICA
     dsn = pg_standby.tcp_conninfo(user="dbvip")
     with psycopg.connect(dsn, password="it's a s3cret", connect_timeout=10) as conn:

@@ -164,10 +164,10 @@ class GuardedVip(FakeVipDriver):
         self.sim.check(f"{self.node} add {lifetime_s} s -> {result}")
         return result
 
-    def remove(self) -> VipChanged | Unknown:
+    def remove(self, before_delete: Callable[[], None] | None = None) -> VipChanged | Unknown:
         if self.delay_s and self.fault == "ok":
             self.kernel.clock.advance(self.delay_s)
-        result = super().remove()
+        result = super().remove(before_delete)
         self.sim.check(f"{self.node} remove -> {result}")
         return result
 

@@ -43,6 +43,7 @@ from dbvip.model import (
 from dbvip.runner import Runner, Snapshot
 from tests.fakes import (
     WRITER,
+    EtcdSnapshot,
     FakeEtcd,
     FakeKernel,
 )
@@ -106,7 +107,7 @@ class Sim:
         self._still_at = self.clock.now_s
         self.pending: list[tuple[str, Callable[[], None]]] = []  # late requests
         self.timers: list[tuple[float, Callable[[], None]]] = []  # faults that end
-        self.snapshot: tuple[int, dict[str, object], dict[int, int]] | None = None
+        self.snapshot: EtcdSnapshot | None = None
         factories = factories or {}
         self.nodes = {
             name: SimNode(

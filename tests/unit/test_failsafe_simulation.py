@@ -20,6 +20,7 @@ how many each property draws (the long run: 10000, see the README).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Literal, TypeAlias
 
@@ -213,7 +214,7 @@ class FailsafeSim(Sim):
 
     # -- the new steps --------------------------------------------------------
 
-    def apply(self, step: FsStep) -> None:  # type: ignore[override]
+    def apply(self, step: FsStep) -> None:
         match step:
             case PeerCut(name, fault, for_s):
                 self.note(f"step {step}")
@@ -229,7 +230,7 @@ class FailsafeSim(Sim):
             case _:
                 super().apply(step)
 
-    def _revert_cut(self, name: str, fault: PeerFault, was: PeerFault) -> object:
+    def _revert_cut(self, name: str, fault: PeerFault, was: PeerFault) -> Callable[[], None]:
         def revert() -> None:
             if self.peer_fault[name] == fault:
                 self.peer_fault[name] = was
@@ -254,7 +255,7 @@ def fs_simulate(
 peer_faults: st.SearchStrategy[PeerFault] = st.sampled_from(("ok", "hang", "refuse"))
 long_outages = st.one_of(st.none(), _seconds(60.0))
 _failsafe_events: list[st.SearchStrategy[FsStep]] = [
-    *_fault_events,  # type: ignore[list-item]
+    *_fault_events,
     st.builds(EtcdOutage, st.sampled_from(("hang", "refuse")), long_outages),
     st.builds(EtcdOutage, st.just("ok")),
     st.builds(EtcdFault, node_names, st.sampled_from(("hang", "refuse")), long_outages),

@@ -212,7 +212,7 @@ def test_a_failing_observer_or_publisher_never_stops_the_loop() -> None:
         def action_done(self, *_: object) -> None:
             raise RuntimeError("metrics bug")
 
-        probe_done = etcd_done = action_done
+        probe_done = etcd_done = reader_moved = peers_answered = action_done
 
     def broken_publish(_: Snapshot) -> None:
         raise RuntimeError("publish bug")

@@ -20,6 +20,7 @@ convergence).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from hypothesis import HealthCheck, given, settings
@@ -41,7 +42,7 @@ class CheckedClock(FakeClock):
 
     def __init__(self) -> None:
         super().__init__()
-        self.check = lambda: None
+        self.check: Callable[[], None] = lambda: None
 
     def advance(self, seconds: float) -> None:
         super().advance(seconds)

@@ -10,7 +10,7 @@ from collections import Counter
 
 from dbvip.members import report_of
 from dbvip.model import Role, Timing
-from dbvip.reader_model import ReaderSettings
+from dbvip.reader_model import ReaderKey, ReaderSettings
 from dbvip.reporting import Snapshot
 from dbvip.runner import Ports, Runner
 from dbvip.shell import ReaderPorts
@@ -306,7 +306,7 @@ def test_a_restarted_sidecar_gives_back_its_earlier_keys_and_takes_its_share_aga
     assert identities == {world.nodes["n2"].store.identity}
 
 
-def _keys(world: World) -> list:  # type: ignore[type-arg]
+def _keys(world: World) -> list[ReaderKey]:
     reading = world.nodes["n1"].readers.read_pool(1.0)
     assert not hasattr(reading, "cause")
-    return list(reading.keys)  # type: ignore[union-attr]
+    return list(reading.keys)

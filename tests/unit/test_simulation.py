@@ -4,6 +4,7 @@ it models and checks: ``tests.sim.world``)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Literal
 
 import pytest
 from hypothesis import Phase, given, settings
@@ -312,7 +313,11 @@ def test_the_search_finds_the_broken_kernel_backstop() -> None:
     rival=st.booleans(),
 )
 def test_a_release_in_doubt_never_leaves_a_vip_without_its_lease(
-    setup: Setup, drop: str, back_after_s: float, late_by_s: float, rival: bool
+    setup: Setup,
+    drop: Literal["replica", "down", "unknown", "sigterm"],
+    back_after_s: float,
+    late_by_s: float,
+    rival: bool,
 ) -> None:
     """n1 holds the VIP; its etcd requests start timing out yet still take
     effect later; its database drops (or the sidecar stops), so it releases;
@@ -459,11 +464,12 @@ def test_etcd_wiped_or_restored_never_gives_two_writers(
         current = "n2"
     if rival:
         steps.append(SetRole("n3", "primary"))
-    steps += {
+    by_holder: dict[str, list[Step]] = {
         "running": [],
         "frozen": [Freeze(current, 5.0)],
         "etcd hangs": [EtcdFault(current, "hang", for_s=3.0)],
-    }[holder]
+    }
+    steps += by_holder[holder]
     steps += [WipeEtcd() if wipe else RestoreEtcd(), Advance(after_s), Advance(15.0)]
     simulate(steps, setup, checks=AFTER_RESET)
 
