@@ -23,7 +23,7 @@ from dbvip.metrics import Metrics
 log = logging.getLogger("dbvip.http")
 
 JSON = "application/json"
-# The Prometheus text format that prometheus_client.generate_latest writes.
+# The Prometheus text format that dbvip.exposition writes.
 PROMETHEUS_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 PATHS = ("/healthz", "/readyz", "/status", "/metrics")
 

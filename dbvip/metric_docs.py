@@ -1,7 +1,7 @@
 """The metrics dbvip exports, as data: name, kind, labels, help, and every
 value a label can take. The exporter (``dbvip.metrics``) builds its series
 from these; the README's table (``dbvip.docs``) and the example rules' and
-dashboard's checks read them, without importing prometheus_client.
+dashboard's checks read them, without importing the exporter.
 """
 
 from __future__ import annotations

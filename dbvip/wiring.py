@@ -129,7 +129,7 @@ class Sidecar:
         self.metrics: Metrics | None = None
         self.http: HealthServer | None = None
         if config["http_listen"]:
-            # Imported here: prometheus_client costs memory a sidecar without
+            # Imported here: the metrics and the HTTP server cost memory a sidecar without
             # http_listen would carry for nothing.
             from dbvip.metrics import Metrics  # noqa: PLC0415
 

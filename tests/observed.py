@@ -69,13 +69,17 @@ class ObservedNode:
         )
 
     def value(self, name: str, **labels: str) -> float | None:
-        """A sample's value in the exposition, read back by prometheus_client's
-        parser (an independent reader of the text format dbvip writes)."""
-        for family in text_string_to_metric_families(self.metrics.render().decode()):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return float(sample.value)
-        return None
+        return sample_value(self.metrics, name, labels)
+
+
+def sample_value(metrics: Metrics, name: str, labels: dict[str, str]) -> float | None:
+    """A sample's value in the exposition, read back by prometheus_client's
+    parser (an independent reader of the text format dbvip writes)."""
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
 
 
 def run(nodes: list[ObservedNode], seconds: float) -> None:

@@ -30,6 +30,7 @@ from tests.fakes import (
     FakeVipDriver,
     FakeWaiter,
 )
+from tests.observed import sample_value
 
 pytestmark = pytest.mark.real
 
@@ -369,7 +370,7 @@ def test_every_way_a_hook_run_ends_is_counted_by_event_and_result(
 
     def count(kind: EventKind, result: str) -> float | None:
         labels = {"event": kind.value, "result": result}
-        return metrics.registry.get_sample_value("dbvip_hook_runs_total", labels)
+        return sample_value(metrics, "dbvip_hook_runs_total", labels)
 
     assert count(EventKind.CONFLICT, "failed") == 0  # every series there from the start
     pid_file = tmp_path / "hung.pid"
