@@ -218,7 +218,8 @@ class Registry:
         self._names: set[str] = set()
 
     def add(self, metric: _Metric) -> None:
-        self._claim([metric.name])
+        suffixes = ("", "_bucket", "_count", "_sum") if isinstance(metric, Histogram) else ("",)
+        self._claim([metric.name + suffix for suffix in suffixes])
         self._parts.append(metric)
 
     def collector(self, names: Iterable[str], collect: Callable[[], Iterator[Family]]) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import http.client
 import json
 import os
 import sys
@@ -75,27 +76,35 @@ def enter_netns(netns: str) -> None:
 
 
 @contextmanager
-def scraping(namespaces: Mapping[str, str], period_s: float) -> Iterator[list[str]]:
+def scraping(
+    namespaces: Mapping[str, str], period_s: float
+) -> Iterator[tuple[list[str], dict[str, int]]]:
     """GET /metrics and /healthz of every sidecar every ``period_s``, as
     Prometheus and a liveness probe would: one thread per node, inside that
     node's namespace, where the sidecar listens on ``HTTP_LISTEN``."""
     stop = threading.Event()
     errors: list[str] = []
+    answered = dict.fromkeys(namespaces, 0)
 
     def loop(node: str, netns: str) -> None:
-        enter_netns(netns)
-        while not stop.wait(period_s):
-            for path in ("/metrics", "/healthz"):
-                got = fetch(f"http://{HTTP_LISTEN}{path}")
-                if isinstance(got, str):
-                    errors.append(f"{node}{path}: {got}")
+        try:
+            enter_netns(netns)
+            while not stop.wait(period_s):
+                for path in ("/metrics", "/healthz"):
+                    got = fetch(f"http://{HTTP_LISTEN}{path}")
+                    if isinstance(got, str):
+                        errors.append(f"{node}{path}: {got}")
+                    else:
+                        answered[node] += 1
+        except Exception as exc:  # a scraper that died must show in the result
+            errors.append(f"{node}: scraper ended: {exc!r}")
 
     threads = [threading.Thread(target=loop, args=item, name=f"scrape-{item[0]}", daemon=True)
                for item in namespaces.items()]  # fmt: skip
     for thread in threads:
         thread.start()
     try:
-        yield errors
+        yield errors, answered
     finally:
         stop.set()
         for thread in threads:
@@ -109,7 +118,7 @@ def fetch(url: str) -> int | str:
             return len(reply.read())
     except urllib.error.HTTPError as exc:
         return len(exc.read())
-    except OSError as exc:
+    except (OSError, http.client.HTTPException) as exc:
         return repr(exc)
 
 
@@ -131,10 +140,15 @@ def measure(readers: int, faults: int, idle_s: float) -> dict[str, Any]:
         pids = {node: sidecar.proc.pid for node, sidecar in lab.sidecars.items()}
 
         def sample(stage: str) -> None:
+            # A sidecar that died would drop out of the largest: stop instead.
+            dead = [n for n, s in lab.sidecars.items() if s.proc.poll() is not None]
+            if dead or any(s.proc.pid != pids[n] for n, s in lab.sidecars.items()):
+                raise RuntimeError(f"{stage}: sidecars not running as started: {dead}")
             stages[stage] = {node: rss_kib([pid]) for node, pid in pids.items()}
             say(f"{stage}: {stages[stage]} KiB")
 
-        with scraping({node: lab.netns(node) for node in pids}, 1.0) as errors:
+        namespaces = {node: lab.netns(node) for node in pids}
+        with scraping(namespaces, 1.0) as (errors, answered):
             time.sleep(3)
             sample("started")
             time.sleep(idle_s)
@@ -148,14 +162,13 @@ def measure(readers: int, faults: int, idle_s: float) -> dict[str, Any]:
                     wait_balanced(lab, ["n2", "n3"])
                 time.sleep(1)
             sample(f"after {faults} replica crashes")
-        restarted = {n for n, s in lab.sidecars.items() if s.proc.pid != pids[n]}
     return {
         "readers": readers,
         "faults": faults,
         "http_listen": HTTP_LISTEN,
         "stages_kib": stages,
         "scrape_errors": errors[:20],
-        "sidecars_restarted": sorted(restarted),
+        "scrapes_answered": answered,
         "machine": machine_info(),
     }
 
@@ -174,8 +187,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"\nresident memory (VmRSS) of each sidecar, {args.readers} reader VIPs, "
           f"HTTP endpoints on and scraped every second\n")  # fmt: skip
     print(table(result["stages_kib"]))
+    print(f"\nanswers to scrapes (/metrics and /healthz) by node: {result['scrapes_answered']}")
     if result["scrape_errors"]:
-        print(f"\nscrape errors: {result['scrape_errors']}")
+        print(f"scrape errors: {result['scrape_errors']}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")

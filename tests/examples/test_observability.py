@@ -12,6 +12,7 @@ import copy
 import json
 import re
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from dbvip.metric_docs import METRICS
+from dbvip.model import Role
 from tests.examples.deploy import EXAMPLES, ROOT, Run
 from tests.examples.promql import exported_series, legend_labels, problems, reads, result_labels
 from tests.observed import ObservedNode, run
@@ -177,15 +179,30 @@ def test_the_drift_check_knows_every_series_the_registry_exposes() -> None:
 
 def test_promtool_accepts_the_sidecars_exposition(tmp_path: Path) -> None:
     """dbvip writes the text format by hand (dbvip.exposition): the real
-    promtool parses and lints a full scrape, every metric family present."""
-    node = ObservedNode(reader_vips=("198.51.100.101", "198.51.100.102"))
-    run([node], 1.0)
-    node.metrics.reader_moved("198.51.100.101", "taken", "taking")
-    text = tmp_path / "metrics.txt"
-    text.write_bytes(node.metrics.render())
+    promtool parses and lints full scrapes of a primary and of a replica in
+    the pool (between them, every family with samples)."""
+    readers = ("198.51.100.101", "198.51.100.102")
+    n1 = ObservedNode(reader_vips=readers)
+    n2 = ObservedNode("n2", Role.REPLICA, n1.clock, n1.etcd, n1.kernel, reader_vips=readers)
+    run([n1, n2], 1.0)
+    # A failsafe window runs on n1, n2 gave it its promise (facts as published).
+    primary, replica = n1.board.latest(), n2.board.latest()
+    assert primary is not None and replica is not None
+    n1.board.offer(replace(primary, facts={**primary.facts, "failsafe_window_in_s": "3.0"}))
+    n2.board.offer(replace(replica, reader_vips=readers, pool="in_pool", lag_bytes=0,
+                           facts={**replica.facts, "promised_for_s": "3.0"}))  # fmt: skip
+    n2.metrics.reader_moved(readers[0], "taken", "taking")
     promtool("--version")  # fails the test, with why, if promtool is missing
-    checked = Run.of(["sh", "-c", 'exec promtool check metrics < "$0"', str(text)])
-    assert checked.code == 0 and checked.text.strip() == "", checked.text
+    with_samples = set()
+    for name, node in (("n1", n1), ("n2", n2)):
+        exposition = node.metrics.render()
+        families = text_string_to_metric_families(exposition.decode())
+        with_samples |= {f.name for f in families if f.samples}
+        text = tmp_path / f"{name}.txt"
+        text.write_bytes(exposition)
+        checked = Run.of(["sh", "-c", 'exec promtool check metrics < "$0"', str(text)])
+        assert checked.code == 0 and checked.text.strip() == "", checked.text
+    assert with_samples == {m.name.removesuffix("_total") for m in METRICS}
 
 
 @pytest.mark.parametrize("name", alert_names())

@@ -70,21 +70,33 @@ def test_a_histogram_writes_cumulative_buckets_count_and_sum() -> None:
     assert got[("x_seconds_sum", (("op", "get"),))] == pytest.approx(3.65)
 
 
-def test_concurrent_increments_are_all_counted() -> None:
+def test_a_scrape_while_other_threads_create_and_observe_sees_whole_histograms() -> None:
+    """The HTTP threads render while the loop creates children and observes:
+    no error, and in every scrape each histogram is whole (its +Inf bucket is
+    its count, its sum that of what was counted)."""
     registry = Registry()
-    hits = Counter("x_hits_total", "hits", ("who",))
-    registry.add(hits)
+    latency = Histogram("x_seconds", "latency", ("op",), (0.5,))
+    registry.add(latency)
+    stop = threading.Event()
 
-    def hammer() -> None:
-        for _ in range(5000):
-            hits.labels("all").inc()
+    def observe() -> None:
+        i = 0
+        while not stop.is_set():
+            latency.labels(f"op{i % 200}").observe(1.0)  # new children for a while
+            i += 1
 
-    threads = [threading.Thread(target=hammer) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert samples(registry)[("x_hits_total", (("who", "all"),))] == 20000
+    writer = threading.Thread(target=observe)
+    writer.start()
+    try:
+        for _ in range(60):
+            got = samples(registry)
+            for (name, labels), value in got.items():
+                if name == "x_seconds_count":
+                    inf = got[("x_seconds_bucket", (("le", "+Inf"), *labels))]
+                    assert inf == value and got[("x_seconds_sum", labels)] == value
+    finally:
+        stop.set()
+        writer.join()
 
 
 def test_misuse_is_refused() -> None:
@@ -95,6 +107,9 @@ def test_misuse_is_refused() -> None:
         registry.add(Counter("x_hits_total", "again"))
     with pytest.raises(ValueError, match="registered twice"):
         registry.collector(["x_hits_total"], lambda: iter([]))
+    registry.add(Histogram("x_wait", "wait", (), (1.0,)))
+    with pytest.raises(ValueError, match="x_wait_count registered twice"):
+        registry.add(Gauge("x_wait_count", "a gauge named like the histogram's count"))
     with pytest.raises(ValueError, match="labels"):
         hits.labels("a", "b")
     with pytest.raises(ValueError, match="only goes up"):
