@@ -1,7 +1,7 @@
 """Resident memory of dbvip sidecars as operators run them: with a reader pool
 and the HTTP endpoints (/metrics, /healthz) on, through replica faults.
 
-    python -m integration.bench.memory [--readers 4] [--faults 6] [--json PATH]
+    python -m integration.bench.memory [--readers 4] [--faults 6] [--no-http] [--json PATH]
 
 Starts a three-node lab whose sidecars serve HTTP on 127.0.0.1:8008 in their
 own namespaces (each scraped once a second, as Prometheus and a liveness
@@ -122,16 +122,16 @@ def fetch(url: str) -> int | str:
         return repr(exc)
 
 
-def measure(readers: int, faults: int, idle_s: float) -> dict[str, Any]:
+def measure(readers: int, faults: int, idle_s: float, http: bool = True) -> dict[str, Any]:
     from integration.lab.demo_readers import wait_balanced  # noqa: PLC0415 (root, a lab)
     from integration.lab.lab import Lab, LabSpec  # noqa: PLC0415
     from integration.lab.readers import READER_VIPS, pool  # noqa: PLC0415
 
-    settings: tuple[tuple[str, str], ...] = (("DBVIP_HTTP_LISTEN", HTTP_LISTEN),)
+    settings: tuple[tuple[str, str], ...] = (("DBVIP_HTTP_LISTEN", HTTP_LISTEN),) if http else ()
     if readers:
         settings += ((READER_VIPS, pool(readers)),)
     name = f"mem{int(time.time()) % 100000}"
-    say(f"lab {name}: 3 nodes, {readers} reader VIPs, HTTP endpoints on, default timing")
+    say(f"lab {name}: 3 nodes, {readers} reader VIPs, HTTP endpoints {'on' if http else 'off'}")
     stages: dict[str, dict[str, int]] = {}
     with Lab.create(LabSpec(name, sidecar_settings=settings)) as lab:
         lab.wait_holder("n1", timeout_s=90)
@@ -147,7 +147,7 @@ def measure(readers: int, faults: int, idle_s: float) -> dict[str, Any]:
             stages[stage] = {node: rss_kib([pid]) for node, pid in pids.items()}
             say(f"{stage}: {stages[stage]} KiB")
 
-        namespaces = {node: lab.netns(node) for node in pids}
+        namespaces = {node: lab.netns(node) for node in pids} if http else {}
         with scraping(namespaces, 1.0) as (errors, answered):
             time.sleep(3)
             sample("started")
@@ -165,7 +165,7 @@ def measure(readers: int, faults: int, idle_s: float) -> dict[str, Any]:
     return {
         "readers": readers,
         "faults": faults,
-        "http_listen": HTTP_LISTEN,
+        "http_listen": HTTP_LISTEN if http else None,
         "stages_kib": stages,
         "scrape_errors": errors[:20],
         "scrapes_answered": answered,
@@ -179,13 +179,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--readers", type=int, default=4, help="reader VIPs (4)")
     p.add_argument("--faults", type=int, default=6, help="replica crashes (6)")
     p.add_argument("--idle-s", type=float, default=60.0, help="idle window (60)")
+    p.add_argument("--no-http", action="store_true", help="without the HTTP endpoints")
     p.add_argument("--json", type=Path, help="also write the figures here")
     args = p.parse_args(argv)
     if not 0 <= args.readers <= 8 or not 0 <= args.faults <= 50 or args.idle_s < 0:
         p.error("--readers 0..8, --faults 0..50, --idle-s >= 0")
-    result = measure(args.readers, args.faults, args.idle_s)
+    result = measure(args.readers, args.faults, args.idle_s, http=not args.no_http)
+    http = "off" if args.no_http else "on and scraped every second"
     print(f"\nresident memory (VmRSS) of each sidecar, {args.readers} reader VIPs, "
-          f"HTTP endpoints on and scraped every second\n")  # fmt: skip
+          f"HTTP endpoints {http}\n")  # fmt: skip
     print(table(result["stages_kib"]))
     print(f"\nanswers to scrapes (/metrics and /healthz) by node: {result['scrapes_answered']}")
     if result["scrape_errors"]:
