@@ -18,6 +18,7 @@ from dbvip.model import (
     Reason,
     Role,
 )
+from dbvip.reader_model import POOL_WHYS
 from dbvip.reporting import snake_case
 from dbvip.shell import ActionResult, EtcdOperation, PeerAnswerKind, ReaderChange
 
@@ -209,10 +210,11 @@ LABEL_VALUES: dict[str, tuple[str, ...]] = {
     "operation": get_args(EtcdOperation),
     "change": get_args(ReaderChange),
     "answer": get_args(PeerAnswerKind),
+    "why": POOL_WHYS,
 }
-# Labels whose values are open-ended (the configuration's, or the reader
-# policy's words): not checked against a list.
-OPEN_LABELS = frozenset({"cluster", "node", "vip", "reader_vip", "why"})
+# Labels whose values are open-ended (the configuration's): not checked
+# against a list.
+OPEN_LABELS = frozenset({"cluster", "node", "vip", "reader_vip"})
 # A label that means something else on one metric; None: open-ended.
 METRIC_LABEL_VALUES: dict[tuple[str, str], tuple[str, ...] | None] = {
     ("dbvip_reader_moves_total", "reason"): None,  # the reader policy's reasons

@@ -25,6 +25,7 @@ from dbvip.reader_model import (
     IN_POOL,
     IN_POOL_NOT_STREAMING,
     PoolReading,
+    PoolWhy,
     ReaderKey,
     ReaderObservation,
     ReaderSettings,
@@ -97,7 +98,7 @@ def lsn_bytes(text: str | None) -> int | None:
 @dataclass(frozen=True)
 class Judgement:
     in_pool: bool
-    why: str
+    why: PoolWhy
     lag_bytes: int | None
     lag_high_s: float | None
     lag_low_since_s: float | None
@@ -137,7 +138,7 @@ def judge(
         previous.stream_broke_s,
     )
 
-    def out(why: str) -> Judgement:
+    def out(why: PoolWhy) -> Judgement:
         return Judgement(False, why, *keep)
 
     if settings.no_load_balance:
@@ -147,7 +148,7 @@ def judge(
     if obs.name_conflict:
         return out("name_conflict")
     if obs.maintenance is None:
-        return out("maintenance flag not read yet")
+        return out("maintenance_unread")
     if obs.maintenance:
         return out("maintenance")
     if obs.role is Role.PRIMARY:
@@ -159,7 +160,7 @@ def judge(
     if obs.pool is None:
         # The primary's position is unknown: keep the last judgement (the
         # lease bounds how long anything is held without etcd anyway).
-        if previous.why == "not looked yet":
+        if previous.why == "not_looked_yet":
             return out("etcd_unreachable")
         return previous
     members, holder = obs.pool.members, obs.pool.writer_holder
@@ -189,5 +190,5 @@ def judge(
     low_since = previous.lag_low_since_s if previous.lag_low_since_s is not None else now
     if previous.lag_high_s is not None and now - low_since < settings.rejoin_s:
         return Judgement(False, "rejoining", lag, previous.lag_high_s, low_since, broke)
-    why = IN_POOL_NOT_STREAMING if broken else IN_POOL
+    why: PoolWhy = IN_POOL_NOT_STREAMING if broken else IN_POOL
     return Judgement(True, why, lag, None, low_since, broke)

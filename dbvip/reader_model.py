@@ -11,6 +11,7 @@ before the lease's deadline. Pure data, no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Final, Literal, get_args
 
 from dbvip.identity import Identity
 from dbvip.model import Lease, Role, VipPresence
@@ -49,8 +50,29 @@ class PoolMember:
 
 # A member report's "pool" while it serves reads: streaming, or with its
 # stream broken while no other replica streams (see ``dbvip.pool.judge``).
-IN_POOL = "in_pool"
-IN_POOL_NOT_STREAMING = "in_pool_not_streaming"
+IN_POOL: Final = "in_pool"
+IN_POOL_NOT_STREAMING: Final = "in_pool_not_streaming"
+
+# Every word ``dbvip.pool.judge`` can give for a node's place in the pool:
+# published in its member report ("pool") and as the why of dbvip_in_pool.
+PoolWhy = Literal[
+    "in_pool",
+    "in_pool_not_streaming",
+    "not_looked_yet",
+    "no_load_balance",
+    "stopping",
+    "name_conflict",
+    "maintenance_unread",
+    "maintenance",
+    "primary",
+    "database_down",
+    "role_unknown",
+    "etcd_unreachable",
+    "lagging",
+    "not_streaming",
+    "rejoining",
+]
+POOL_WHYS: tuple[str, ...] = get_args(PoolWhy)
 
 
 @dataclass(frozen=True)
@@ -186,7 +208,7 @@ class ReaderState:
     slots: dict[str, Slot] = field(default_factory=dict)
     # Pool membership, as this node judges itself and publishes it.
     in_pool: bool = False
-    why: str = "not looked yet"
+    why: PoolWhy = "not_looked_yet"
     lag_bytes: int | None = None
     lag_high_s: float | None = None  # when the lag last went over the limit
     lag_low_since_s: float | None = None  # below the limit continuously since

@@ -100,7 +100,7 @@ def _obs(role: Role = Role.REPLICA, **kw: object) -> ReaderObservation:
     return ReaderObservation(**{**base, **kw})  # type: ignore[arg-type]
 
 
-START = Judgement(False, "not looked yet", None, None, None)
+START = Judgement(False, "not_looked_yet", None, None, None)
 
 
 def test_a_replay_that_stalls_behind_what_the_replica_received_is_lag_at_once() -> None:
@@ -124,7 +124,7 @@ def test_judge_gives_one_reason_for_each_way_out_of_the_pool() -> None:
         (_obs(stopping=True), S, "stopping"),
         (_obs(name_conflict=True), S, "name_conflict"),
         (_obs(maintenance=True), S, "maintenance"),
-        (_obs(maintenance=None), S, "maintenance flag not read yet"),
+        (_obs(maintenance=None), S, "maintenance_unread"),
         (_obs(Role.PRIMARY), S, "primary"),
         (_obs(Role.DOWN), S, "database_down"),
         (_obs(Role.UNKNOWN), S, "role_unknown"),

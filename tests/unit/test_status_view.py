@@ -188,11 +188,11 @@ def test_members_show_their_pool_place_and_lag_once_there_is_a_pool() -> None:
         "pool": "in_pool",
         "lag_bytes": 4096,
     }
-    lagging = {**replica, "vip": [], "pool": "maintenance flag not read yet", "lag_bytes": None}
+    lagging = {**replica, "vip": [], "pool": "maintenance_unread", "lag_bytes": None}
     data = pooled(members=(member("n2", replica), member("n3", lagging)))
     assert [(m["pool"], m["lag_bytes"]) for m in data["members"]] == [
         ("in_pool", 4096),
-        ("maintenance flag not read yet", None),
+        ("maintenance_unread", None),
     ]
     assert all("error" not in m for m in data["members"])
     table = render(data).splitlines()
