@@ -110,11 +110,21 @@ def cluster(etcd_single: EtcdCluster, etcd_cluster_name: str) -> Iterator[Cluste
 
 @pytest.fixture
 def started() -> Iterator[list[subprocess.Popen[bytes]]]:
-    """Processes a test started; killed (by PID) if one is left running."""
+    """Processes a test started; killed (by PID) if one is left running.
+
+    A test run started in the background without job control (``cmd &`` in a
+    script) ignores SIGINT, and an ignored signal stays ignored across exec:
+    dbvip would never see the Ctrl-C these tests send. Handled here, so the
+    children start with SIGINT at its default."""
+    ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    if ignored:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         yield procs
     finally:
+        if ignored:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
