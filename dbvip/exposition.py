@@ -17,6 +17,7 @@ of a histogram (its buckets, count and sum move together).
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -94,9 +95,7 @@ class _Metric:
                 child = self._children.setdefault(values, self._zero())
         return child
 
-    def _labels(
-        self, values: tuple[str, ...], *extra: tuple[str, str]
-    ) -> tuple[tuple[str, str], ...]:
+    def _labels(self, values: tuple[str, ...], *extra: tuple[str, str]) -> Labels:
         return (*zip(self.labelnames, values, strict=True), *extra)
 
     def family(self) -> Family:
@@ -191,8 +190,8 @@ class HistogramChild:
     state: list[float]
 
     def observe(self, value: float) -> None:
-        bounds = self.metric.bounds
-        index = next(i for i, bound in enumerate(bounds) if value <= bound or i == len(bounds) - 1)
+        # The first bucket whose bound is >= value (le is inclusive); +Inf last.
+        index = min(bisect.bisect_left(self.metric.bounds, value), len(self.metric.bounds) - 1)
         with self.metric._lock:
             self.state[index] += 1
             self.state[-1] += value

@@ -229,8 +229,7 @@ class EtcdClient:
 
         By hand, not tenacity: its ``Retrying`` did exactly this, and importing
         it cost 0.45 MiB of resident memory in a sidecar that had imported
-        psycopg already (11 modules; the sidecar with a reader pool was
-        0.2-0.7 MB over its 40 MB goal)."""
+        psycopg already (README, Memory of a sidecar)."""
         while True:
             try:
                 return self._round(path, body, deadline, parse)

@@ -280,6 +280,7 @@ def test_the_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
         ('dbvip_actions_total{action=~"add_vip|remove_vips"}', "action='remove_vips'"),
         ('dbvip_actions_total{result="timeout"}', "result='timeout' is never exported"),
         ('dbvip_hook_runs_total{result="refused"}', "result='refused' is never exported"),
+        ('dbvip_in_pool{why=~"lagging|lagged"}', "why='lagged' is never exported"),
         ('dbvip_role{role=~"prim.*"}', "plain a|b|c alternation"),
         ("sum by (nod) (dbvip_info)", "label 'nod' is on none of the series read"),
         ("rat(dbvip_conflicts_total[5m])", "unknown function rat()"),
